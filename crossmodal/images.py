@@ -1,0 +1,105 @@
+"""Decoding untrusted image bytes into RGB pictures a model can take.
+
+Pixel counts are checked from the header before any pixel is decoded, so a
+small file that claims huge dimensions (a decompression bomb) costs nothing.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from crossmodal.errors import CrossmodalError
+
+# 4096 x 4096 plus room for panoramas; CROSSMODAL_MAX_PIXELS overrides it.
+DEFAULT_MAX_PIXELS = 40_000_000
+MAX_IMAGE_BYTES = 50 * 1024 * 1024
+REFUSED_FORMATS = {"svg", "svg+xml"}
+
+
+def max_pixels() -> int:
+    return int(os.environ.get("CROSSMODAL_MAX_PIXELS", DEFAULT_MAX_PIXELS))
+
+
+@dataclass
+class DecodedImage:
+    image: Image.Image  # RGB, EXIF orientation applied
+    width: int
+    height: int
+    mime_type: str
+    notes: list[str]
+
+
+def decode_image(data: bytes, *, param: str = "image", limit: int | None = None) -> DecodedImage:
+    """Decode bytes into an RGB image, or raise CrossmodalError naming ``param``."""
+    limit = limit or max_pixels()
+    if not data:
+        raise CrossmodalError("the file is empty (0 bytes); upload an image file", param=param)
+    if len(data) > MAX_IMAGE_BYTES:
+        raise CrossmodalError(
+            f"the file has {len(data)} bytes, more than the {MAX_IMAGE_BYTES} allowed", param=param, status=413
+        )
+    head = data[:512].lstrip().lower()
+    if head.startswith(b"<?xml") or head.startswith(b"<svg"):
+        raise CrossmodalError("SVG is not supported; convert it to PNG or JPEG first", param=param, status=422)
+    try:
+        # Image.open reads only the header; the size check runs before load().
+        with Image.open(io.BytesIO(data)) as probe:
+            width, height = probe.size
+            fmt = (probe.format or "").lower()
+    except UnidentifiedImageError:
+        raise CrossmodalError(
+            "the file is not an image Pillow can read (JPEG, PNG, WebP, GIF, BMP, TIFF)", param=param, status=422
+        ) from None
+    except Image.DecompressionBombError as exc:
+        raise CrossmodalError(f"the image is too large to decode safely ({exc})", param=param, status=413) from None
+    if width * height > limit:
+        raise CrossmodalError(
+            f"the image is {width}x{height} = {width * height} pixels, more than the {limit} allowed; "
+            "downscale it or raise CROSSMODAL_MAX_PIXELS",
+            param=param,
+            status=413,
+        )
+    return _load_pixels(data, param, fmt, width, height, limit)
+
+
+def _load_pixels(data: bytes, param: str, fmt: str, width: int, height: int, limit: int) -> DecodedImage:
+    notes: list[str] = []
+    saved_limit = Image.MAX_IMAGE_PIXELS
+    try:
+        Image.MAX_IMAGE_PIXELS = limit
+        image = Image.open(io.BytesIO(data))
+        if getattr(image, "n_frames", 1) > 1:
+            notes.append(f"animated image: only the first of {image.n_frames} frames was used")
+        image.seek(0)
+        image.load()
+        image = ImageOps.exif_transpose(image)
+        image = to_rgb(image)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise CrossmodalError(f"the image is corrupt or truncated ({exc})", param=param, status=422) from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved_limit
+    mime = Image.MIME.get(fmt.upper(), f"image/{fmt}" if fmt else "application/octet-stream")
+    return DecodedImage(image=image, width=image.width, height=image.height, mime_type=mime, notes=notes)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Convert any mode (CMYK, 16-bit, palette, alpha) to RGB; transparency over white."""
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        import numpy as np
+
+        array = np.asarray(image, dtype=np.float64)
+        peak = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
+        image = Image.fromarray((array / peak * 255.0).clip(0, 255).astype("uint8"), mode="L")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA"):
+        image = image.convert("RGBA")
+        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, image).convert("RGB")
+    return image.convert("RGB")

@@ -1,0 +1,284 @@
+"""Model presets, loading (hub id, mirror, token, offline, local directory) and the encoder.
+
+A model always travels with its own processor (tokenizer + image preprocessing),
+loaded from the same directory, so embeddings are computed the way the model was trained.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from crossmodal.errors import CrossmodalError
+
+logger = logging.getLogger(__name__)
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+DEMO_MODEL_DIR = PACKAGE_DIR / "assets" / "demo-shapes"
+
+# Preset name -> hub id (or a directory shipped with the package).
+PRESETS: dict[str, str] = {
+    "clip-vit-base-patch32": "openai/clip-vit-base-patch32",
+    "chinese-clip": "OFA-Sys/chinese-clip-vit-base-patch16",
+    "siglip": "google/siglip-base-patch16-224",
+    "demo-shapes": str(DEMO_MODEL_DIR),
+}
+DEFAULT_MODEL = "clip-vit-base-patch32"
+SUPPORTED_TYPES = ("clip", "chinese_clip", "siglip", "siglip2")
+HUB_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken"]
+
+
+@dataclass(frozen=True)
+class HubOptions:
+    """How to reach the Hugging Face hub: a mirror endpoint, a token, offline mode, a cache."""
+
+    endpoint: str | None = None
+    token: str | None = None
+    offline: bool = False
+    cache_dir: str | None = None
+
+    @classmethod
+    def from_env(cls) -> "HubOptions":
+        return cls(
+            endpoint=os.environ.get("HF_ENDPOINT") or None,
+            token=os.environ.get("HF_TOKEN") or None,
+            offline=os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"),
+            cache_dir=os.environ.get("HF_HOME") and str(Path(os.environ["HF_HOME"]) / "hub") or None,
+        )
+
+
+def default_model() -> str:
+    return os.environ.get("CROSSMODAL_DEFAULT_MODEL") or DEFAULT_MODEL
+
+
+def model_identity(name: str | None) -> str:
+    """The name recorded in a collection: preset names stay short, directories become absolute."""
+    name = (name or "auto").strip()
+    if name == "auto":
+        name = default_model()
+    if name in PRESETS:
+        return name
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return str(path.resolve())
+    return name
+
+
+def resolve_model_dir(name: str, hub: HubOptions | None = None) -> Path:
+    """A local directory holding the model's files: the preset's, the given one, or a hub snapshot."""
+    identity = model_identity(name)
+    ref = PRESETS.get(identity, identity)
+    path = Path(ref).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise CrossmodalError(f"the directory {path} holds no config.json; point to a saved model", param="model")
+        return path
+    if identity == "demo-shapes":
+        raise CrossmodalError(f"the demo model is missing from {DEMO_MODEL_DIR}; reinstall the package", param="model")
+    if ref.count("/") != 1 or ref.startswith(("/", ".")):
+        raise CrossmodalError(
+            f"'{name}' is neither a preset ({', '.join(PRESETS)}), a Hugging Face id (owner/name) "
+            "nor an existing directory",
+            param="model",
+        )
+    return _download(ref, hub or HubOptions.from_env())
+
+
+def _download(repo_id: str, hub: HubOptions) -> Path:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    try:
+        return Path(
+            snapshot_download(
+                repo_id,
+                allow_patterns=HUB_FILES,
+                endpoint=hub.endpoint,
+                token=hub.token,
+                cache_dir=hub.cache_dir,
+                local_files_only=hub.offline,
+            )
+        )
+    except LocalEntryNotFoundError:
+        raise CrossmodalError(
+            f"'{repo_id}' is not in the local cache and offline mode is on (or the hub is unreachable); "
+            "download it once with network access, set hf_endpoint to a reachable mirror, or give a local directory",
+            param="model",
+        ) from None
+    except RepositoryNotFoundError:
+        raise CrossmodalError(
+            f"'{repo_id}' was not found on the hub; check the id, or give hf_token for a private model", param="model"
+        ) from None
+    except (HfHubHTTPError, OSError) as exc:
+        raise CrossmodalError(f"could not download '{repo_id}': {exc}", param="model") from None
+
+
+def pick_device(device: str | None) -> str:
+    import torch
+
+    device = (device or "auto").lower()
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise CrossmodalError("CUDA was asked for but no GPU is visible; choose cpu or auto", param="device")
+    if device not in ("cpu", "cuda"):
+        raise CrossmodalError(f"'{device}' is not one of auto, cpu, cuda", param="device")
+    return device
+
+
+@dataclass
+class TextEncoding:
+    vectors: np.ndarray
+    truncated: list[int]  # indexes of texts cut to the model's context
+
+
+class Encoder:
+    """A dual encoder (CLIP, Chinese-CLIP, SigLIP) with its processor; outputs L2-normalised float32."""
+
+    def __init__(self, identity: str, model, processor, device: str):
+        import torch
+
+        self.identity = identity
+        self.model = model.to(device).eval()
+        self.processor = processor
+        self.device = device
+        self.model_type = model.config.model_type
+        self.dim = int(getattr(model.config, "projection_dim", 0) or self._probe_dim())
+        self.context_length = int(model.config.text_config.max_position_embeddings)
+        if self.model_type.startswith("siglip"):
+            self.context_length = min(self.context_length, 64)
+        self.image_size = int(model.config.vision_config.image_size)
+        self._torch = torch
+        self._lock = threading.Lock()  # torch modules are not re-entrant across threads for one model
+
+    def _probe_dim(self) -> int:
+        return int(self.model.config.text_config.hidden_size)
+
+    # -- public API -------------------------------------------------------
+    def encode(
+        self,
+        inputs: Sequence,
+        *,
+        batch_size: int = 32,
+        show_progress_bar: bool = False,
+        normalize_embeddings: bool = True,
+    ) -> np.ndarray:
+        """Embed a mixed list of texts (str) and PIL images, in the caller's order."""
+        texts = [(i, x) for i, x in enumerate(inputs) if isinstance(x, str)]
+        images = [(i, x) for i, x in enumerate(inputs) if not isinstance(x, str)]
+        out = np.zeros((len(inputs), self.dim), dtype=np.float32)
+        if texts:
+            enc = self.encode_texts([t for _, t in texts], batch_size=batch_size, normalize=normalize_embeddings)
+            out[[i for i, _ in texts]] = enc.vectors
+        if images:
+            vecs = self.encode_images(
+                [im for _, im in images],
+                batch_size=batch_size,
+                show_progress_bar=show_progress_bar,
+                normalize=normalize_embeddings,
+            )
+            out[[i for i, _ in images]] = vecs
+        return out
+
+    def encode_images(self, images: Sequence, *, batch_size: int = 32, show_progress_bar: bool = False, normalize=True):
+        from tqdm.auto import tqdm
+
+        chunks = []
+        starts = range(0, len(images), batch_size)
+        for start in tqdm(starts, disable=not show_progress_bar, desc="embedding images", unit="batch"):
+            batch = list(images[start : start + batch_size])
+            pixels = self.processor(images=batch, return_tensors="pt")["pixel_values"]
+            chunks.append(self.image_features(pixels))
+        return self._finish(chunks, normalize)
+
+    def encode_texts(self, texts: Sequence[str], *, batch_size: int = 64, normalize=True) -> TextEncoding:
+        truncated = [i for i, n in enumerate(self.token_counts(texts)) if n > self.context_length]
+        chunks = []
+        for start in range(0, len(texts), batch_size):
+            tokens = self.tokenize(list(texts[start : start + batch_size]))
+            chunks.append(self.text_features(tokens))
+        return TextEncoding(self._finish(chunks, normalize), truncated)
+
+    # -- building blocks (also used by training and alignment) --------------
+    def tokenize(self, texts: list[str]):
+        padding = "max_length" if self.model_type.startswith("siglip") else True
+        return self.processor.tokenizer(
+            texts, padding=padding, truncation=True, max_length=self.context_length, return_tensors="pt"
+        )
+
+    def token_counts(self, texts: Sequence[str]) -> list[int]:
+        ids = self.processor.tokenizer(list(texts), truncation=False)["input_ids"]
+        return [len(x) for x in ids]
+
+    def image_features(self, pixel_values):
+        with self._lock, self._torch.inference_mode():
+            out = self.model.get_image_features(pixel_values=pixel_values.to(self.device))
+        return _pooled(out)
+
+    def text_features(self, tokens):
+        tokens = {k: v.to(self.device) for k, v in tokens.items() if k in ("input_ids", "attention_mask")}
+        if self.model_type.startswith("siglip"):
+            tokens.pop("attention_mask", None)  # SigLIP was trained without a text mask
+        with self._lock, self._torch.inference_mode():
+            out = self.model.get_text_features(**tokens)
+        return _pooled(out)
+
+    def _finish(self, chunks, normalize: bool) -> np.ndarray:
+        if not chunks:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        vectors = self._torch.cat(chunks).float().cpu().numpy()
+        return l2_normalize(vectors) if normalize else vectors
+
+
+def _pooled(output):
+    # transformers 4.x returns the projected tensor, 5.x an output object holding it.
+    return output if hasattr(output, "shape") else output.pooler_output
+
+
+def l2_normalize(vectors: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
+    return (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
+_ENCODERS: dict[tuple[str, str], Encoder] = {}
+_ENCODERS_LOCK = threading.Lock()
+
+
+def get_encoder(name: str | None = None, device: str | None = None, hub: HubOptions | None = None) -> Encoder:
+    """One loaded encoder per (model, device) per process, loaded on first use."""
+    identity = model_identity(name)
+    device = pick_device(device)
+    key = (identity, device)
+    with _ENCODERS_LOCK:
+        if key not in _ENCODERS:
+            _ENCODERS[key] = load_encoder(identity, device, hub)
+        return _ENCODERS[key]
+
+
+def load_encoder(identity: str, device: str = "cpu", hub: HubOptions | None = None) -> Encoder:
+    from transformers import AutoConfig, AutoModel, AutoProcessor
+
+    directory = resolve_model_dir(identity, hub)
+    try:
+        config = AutoConfig.from_pretrained(directory)
+    except (OSError, ValueError) as exc:
+        raise CrossmodalError(f"cannot read the model config in {directory}: {exc}", param="model") from None
+    if config.model_type not in SUPPORTED_TYPES:
+        raise CrossmodalError(
+            f"'{identity}' is a {config.model_type} model; supported dual encoders are {', '.join(SUPPORTED_TYPES)}",
+            param="model",
+        )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        logging.getLogger("transformers").setLevel(logging.ERROR)
+        model = AutoModel.from_pretrained(directory, dtype="float32")
+        processor = AutoProcessor.from_pretrained(directory)
+    logger.info("loaded %s (%s) on %s", identity, config.model_type, device)
+    return Encoder(identity, model, processor, device)

@@ -1,0 +1,30 @@
+"""Keeping CPU-bound work off the gevent loop inside the Dify plugin process.
+
+The SDK monkey-patches the process with gevent and serves every session on one
+OS thread. Model inference, decoding and search hold that thread for seconds, so
+heartbeats would stop and the daemon would kill the plugin. ``offload`` runs such
+work in a real OS thread of gevent's pool and yields the loop while it waits.
+Outside the plugin (CLI, tests) it simply calls the function.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, TypeVar
+
+T = TypeVar("T")
+
+
+def gevent_patched() -> bool:
+    try:
+        from gevent import monkey
+    except ImportError:
+        return False
+    return monkey.is_module_patched("threading")
+
+
+def offload(fn: Callable[..., T], *args, **kwargs) -> T:
+    if not gevent_patched():
+        return fn(*args, **kwargs)
+    import gevent
+
+    return gevent.get_hub().threadpool.spawn(fn, *args, **kwargs).get()

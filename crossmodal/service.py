@@ -1,0 +1,351 @@
+"""The service layer: every adapter (Dify tools, endpoints, CLI) parses its input,
+calls one of these functions, and formats what comes back. Nothing here knows Dify."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import logging
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+
+from crossmodal.errors import CrossmodalError, NotFoundError
+from crossmodal.images import DecodedImage, decode_image
+from crossmodal.models import Encoder, get_encoder, model_identity
+from crossmodal.settings import Settings
+from crossmodal.store import Condition, StoredPoint, VectorStore, check_collection_name, open_store, parse_filter
+
+logger = logging.getLogger(__name__)
+
+MAX_TOP_K = 100
+MAX_TEXT_CHARS = 10_000
+INGEST_CHUNK = 128  # items decoded, embedded and written at a time: memory stays flat
+THUMBNAIL_SIDE = 384
+SEARCH_TARGETS = ("image", "text", "any")
+
+
+@dataclass
+class ImageInput:
+    """An image to read lazily: ``read`` returns its bytes (download, file read, base64 decode)."""
+
+    source: str
+    read: Callable[[], bytes]
+
+    @classmethod
+    def from_bytes(cls, source: str, data: bytes) -> "ImageInput":
+        return cls(source, lambda: data)
+
+    @classmethod
+    def from_path(cls, path: str | Path) -> "ImageInput":
+        path = Path(path)
+        return cls(str(path), path.read_bytes)
+
+
+@dataclass
+class IngestItem:
+    image: ImageInput | None = None
+    text: str | None = None  # a text-only item (caption, document) when image is None
+    caption: str | None = None
+    tags: list[str] = field(default_factory=list)
+    metadata: dict[str, Any] = field(default_factory=dict)
+    source: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.source or (self.image.source if self.image else (self.text or "")[:60])
+
+
+class Service:
+    def __init__(self, settings: Settings | None = None, store: VectorStore | None = None):
+        self.settings = settings or Settings()
+        self._store = store
+
+    @property
+    def store(self) -> VectorStore:
+        if self._store is None:
+            s = self.settings
+            self._store = open_store(s.store_url, s.store_api_key, s.data_dir)
+        return self._store
+
+    def encoder(self, model: str | None = None) -> Encoder:
+        return get_encoder(model or self.settings.model, self.settings.device, self.settings.hub)
+
+    def _collection(self, name: str | None) -> str:
+        return check_collection_name(name or self.settings.collection)
+
+    # -- embed ---------------------------------------------------------------
+    def embed(self, images: Sequence[ImageInput] = (), texts: Sequence[str] = (), model: str | None = None) -> dict:
+        texts = [check_text(t, "texts") for t in texts]
+        if not images and not texts:
+            raise CrossmodalError("give at least one image or one text", param="images")
+        encoder = self.encoder(model)
+        items, rejected, warnings = [], [], []
+        decoded = []
+        for image in images:
+            try:
+                decoded.append((image.source, decode_image(read_input(image), param=f"images[{image.source}]")))
+            except CrossmodalError as exc:
+                rejected.append({"source": image.source, "reason": str(exc)})
+        if decoded:
+            vectors = encoder.encode_images([d.image for _, d in decoded])
+            for (source, d), vec in zip(decoded, vectors):
+                items.append({"kind": "image", "source": source, "width": d.width, "height": d.height,
+                              "vector": vec.tolist()})
+                warnings += [f"{source}: {n}" for n in d.notes]
+        if texts:
+            encoded = encoder.encode_texts(texts)
+            for i, (text, vec) in enumerate(zip(texts, encoded.vectors)):
+                items.append({"kind": "text", "text": text, "vector": vec.tolist()})
+                if i in encoded.truncated:
+                    warnings.append(truncation_warning(text, encoder))
+        return {"model": encoder.identity, "dimension": encoder.dim, "items": items, "rejected": rejected,
+                "warnings": warnings}
+
+    # -- ingest --------------------------------------------------------------
+    def ingest(
+        self,
+        items: Iterable[IngestItem],
+        collection: str | None = None,
+        model: str | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> dict:
+        """Add items; same content again is a duplicate; a bad item is rejected, never the batch."""
+        name = self._collection(collection)
+        encoder = self._encoder_for_write(name, model)
+        self.store.ensure_collection(name, encoder.identity, encoder.dim)
+        report = {"collection": name, "model": encoder.identity, "added": 0, "duplicates": 0, "rejected": [],
+                  "items": [], "warnings": []}
+        seen: set[str] = set()
+        chunk: list[IngestItem] = []
+        for item in items:
+            chunk.append(item)
+            if len(chunk) >= INGEST_CHUNK:
+                self._ingest_chunk(name, encoder, chunk, seen, report)
+                progress and progress(len(chunk))
+                chunk = []
+        if chunk:
+            self._ingest_chunk(name, encoder, chunk, seen, report)
+            progress and progress(len(chunk))
+        self.store.finish_writes(name)
+        report["count"] = self.store.count(name)
+        return report
+
+    def _encoder_for_write(self, name: str, model: str | None) -> Encoder:
+        try:
+            info = self.store.get_collection(name)
+        except NotFoundError:
+            return self.encoder(model)
+        return self.encoder(self._model_for(info.model, model))
+
+    def _model_for(self, collection_model: str, asked: str | None) -> str:
+        """A collection's own model wins over 'auto'; an explicit other model is an error."""
+        asked = asked or self.settings.model
+        if asked in (None, "", "auto") or model_identity(asked) == collection_model:
+            return collection_model
+        raise CrossmodalError(
+            f"the collection was made with '{collection_model}', not '{model_identity(asked)}'; "
+            f"use model '{collection_model}' or 'auto'",
+            param="model",
+        )
+
+    def _ingest_chunk(self, name: str, encoder: Encoder, chunk: list[IngestItem], seen: set, report: dict):
+        prepared = []  # (item, point id, decoded image or None, payload)
+        for item in chunk:
+            try:
+                prepared.append(prepare_item(item))
+            except CrossmodalError as exc:
+                report["rejected"].append({"source": item.name, "reason": str(exc)})
+                report["items"].append({"source": item.name, "status": "rejected", "reason": str(exc)})
+            except OSError as exc:
+                reason = f"cannot read the file ({exc.strerror or exc})"
+                report["rejected"].append({"source": item.name, "reason": reason})
+                report["items"].append({"source": item.name, "status": "rejected", "reason": reason})
+        existing = self.store.existing_ids(name, [p[1] for p in prepared])
+        fresh = []
+        for entry in prepared:
+            item, point_id = entry[0], entry[1]
+            if point_id in existing or point_id in seen:
+                report["duplicates"] += 1
+                report["items"].append({"source": item.name, "id": point_id, "status": "duplicate"})
+            else:
+                seen.add(point_id)
+                fresh.append(entry)
+        if not fresh:
+            return
+        vectors = self._vectors_for(encoder, fresh, report)
+        points = [StoredPoint(pid, vec.tolist(), payload) for (_, pid, _, payload), vec in zip(fresh, vectors)]
+        self.store.upsert(name, points)
+        for item, pid, _, _ in fresh:
+            report["added"] += 1
+            report["items"].append({"source": item.name, "id": pid, "status": "added"})
+
+    @staticmethod
+    def _vectors_for(encoder: Encoder, fresh: list, report: dict) -> np.ndarray:
+        vectors = np.zeros((len(fresh), encoder.dim), dtype=np.float32)
+        image_rows = [i for i, e in enumerate(fresh) if e[2] is not None]
+        text_rows = [i for i, e in enumerate(fresh) if e[2] is None]
+        if image_rows:
+            vectors[image_rows] = encoder.encode_images([fresh[i][2].image for i in image_rows])
+        if text_rows:
+            texts = [fresh[i][3]["text"] for i in text_rows]
+            encoded = encoder.encode_texts(texts)
+            vectors[text_rows] = encoded.vectors
+            report["warnings"] += [truncation_warning(texts[i], encoder) for i in encoded.truncated]
+        return vectors
+
+    # -- search --------------------------------------------------------------
+    def search(
+        self,
+        text: str | None = None,
+        image: ImageInput | None = None,
+        collection: str | None = None,
+        top_k: int = 10,
+        score_threshold: float | None = None,
+        filter: str | dict | None = None,
+        target: str = "image",
+        model: str | None = None,
+        text_weight: float = 0.5,
+        with_thumbnails: bool = False,
+    ) -> dict:
+        name = self._collection(collection)
+        text = text.strip() if isinstance(text, str) else None
+        if not text and image is None:
+            raise CrossmodalError("give a query text, a query image, or both", param="query")
+        if text:
+            check_text(text, "query")
+        top_k = check_top_k(top_k)
+        if target not in SEARCH_TARGETS:
+            raise CrossmodalError(f"'{target}' is not one of {', '.join(SEARCH_TARGETS)}", param="target")
+        if score_threshold is not None and not -1.0 <= float(score_threshold) <= 1.0:
+            raise CrossmodalError("must lie between -1 and 1 (cosine similarity)", param="score_threshold")
+        if not 0.0 <= float(text_weight) <= 1.0:
+            raise CrossmodalError("must lie between 0 and 1", param="text_weight")
+        conditions = parse_filter(filter)
+        info = self.store.get_collection(name)
+        encoder = self.encoder(self._model_for(info.model, model))
+        vector, warnings, query_kind = self._query_vector(encoder, text, image, float(text_weight))
+        if target != "any":
+            conditions = [*conditions, Condition("kind", "eq", target)]
+        hits = self.store.query(name, vector.tolist(), top_k, conditions, score_threshold)
+        results, thumbnails = [], {}
+        for hit in hits:
+            thumb = hit.payload.pop("thumbnail", None)
+            if with_thumbnails and thumb:
+                thumbnails[hit.id] = base64.b64decode(thumb)
+            results.append(hit.as_dict())
+        out = {"results": results, "model": encoder.identity, "collection": name, "query_kind": query_kind,
+               "target": target, "warnings": warnings}
+        if with_thumbnails:
+            out["thumbnails"] = thumbnails
+        return out
+
+    def _query_vector(self, encoder: Encoder, text, image, text_weight):
+        warnings, parts, weights = [], [], []
+        if text:
+            encoded = encoder.encode_texts([text])
+            parts.append(encoded.vectors[0])
+            weights.append(text_weight if image is not None else 1.0)
+            if encoded.truncated:
+                warnings.append(truncation_warning(text, encoder))
+        if image is not None:
+            decoded = decode_image(read_input(image), param="image")
+            warnings += decoded.notes
+            parts.append(encoder.encode_images([decoded.image])[0])
+            weights.append(1.0 - text_weight if text else 1.0)
+        # Weighted sum of unit vectors: its cosine with x ranks by the weighted mean of the two cosines.
+        fused = sum(w * p for w, p in zip(weights, parts))
+        norm = float(np.linalg.norm(fused))
+        if norm < 1e-6:
+            raise CrossmodalError("the text and image queries cancel out; change text_weight", param="text_weight")
+        kind = "fused" if len(parts) == 2 else ("text" if text else "image")
+        return (fused / norm).astype(np.float32), warnings, kind
+
+    # -- collections -----------------------------------------------------------
+    def list_collections(self) -> dict:
+        return {"collections": [c.as_dict() for c in self.store.list_collections()], "backend": self.store.backend}
+
+    def collection_info(self, collection: str | None = None) -> dict:
+        return self.store.get_collection(self._collection(collection)).as_dict()
+
+    def delete_collection(self, collection: str | None, confirm: bool) -> dict:
+        name = self._collection(collection)
+        if not confirm:
+            raise CrossmodalError("deleting removes every point for good; set confirm to true to proceed",
+                                  param="confirm")
+        if not self.store.delete_collection(name):
+            raise NotFoundError(f"no collection named '{name}'", param="collection")
+        return {"deleted": name}
+
+
+# -- helpers shared by the adapters ---------------------------------------------------
+def read_input(image: ImageInput) -> bytes:
+    try:
+        return image.read()
+    except CrossmodalError:
+        raise
+    except FileNotFoundError:
+        raise CrossmodalError(f"file not found: {image.source}", param="image") from None
+    except Exception as exc:  # network errors of the Dify file server, permissions, ...
+        raise CrossmodalError(f"cannot read {image.source}: {exc}", param="image") from None
+
+
+def prepare_item(item: IngestItem) -> tuple[IngestItem, str, DecodedImage | None, dict]:
+    """Read and validate one item; its point id derives from its content."""
+    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    tags = [str(t).strip() for t in item.tags if str(t).strip()]
+    payload: dict[str, Any] = {"source": item.name, "caption": item.caption, "tags": tags,
+                               "metadata": dict(item.metadata), "ingested_at": now}
+    if item.image is None:
+        text = check_text(item.text, "texts")
+        digest = hashlib.sha256(b"text\0" + text.encode()).hexdigest()
+        payload.update(kind="text", text=text, sha256=digest, mime_type="text/plain")
+        return item, point_id(digest), None, payload
+    data = read_input(item.image)
+    decoded = decode_image(data, param=f"files[{item.name}]")
+    digest = hashlib.sha256(data).hexdigest()
+    payload.update(kind="image", sha256=digest, width=decoded.width, height=decoded.height,
+                   mime_type=decoded.mime_type, thumbnail=thumbnail_b64(decoded.image))
+    if decoded.notes:
+        payload["notes"] = decoded.notes
+    return item, point_id(digest), decoded, payload
+
+
+def point_id(digest: str) -> str:
+    return str(uuid.UUID(hex=digest[:32]))
+
+
+def thumbnail_b64(image) -> str:
+    thumb = image.copy()
+    thumb.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
+    buf = io.BytesIO()
+    thumb.save(buf, format="JPEG", quality=85)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def check_text(text: str | None, param: str) -> str:
+    text = (text or "").strip()
+    if not text:
+        raise CrossmodalError("is empty; give some words", param=param)
+    if len(text) > MAX_TEXT_CHARS:
+        raise CrossmodalError(f"has {len(text)} characters; at most {MAX_TEXT_CHARS} are allowed", param=param)
+    return text
+
+
+def check_top_k(top_k) -> int:
+    try:
+        value = int(top_k)
+    except (TypeError, ValueError):
+        raise CrossmodalError(f"'{top_k}' is not a whole number between 1 and {MAX_TOP_K}", param="top_k") from None
+    if not 1 <= value <= MAX_TOP_K or value != float(top_k):
+        raise CrossmodalError(f"{top_k} is out of range; use a whole number between 1 and {MAX_TOP_K}", param="top_k")
+    return value
+
+
+def truncation_warning(text: str, encoder: Encoder) -> str:
+    return f"text truncated to the model's {encoder.context_length}-token context: '{text[:40]}...'"

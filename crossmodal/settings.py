@@ -1,0 +1,57 @@
+"""Settings shared by every adapter: where the store is, which model, how to reach the hub."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from crossmodal.models import HubOptions
+
+DATA_DIR_ENV = "CROSSMODAL_HOME"
+DEFAULT_COLLECTION = "crossmodal"
+
+
+def default_data_dir() -> Path:
+    """$CROSSMODAL_HOME, else ~/.crossmodal (the plugin's working storage inside Dify)."""
+    return Path(os.environ.get(DATA_DIR_ENV) or Path.home() / ".crossmodal").expanduser()
+
+
+def _text(value) -> str | None:
+    value = "" if value is None else str(value).strip()
+    return value or None
+
+
+def _flag(value) -> bool:
+    return str(value).strip().lower() in ("1", "true", "yes", "on")
+
+
+@dataclass(frozen=True)
+class Settings:
+    store_url: str | None = None  # empty: the embedded store
+    store_api_key: str | None = field(default=None, repr=False)
+    data_dir: str | None = None
+    collection: str = DEFAULT_COLLECTION
+    model: str = "auto"
+    device: str = "auto"
+    hub: HubOptions = field(default_factory=HubOptions.from_env)
+
+    @classmethod
+    def from_credentials(cls, credentials: dict | None) -> "Settings":
+        """Build from the provider credentials Dify stores (every key optional)."""
+        c = credentials or {}
+        env_hub = HubOptions.from_env()
+        return cls(
+            store_url=_text(c.get("store_url")),
+            store_api_key=_text(c.get("store_api_key")),
+            data_dir=_text(c.get("data_dir")),
+            collection=_text(c.get("default_collection")) or DEFAULT_COLLECTION,
+            model=_text(c.get("model")) or "auto",
+            device=_text(c.get("device")) or "auto",
+            hub=HubOptions(
+                endpoint=_text(c.get("hf_endpoint")) or env_hub.endpoint,
+                token=_text(c.get("hf_token")) or env_hub.token,
+                offline=_flag(c.get("hf_offline")) or env_hub.offline,
+                cache_dir=_text(c.get("hf_cache_dir")) or env_hub.cache_dir,
+            ),
+        )

@@ -1,0 +1,20 @@
+"""Vector stores: the embedded Qdrant engine (default) or a Qdrant server / cluster."""
+
+from crossmodal.store.base import CollectionInfo, Condition, Hit, StoredPoint, VectorStore, check_collection_name
+from crossmodal.store.filters import parse_filter
+
+
+def open_store(url: str | None = None, api_key: str | None = None, data_dir: str | None = None) -> VectorStore:
+    """Empty URL: the embedded store under ``data_dir``; otherwise a Qdrant server at ``url``."""
+    if url:
+        from crossmodal.store.remote import RemoteStore
+
+        return RemoteStore(url, api_key)
+    from crossmodal.settings import default_data_dir
+    from crossmodal.store.edge import EdgeStore
+
+    return EdgeStore(data_dir or default_data_dir())
+
+
+__all__ = ["CollectionInfo", "Condition", "Hit", "StoredPoint", "VectorStore", "check_collection_name",
+           "open_store", "parse_filter"]

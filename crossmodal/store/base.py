@@ -1,0 +1,133 @@
+"""The store interface both backends implement, and the records that cross it."""
+
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any
+
+from crossmodal.errors import CrossmodalError, NotFoundError
+
+VECTOR_NAME = "embedding"
+COLLECTION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+# Payload fields that filters commonly use get an index when a collection is made.
+KEYWORD_FIELDS = ("kind", "tags", "source", "sha256", "mime_type")
+INTEGER_FIELDS = ("width", "height")
+
+
+@dataclass
+class CollectionInfo:
+    name: str
+    model: str
+    dim: int
+    count: int = 0
+    created_at: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "model": self.model, "dimension": self.dim, "count": self.count,
+                "created_at": self.created_at}
+
+
+@dataclass
+class StoredPoint:
+    id: str
+    vector: list[float]
+    payload: dict[str, Any]
+
+
+@dataclass
+class Hit:
+    id: str
+    score: float
+    payload: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "score": round(float(self.score), 6), "payload": self.payload}
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One filter condition, backend-neutral: key equals / is any of / lies in a range."""
+
+    key: str
+    op: str  # "eq" | "any" | "range"
+    value: Any
+
+
+def check_collection_name(name: str | None) -> str:
+    name = (name or "").strip()
+    if not COLLECTION_NAME.match(name):
+        raise CrossmodalError(
+            f"'{name}' is not a valid collection name; use 1-64 letters, digits, '_' or '-', starting with a letter or digit",
+            param="collection",
+        )
+    return name
+
+
+def missing_collection(name: str) -> NotFoundError:
+    return NotFoundError(f"no collection named '{name}'; ingest into it first or list collections", param="collection")
+
+
+class VectorStore(ABC):
+    """A set of named collections of L2-normalised vectors with payloads."""
+
+    backend = "abstract"
+
+    @abstractmethod
+    def create_collection(self, name: str, model: str, dim: int) -> CollectionInfo: ...
+
+    @abstractmethod
+    def get_collection(self, name: str) -> CollectionInfo:
+        """Raise NotFoundError when the collection does not exist."""
+
+    @abstractmethod
+    def list_collections(self) -> list[CollectionInfo]: ...
+
+    @abstractmethod
+    def delete_collection(self, name: str) -> bool: ...
+
+    @abstractmethod
+    def existing_ids(self, name: str, ids: list[str]) -> set[str]: ...
+
+    @abstractmethod
+    def upsert(self, name: str, points: list[StoredPoint]) -> None: ...
+
+    @abstractmethod
+    def query(
+        self,
+        name: str,
+        vector: list[float],
+        limit: int,
+        conditions: list[Condition] = (),
+        score_threshold: float | None = None,
+        exact: bool = False,
+    ) -> list[Hit]: ...
+
+    @abstractmethod
+    def count(self, name: str, conditions: list[Condition] = ()) -> int: ...
+
+    def finish_writes(self, name: str) -> None:
+        """Called after an ingest: build indexes, flush. Backends that index on their own do nothing."""
+
+    def close(self) -> None:
+        """Release files and connections."""
+
+    def ensure_collection(self, name: str, model: str, dim: int) -> CollectionInfo:
+        """The collection, made on first use; a clear error if another model made it."""
+        try:
+            info = self.get_collection(name)
+        except NotFoundError:
+            return self.create_collection(name, model, dim)
+        check_model(info, model, dim)
+        return info
+
+
+def check_model(info: CollectionInfo, model: str, dim: int) -> None:
+    if info.model != model or info.dim != dim:
+        raise CrossmodalError(
+            f"collection '{info.name}' was made with model '{info.model}' ({info.dim}-d); "
+            f"it cannot take vectors of '{model}' ({dim}-d). Use model '{info.model}' (or 'auto'), "
+            "or another collection",
+            param="model",
+        )

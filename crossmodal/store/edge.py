@@ -1,0 +1,222 @@
+"""The embedded store: Qdrant's own engine in-process (qdrant-edge), one shard per collection.
+
+Layout under the data directory:
+    collections/<name>/collection.json   model id, dimension, creation time
+    collections/<name>/shard/            Qdrant's WAL and segments
+    collections/<name>/.lock             held while a process has the shard open
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import threading
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+
+import qdrant_edge as qe
+
+from crossmodal.errors import CrossmodalError
+from crossmodal.store.base import (
+    INTEGER_FIELDS,
+    KEYWORD_FIELDS,
+    VECTOR_NAME,
+    CollectionInfo,
+    Condition,
+    Hit,
+    StoredPoint,
+    VectorStore,
+    check_collection_name,
+    missing_collection,
+)
+
+# Below this many points a segment is searched exactly (brute force is fast and exact);
+# above it the optimizer builds HNSW.
+INDEXING_THRESHOLD = 20_000
+HNSW_EF = 128
+META_FILE = "collection.json"
+
+
+class _OpenShard:
+    def __init__(self, shard: qe.EdgeShard, lock_fd: int):
+        self.shard = shard
+        self.lock_fd = lock_fd
+        self.mutex = threading.RLock()
+
+
+# One open shard per directory per process: Qdrant's files must not be opened twice.
+_OPEN: dict[str, _OpenShard] = {}
+_OPEN_LOCK = threading.Lock()
+
+
+class EdgeStore(VectorStore):
+    backend = "embedded"
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root).expanduser().resolve()
+        try:
+            (self.root / "collections").mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise CrossmodalError(f"cannot create the data directory {self.root}: {exc}", param="data_dir") from None
+
+    # -- collections --------------------------------------------------------
+    def _dir(self, name: str) -> Path:
+        return self.root / "collections" / check_collection_name(name)
+
+    def create_collection(self, name: str, model: str, dim: int) -> CollectionInfo:
+        directory = self._dir(name)
+        if (directory / META_FILE).exists():
+            raise CrossmodalError(f"collection '{name}' already exists", param="collection")
+        directory.mkdir(parents=True, exist_ok=True)
+        info = CollectionInfo(name, model, int(dim), 0, datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        config = qe.EdgeConfig(
+            vectors={VECTOR_NAME: qe.EdgeVectorParams(size=int(dim), distance=qe.Distance.Cosine)},
+            optimizers=qe.EdgeOptimizersConfig(indexing_threshold=INDEXING_THRESHOLD),
+        )
+        lock_fd = _lock(directory, name)
+        shard = qe.EdgeShard.create(str(directory / "shard"), config)
+        for field in KEYWORD_FIELDS:
+            shard.update(qe.UpdateOperation.create_field_index(field, qe.PayloadSchemaType.Keyword))
+        for field in INTEGER_FIELDS:
+            shard.update(qe.UpdateOperation.create_field_index(field, qe.PayloadSchemaType.Integer))
+        with _OPEN_LOCK:
+            _OPEN[str(directory)] = _OpenShard(shard, lock_fd)
+        # The metadata file is written last and atomically: its presence marks a complete collection.
+        _write_json(directory / META_FILE, {"model": model, "dim": int(dim), "created_at": info.created_at})
+        return info
+
+    def _meta(self, name: str) -> dict:
+        path = self._dir(name) / META_FILE
+        if not path.is_file():
+            raise missing_collection(name)
+        return json.loads(path.read_text())
+
+    def get_collection(self, name: str) -> CollectionInfo:
+        meta = self._meta(name)
+        return CollectionInfo(name, meta["model"], int(meta["dim"]), self.count(name), meta.get("created_at"))
+
+    def list_collections(self) -> list[CollectionInfo]:
+        names = sorted(p.parent.name for p in (self.root / "collections").glob(f"*/{META_FILE}"))
+        return [self.get_collection(n) for n in names]
+
+    def delete_collection(self, name: str) -> bool:
+        directory = self._dir(name)
+        if not (directory / META_FILE).exists():
+            return False
+        self._shard(name)  # takes the lock, so another process's collection is never removed under it
+        with _OPEN_LOCK:
+            opened = _OPEN.pop(str(directory), None)
+        if opened:
+            with opened.mutex:
+                opened.shard.close()
+                os.close(opened.lock_fd)
+        (directory / META_FILE).unlink()  # first, so a half-removed directory no longer counts
+        shutil.rmtree(directory, ignore_errors=True)
+        return True
+
+    # -- points ----------------------------------------------------------------
+    def _shard(self, name: str) -> _OpenShard:
+        directory = self._dir(name)
+        key = str(directory)
+        with _OPEN_LOCK:
+            if key in _OPEN:
+                return _OPEN[key]
+            if not (directory / META_FILE).is_file():
+                raise missing_collection(name)
+            lock_fd = _lock(directory, name)
+            try:
+                shard = qe.EdgeShard.load(str(directory / "shard"))
+            except Exception:
+                os.close(lock_fd)
+                raise
+            _OPEN[key] = _OpenShard(shard, lock_fd)
+            return _OPEN[key]
+
+    def existing_ids(self, name: str, ids: list[str]) -> set[str]:
+        if not ids:
+            return set()
+        opened = self._shard(name)
+        with opened.mutex:
+            records = opened.shard.retrieve(list(ids), with_payload=False, with_vector=False)
+        return {str(r.id) for r in records}
+
+    def upsert(self, name: str, points: list[StoredPoint]) -> None:
+        if not points:
+            return
+        opened = self._shard(name)
+        batch = [qe.Point(p.id, {VECTOR_NAME: list(map(float, p.vector))}, p.payload) for p in points]
+        with opened.mutex:
+            opened.shard.update(qe.UpdateOperation.upsert_points(batch))
+
+    def finish_writes(self, name: str) -> None:
+        opened = self._shard(name)
+        with opened.mutex:
+            opened.shard.flush()
+            opened.shard.optimize()  # builds HNSW once a segment passes INDEXING_THRESHOLD
+
+    def query(self, name, vector, limit, conditions=(), score_threshold=None, exact=False) -> list[Hit]:
+        opened = self._shard(name)
+        request = qe.QueryRequest(
+            limit=int(limit),
+            query=qe.Query.Nearest(list(map(float, vector)), using=VECTOR_NAME),
+            filter=_edge_filter(conditions),
+            score_threshold=score_threshold,
+            with_payload=True,
+            params=qe.SearchParams(hnsw_ef=HNSW_EF, exact=exact),
+        )
+        with opened.mutex:
+            points = opened.shard.query(request)
+        return [Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in points]
+
+    def count(self, name: str, conditions=()) -> int:
+        opened = self._shard(name)
+        with opened.mutex:
+            return int(opened.shard.count(qe.CountRequest(exact=True, filter=_edge_filter(conditions))))
+
+    def close(self) -> None:
+        """Close this store's shards (other EdgeStore objects on the same root share them)."""
+        prefix = str(self.root / "collections")
+        with _OPEN_LOCK:
+            for key in [k for k in _OPEN if k.startswith(prefix)]:
+                opened = _OPEN.pop(key)
+                with opened.mutex:
+                    opened.shard.close()
+                    os.close(opened.lock_fd)
+
+
+def _edge_filter(conditions) -> qe.Filter | None:
+    if not conditions:
+        return None
+    return qe.Filter(must=[_edge_condition(c) for c in conditions])
+
+
+def _edge_condition(c: Condition):
+    if c.op == "eq":
+        return qe.FieldCondition(key=c.key, match=qe.MatchValue(c.value))
+    if c.op == "any":
+        return qe.FieldCondition(key=c.key, match=qe.MatchAny(c.value))
+    return qe.FieldCondition(key=c.key, range=qe.RangeFloat(**{k: float(v) for k, v in c.value.items()}))
+
+
+def _lock(directory: Path, name: str) -> int:
+    fd = os.open(directory / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise CrossmodalError(
+            f"collection '{name}' is open in another process (the plugin or another command); "
+            "stop it or use a Qdrant server (store_url) for shared access",
+            param="collection",
+            status=409,
+        ) from None
+    return fd
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(f".{uuid.uuid4().hex}.tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)

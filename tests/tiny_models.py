@@ -1,0 +1,43 @@
+"""Tiny CLIP-family models with random weights, saved like real checkpoints.
+
+They load through the production path (crossmodal.models.load_encoder), so the
+tests exercise exactly the code that loads openai/clip-vit-base-patch32.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+WORDS = ("a an the small large red green blue yellow purple orange white black circle square triangle star "
+         "hexagon heart on left right top bottom centre and cat dog photo of 左 右 边 的 小 大 红 色 圆 形 星").split()
+
+
+def tiny_tokenizer(context_length: int = 16):
+    from crossmodal.tokenizer import train_tokenizer
+
+    return train_tokenizer([" ".join(WORDS)], context_length=context_length)
+
+
+def save_tiny_clip(directory: Path, *, image_size: int = 32, projection_dim: int = 16, seed: int = 0) -> Path:
+    import torch
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+
+    torch.manual_seed(seed)
+    tokenizer = tiny_tokenizer()
+    config = CLIPConfig(
+        text_config=dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, max_position_embeddings=16,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                           image_size=image_size, patch_size=8),
+        projection_dim=projection_dim,
+    )
+    processor = CLIPProcessor(
+        image_processor=CLIPImageProcessor(size={"shortest_edge": image_size},
+                                           crop_size={"height": image_size, "width": image_size}),
+        tokenizer=tokenizer,
+    )
+    CLIPModel(config).save_pretrained(directory)
+    processor.save_pretrained(directory)
+    return directory
