@@ -1,0 +1,108 @@
+"""What every Dify tool handler shares: credentials -> Service, Dify files -> ImageInput,
+parameter parsing, and running the work off the gevent loop with user-facing errors.
+
+Each tool module stays a few lines: parse -> call the service -> yield messages.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any, Callable
+
+from crossmodal.errors import CrossmodalError
+from crossmodal.runtime import offload
+from crossmodal.service import ImageInput, Service
+from crossmodal.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+class ToolInputError(ValueError):
+    """Shown to the Dify user as the node's error message."""
+
+
+def service_for(credentials: dict | None) -> Service:
+    return Service(Settings.from_credentials(credentials))
+
+
+def call(fn: Callable[..., Any], *args, **kwargs) -> Any:
+    """Run ``fn`` in a worker thread; turn errors into one message a person can act on."""
+    try:
+        return offload(fn, *args, **kwargs)
+    except CrossmodalError as exc:
+        raise ToolInputError(str(exc)) from None
+    except Exception as exc:  # an unexpected failure: log the details, show a short line
+        logger.exception("crossmodal tool failed")
+        raise RuntimeError(f"internal error ({type(exc).__name__}); the plugin log has the details") from None
+
+
+def file_inputs(value) -> list[ImageInput]:
+    """Dify File objects (one or a list) -> ImageInputs. Downloads happen here, on the loop
+    (I/O yields to other sessions); a failed download becomes that item's error, not the batch's."""
+    if value is None or value == "":
+        return []
+    files = value if isinstance(value, list) else [value]
+    inputs = []
+    for index, file in enumerate(files):
+        name = getattr(file, "filename", None) or f"file-{index + 1}"
+        try:
+            data = file.blob
+        except Exception as exc:  # noqa: BLE001 - reported per item
+            error = CrossmodalError(f"cannot download the file from Dify's file server ({exc})", param=name)
+            inputs.append(ImageInput(name, _raiser(error)))
+            continue
+        inputs.append(ImageInput.from_bytes(name, data))
+    return inputs
+
+
+def _raiser(error: Exception):
+    def read() -> bytes:
+        raise error
+
+    return read
+
+
+def text_list(value: str | None) -> list[str]:
+    """One item per line; blank lines ignored."""
+    return [line.strip() for line in str(value or "").splitlines() if line.strip()]
+
+
+def tag_list(value: str | None) -> list[str]:
+    return [t.strip() for t in str(value or "").replace("\n", ",").split(",") if t.strip()]
+
+
+def json_object(value, param: str) -> dict:
+    if value in (None, ""):
+        return {}
+    if isinstance(value, dict):
+        return value
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise ToolInputError(f"{param}: is not valid JSON ({exc.msg}); example: {{\"album\": \"2024\"}}") from None
+    if not isinstance(parsed, dict):
+        raise ToolInputError(f"{param}: must be a JSON object such as {{\"album\": \"2024\"}}")
+    return parsed
+
+
+def number(value, param: str, default: float | None = None) -> float | None:
+    if value in (None, ""):
+        return default
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ToolInputError(f"{param}: '{value}' is not a number") from None
+
+
+def flag(value) -> bool:
+    return value is True or str(value).strip().lower() in ("1", "true", "yes", "on")
+
+
+def summary_line(results: list[dict], limit: int = 5) -> str:
+    lines = []
+    for rank, hit in enumerate(results[:limit], 1):
+        p = hit["payload"]
+        label = p.get("caption") or p.get("text") or p.get("source") or hit["id"]
+        lines.append(f"{rank}. {label} ({hit['score']:.3f})")
+    return "\n".join(lines) if lines else "no results"

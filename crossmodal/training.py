@@ -1,0 +1,284 @@
+"""Contrastive (InfoNCE) training of CLIP-family dual encoders.
+
+The loss is CLIP's symmetric InfoNCE with a learnable temperature (``logit_scale``),
+with one change: in-batch pairs that are also true are not pushed apart. Each text
+row's target spreads evenly over every image in the batch that the text describes
+(and each image column over every text that describes it). For generated scenes
+"describes" is checked against the ground truth (a caption "a red circle" is true of
+every scene holding a red circle); for user pairs (JSONL) two pairs count as the same
+when their captions are identical after trimming and lower-casing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from crossmodal.errors import CrossmodalError
+
+logger = logging.getLogger(__name__)
+
+DEMO_IMAGE_SIZE = 128
+
+
+@dataclass
+class TrainConfig:
+    out: str
+    steps: int = 3000
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup: int = 150
+    seed: int = 0
+    scenes: int = 30000  # generated scenes rendered up front (seeds seed*10^6 .. +scenes)
+    init: str | None = None  # a checkpoint to fine-tune (preset, hub id, directory); None: a new demo model
+    pairs: str | None = None  # JSONL of {"image": path, "caption": text}
+    bf16: bool = True
+    log_every: int = 50
+    save_every: int = 0  # also write the checkpoint every N steps (0: only at the end)
+    save_fp16: bool = True
+
+
+@dataclass
+class TrainReport:
+    steps: int = 0
+    seconds: float = 0.0
+    final_loss: float = float("nan")
+    pairs: int = 0
+    skipped: int = 0
+    skip_reasons: list[str] = field(default_factory=list)
+    history: list[tuple[int, float]] = field(default_factory=list)
+
+
+def build_demo_model(tokenizer, image_size: int = DEMO_IMAGE_SIZE):
+    """A small CLIP (about 1.6 M parameters) sized to learn colours, shapes, sizes and positions."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+
+    config = CLIPConfig(
+        text_config=dict(vocab_size=len(tokenizer), hidden_size=128, intermediate_size=512, num_hidden_layers=3,
+                         num_attention_heads=4, max_position_embeddings=32, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id),
+        vision_config=dict(hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
+                           image_size=image_size, patch_size=16),
+        projection_dim=128,
+    )
+    processor = CLIPProcessor(
+        image_processor=CLIPImageProcessor(size={"shortest_edge": image_size},
+                                           crop_size={"height": image_size, "width": image_size}),
+        tokenizer=tokenizer,
+    )
+    return CLIPModel(config), processor
+
+
+# -- data ---------------------------------------------------------------------------
+class GeneratedPairs:
+    """Scenes rendered once; every step draws fresh true captions for them."""
+
+    def __init__(self, n: int, seed: int, image_size: int, processor):
+        from crossmodal.scenes import generate_scene
+
+        self.rng = random.Random(seed)
+        self.objects, pixels = [], []
+        mean, std = _norm_stats(processor)
+        for k in range(n):
+            scene = generate_scene(seed * 1_000_000 + k, width=self.rng.randint(224, 384))
+            small = scene.image.resize((image_size, image_size), resample=3)  # bicubic, as the processor does
+            pixels.append(np.asarray(small, dtype=np.uint8))
+            self.objects.append(scene.objects)
+        self.pixels = np.stack(pixels)
+        self.mean, self.std = mean, std
+
+    def __len__(self):
+        return len(self.objects)
+
+    def batch(self, size: int):
+        import torch
+
+        from crossmodal.scenes import scene_satisfies, sample_caption
+
+        idx = self.rng.sample(range(len(self)), size)
+        captions, specs = zip(*(sample_caption(self.objects[i], self.rng) for i in idx))
+        mask = np.array([[scene_satisfies(self.objects[j], s) for j in idx] for s in specs], dtype=np.float32)
+        images = torch.from_numpy(self.pixels[idx]).permute(0, 3, 1, 2).float() / 255.0
+        images = (images - self.mean) / self.std
+        return images, list(captions), torch.from_numpy(mask)
+
+
+class JsonlPairs:
+    """User pairs; bad lines are skipped with a count and the first reasons, never a crash."""
+
+    def __init__(self, path: str, processor, seed: int, report: TrainReport):
+        from crossmodal.images import decode_image
+
+        self.rng = random.Random(seed)
+        self.processor = processor
+        self.items: list[tuple[Path, str]] = []
+        base = Path(path).parent
+        try:
+            lines = Path(path).read_text(encoding="utf-8").splitlines()
+        except OSError as exc:
+            raise CrossmodalError(f"cannot read {path}: {exc.strerror}", param="pairs") from None
+        for n, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            reason = None
+            try:
+                row = json.loads(line)
+                image = base / str(row.get("image") or row.get("image_path") or "")
+                caption = str(row.get("caption") or row.get("text") or "").strip()
+                if not caption:
+                    reason = "empty caption"
+                elif not image.is_file():
+                    reason = f"missing file {image}"
+                else:
+                    decode_image(image.read_bytes(), param="image")
+            except json.JSONDecodeError as exc:
+                reason = f"not JSON ({exc.msg})"
+            except CrossmodalError as exc:
+                reason = str(exc)
+            if reason:
+                report.skipped += 1
+                if len(report.skip_reasons) < 5:
+                    report.skip_reasons.append(f"line {n}: {reason}")
+                continue
+            self.items.append((image, caption))
+        if not self.items:
+            raise CrossmodalError(f"{path} holds no usable (image, caption) pairs; "
+                                  f"first problems: {report.skip_reasons}", param="pairs")
+        report.pairs = len(self.items)
+
+    def __len__(self):
+        return len(self.items)
+
+    def batch(self, size: int):
+        import torch
+
+        from crossmodal.images import decode_image
+
+        idx = self.rng.sample(range(len(self)), min(size, len(self)))
+        images = [decode_image(self.items[i][0].read_bytes()).image for i in idx]
+        captions = [self.items[i][1] for i in idx]
+        keys = [c.lower() for c in captions]
+        mask = torch.tensor([[a == b for b in keys] for a in keys], dtype=torch.float32)
+        pixels = self.processor(images=images, return_tensors="pt")["pixel_values"]
+        return pixels, captions, mask
+
+
+def _norm_stats(processor):
+    import torch
+
+    ip = processor.image_processor
+    mean = torch.tensor(ip.image_mean).view(1, 3, 1, 1)
+    std = torch.tensor(ip.image_std).view(1, 3, 1, 1)
+    return mean, std
+
+
+# -- loss and loop ------------------------------------------------------------------
+def multi_positive_infonce(image_emb, text_emb, logit_scale, mask):
+    """Symmetric InfoNCE; mask[i, j] = 1 where text i truly describes image j (diagonal included)."""
+    import torch.nn.functional as F
+
+    logits = logit_scale.exp().clamp(max=100) * text_emb @ image_emb.t()
+    t2i_target = mask / mask.sum(1, keepdim=True)
+    i2t_target = (mask / mask.sum(0, keepdim=True)).t()
+    loss_t2i = -(t2i_target * F.log_softmax(logits, dim=1)).sum(1).mean()
+    loss_i2t = -(i2t_target * F.log_softmax(logits.t(), dim=1)).sum(1).mean()
+    return (loss_t2i + loss_i2t) / 2
+
+
+def train(config: TrainConfig, progress=None) -> TrainReport:
+    import torch
+
+    from crossmodal.models import load_encoder, model_identity
+    from crossmodal.scenes import vocabulary_texts
+    from crossmodal.tokenizer import train_tokenizer
+
+    torch.manual_seed(config.seed)
+    random.seed(config.seed)
+    report = TrainReport()
+    if config.init:
+        encoder = load_encoder(model_identity(config.init), "cpu")
+        model, processor = encoder.model.train(), encoder.processor
+    else:
+        tokenizer = train_tokenizer(vocabulary_texts(), context_length=32)
+        model, processor = build_demo_model(tokenizer)
+    if config.pairs:
+        data = JsonlPairs(config.pairs, processor, config.seed, report)
+    else:
+        image_size = model.config.vision_config.image_size
+        data = GeneratedPairs(config.scenes, config.seed, image_size, processor)
+        report.pairs = len(data)
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, config.warmup, config.steps))
+    use_bf16 = config.bf16 and _cpu_bf16_ok()
+    started = time.time()
+    for step in range(1, config.steps + 1):
+        images, captions, mask = data.batch(config.batch_size)
+        tokens = processor.tokenizer(captions, padding=True, truncation=True, return_tensors="pt")
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
+            image_emb = _features(model.get_image_features(pixel_values=images))
+            text_emb = _features(model.get_text_features(input_ids=tokens["input_ids"],
+                                                         attention_mask=tokens["attention_mask"]))
+        image_emb = torch.nn.functional.normalize(image_emb.float(), dim=-1)
+        text_emb = torch.nn.functional.normalize(text_emb.float(), dim=-1)
+        loss = multi_positive_infonce(image_emb, text_emb, model.logit_scale, mask)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, math.log(100))
+        report.final_loss = float(loss)
+        if step % config.log_every == 0 or step == config.steps:
+            report.history.append((step, round(float(loss), 4)))
+            logger.info("step %d loss %.4f scale %.1f", step, float(loss), float(model.logit_scale.exp()))
+            if progress:
+                progress(step, float(loss))
+        if config.save_every and step % config.save_every == 0 and step < config.steps:
+            save_checkpoint(model, processor, config.out, fp16=config.save_fp16)
+            model.train()
+    report.steps = config.steps
+    report.seconds = round(time.time() - started, 1)
+    save_checkpoint(model, processor, config.out, fp16=config.save_fp16)
+    return report
+
+
+def _features(output):
+    return output if hasattr(output, "shape") else output.pooler_output
+
+
+def _lr_factor(step: int, warmup: int, total: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+
+
+def _cpu_bf16_ok() -> bool:
+    import torch
+
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def save_checkpoint(model, processor, out: str, *, fp16: bool = True) -> Path:
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model = model.eval()
+    if fp16:
+        model = model.half()
+    model.save_pretrained(out_dir)
+    processor.save_pretrained(out_dir)
+    if fp16:
+        model.float()
+    return out_dir

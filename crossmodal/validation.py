@@ -1,0 +1,27 @@
+"""Checking provider settings for real: reach the store, resolve the model."""
+
+from __future__ import annotations
+
+from crossmodal.errors import CrossmodalError
+from crossmodal.models import SUPPORTED_TYPES, model_identity, pick_device, resolve_model_dir
+from crossmodal.settings import Settings
+from crossmodal.store import check_collection_name, open_store
+
+
+def validate_settings(settings: Settings) -> dict:
+    check_collection_name(settings.collection)
+    pick_device(settings.device)
+    store = open_store(settings.store_url, settings.store_api_key, settings.data_dir)
+    try:
+        collections = store.list_collections()
+    finally:
+        if settings.store_url:
+            store.close()
+    directory = resolve_model_dir(settings.model, settings.hub)
+    from transformers import AutoConfig
+
+    model_type = AutoConfig.from_pretrained(directory).model_type
+    if model_type not in SUPPORTED_TYPES:
+        raise CrossmodalError(f"'{settings.model}' is a {model_type} model, not a dual encoder "
+                              f"({', '.join(SUPPORTED_TYPES)})", param="model")
+    return {"backend": store.backend, "collections": len(collections), "model": model_identity(settings.model)}

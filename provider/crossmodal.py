@@ -1,0 +1,16 @@
+from typing import Any
+
+from dify_plugin import ToolProvider
+from dify_plugin.errors.tool import ToolProviderCredentialValidationError
+
+from crossmodal.dify_adapter import ToolInputError, call
+from crossmodal.settings import Settings
+from crossmodal.validation import validate_settings
+
+
+class CrossmodalProvider(ToolProvider):
+    def _validate_credentials(self, credentials: dict[str, Any]) -> None:
+        try:
+            call(validate_settings, Settings.from_credentials(credentials))
+        except (ToolInputError, RuntimeError) as exc:
+            raise ToolProviderCredentialValidationError(str(exc)) from None

@@ -1,0 +1,24 @@
+from collections.abc import Generator
+from typing import Any
+
+from dify_plugin import Tool
+from dify_plugin.entities.tool import ToolInvokeMessage
+
+from crossmodal.dify_adapter import ToolInputError, call, flag, service_for
+
+
+class CollectionsTool(Tool):
+    def _invoke(self, tool_parameters: dict[str, Any]) -> Generator[ToolInvokeMessage, None, None]:
+        action = tool_parameters.get("action") or "list"
+        service = service_for(self.runtime.credentials)
+        collection = tool_parameters.get("collection") or None
+        if action == "list":
+            result = call(service.list_collections)
+        elif action == "info":
+            result = call(service.collection_info, collection)
+        elif action == "delete":
+            result = call(service.delete_collection, collection, flag(tool_parameters.get("confirm")))
+        else:
+            raise ToolInputError(f"action: '{action}' is not one of list, info, delete")
+        yield self.create_variable_message("result", result)
+        yield self.create_json_message(result)
