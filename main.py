@@ -3,9 +3,15 @@ import logging
 from dify_plugin import DifyPluginEnv, Plugin
 from dify_plugin.config.logger_format import plugin_logger_handler
 
+from crossmodal.runtime import preload_libraries
+
 # The core logs through the SDK's handler: stdout carries only protocol JSON.
 logging.getLogger("crossmodal").addHandler(plugin_logger_handler)
 logging.getLogger("crossmodal").setLevel(logging.INFO)
+
+# Import torch / transformers / huggingface_hub here, on the main thread, before serving:
+# imported later inside a worker thread under gevent they fail (child watchers) and print to stdout.
+preload_libraries()
 
 plugin = Plugin(DifyPluginEnv(MAX_REQUEST_TIMEOUT=600))
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import traceback
 from typing import Any, Callable
 
 from crossmodal.errors import CrossmodalError
@@ -33,7 +34,7 @@ def call(fn: Callable[..., Any], *args, **kwargs) -> Any:
     except CrossmodalError as exc:
         raise ToolInputError(str(exc)) from None
     except Exception as exc:  # an unexpected failure: log the details, show a short line
-        logger.exception("crossmodal tool failed")
+        logger.error("crossmodal tool failed: %s", traceback.format_exc())
         raise RuntimeError(f"internal error ({type(exc).__name__}); the plugin log has the details") from None
 
 

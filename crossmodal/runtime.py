@@ -28,3 +28,21 @@ def offload(fn: Callable[..., T], *args, **kwargs) -> T:
     import gevent
 
     return gevent.get_hub().threadpool.spawn(fn, *args, **kwargs).get()
+
+
+def preload_libraries() -> None:
+    """Import the heavy libraries once, on the main thread (see main.py).
+
+    trio, when installed, cannot import under gevent's patched ``select`` (no epoll), and
+    httpcore2 (huggingface_hub's HTTP stack) imports it optionally: mark it absent so that
+    httpcore2 takes its ImportError path.
+    """
+    import sys
+
+    if gevent_patched():
+        sys.modules.setdefault("trio", None)
+    import huggingface_hub.hf_api  # noqa: F401
+    import qdrant_edge  # noqa: F401
+    import torch  # noqa: F401
+    import transformers  # noqa: F401
+    from transformers import AutoConfig, AutoModel, AutoProcessor  # noqa: F401

@@ -1,0 +1,3 @@
+from crossmodal.cli import main
+
+raise SystemExit(main())

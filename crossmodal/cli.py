@@ -1,0 +1,208 @@
+"""`python -m crossmodal`: one subcommand per pipeline stage, each a thin adapter over the service.
+
+Heavy imports (torch, transformers, qdrant) are deferred so that --help is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
+
+
+def _store_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("store (default: the embedded store in $CROSSMODAL_HOME or ~/.crossmodal)")
+    g.add_argument("--store", metavar="DIR", help="data directory of the embedded store")
+    g.add_argument("--url", help="Qdrant server or cluster URL (instead of the embedded store)")
+    g.add_argument("--api-key", help="Qdrant API key (or $QDRANT_API_KEY)")
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None, help="preset, hub id or local directory (default: auto)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+
+
+def _service(args):
+    import os
+
+    from crossmodal.service import Service
+    from crossmodal.settings import Settings
+
+    return Service(Settings(store_url=args.url, store_api_key=args.api_key or os.environ.get("QDRANT_API_KEY"),
+                            data_dir=args.store, model=getattr(args, "model", None) or "auto",
+                            device=getattr(args, "device", "auto")))
+
+
+def _emit(obj, as_json: bool, text: str | None = None) -> None:
+    if as_json:
+        print(json.dumps(obj, ensure_ascii=False))
+    else:
+        print(text if text is not None else json.dumps(obj, ensure_ascii=False, indent=2))
+
+
+def expand_paths(paths: list[str]) -> list[Path]:
+    """Files as given; directories walked for image files, in a stable order."""
+    out: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            out += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        else:
+            out.append(path)  # a missing file is reported as rejected, with the others still ingested
+    return out
+
+
+# -- subcommands ----------------------------------------------------------------------
+def cmd_ingest(args) -> int:
+    from tqdm.auto import tqdm
+
+    from crossmodal.service import ImageInput, IngestItem
+
+    metadata = json.loads(args.metadata) if args.metadata else {}
+    if not isinstance(metadata, dict):
+        raise _usage("--metadata must be a JSON object")
+    tags = [t for t in (args.tags or "").split(",") if t.strip()]
+    paths = expand_paths(args.paths)
+    items = [IngestItem(image=ImageInput.from_path(p), tags=tags, metadata=metadata) for p in paths]
+    items += [IngestItem(text=t, tags=tags, metadata=metadata) for t in args.text or []]
+    if not items:
+        raise _usage("give image files, directories or --text")
+    bar = tqdm(total=len(items), unit="item", disable=args.json, file=sys.stderr)
+    report = _service(args).ingest(items, args.collection, args.model, progress=bar.update)
+    bar.close()
+    summary = {"added": report["added"], "duplicates": report["duplicates"], "rejected": report["rejected"]}
+    text = (f"{report['added']} added, {report['duplicates']} duplicates, {len(report['rejected'])} rejected; "
+            f"'{report['collection']}' holds {report['count']} points")
+    for r in report["rejected"]:
+        text += f"\n  rejected {r['source']}: {r['reason']}"
+    _emit(summary, args.json, text)
+    return 0
+
+
+def cmd_search(args) -> int:
+    from crossmodal.service import ImageInput
+
+    image = ImageInput.from_path(args.image) if args.image else None
+    result = _service(args).search(
+        text=args.text, image=image, collection=args.collection, top_k=args.top_k,
+        score_threshold=args.score_threshold, filter=args.filter, target=args.target, model=args.model,
+        text_weight=args.text_weight,
+    )
+    lines = [f"{'rank':>4}  {'score':>7}  source"]
+    for rank, hit in enumerate(result["results"], 1):
+        p = hit["payload"]
+        lines.append(f"{rank:>4}  {hit['score']:>7.4f}  {p.get('source')}  {p.get('caption') or p.get('text') or ''}")
+    _emit({"results": result["results"], "model": result["model"]}, args.json, "\n".join(lines))
+    return 0
+
+
+def cmd_embed(args) -> int:
+    from crossmodal.service import ImageInput
+
+    images = [ImageInput.from_path(p) for p in expand_paths(args.image or [])]
+    result = _service(args).embed(images, args.text or [], args.model)
+    _emit(result, args.json or True)
+    return 0
+
+
+def cmd_collections(args) -> int:
+    service = _service(args)
+    if args.action == "list":
+        result = service.list_collections()
+        text = "\n".join(f"{c['name']}: {c['count']} points, {c['model']} ({c['dimension']}-d)"
+                         for c in result["collections"]) or "no collections"
+    elif args.action == "info":
+        result = service.collection_info(args.name)
+        text = None
+    else:
+        result = service.delete_collection(args.name, args.yes)
+        text = f"deleted {result['deleted']}"
+    _emit(result, args.json, text)
+    return 0
+
+
+def _usage(message: str):
+    from crossmodal.errors import CrossmodalError
+
+    return CrossmodalError(message)
+
+
+COMMANDS = {
+    "ingest": cmd_ingest,
+    "search": cmd_search,
+    "embed": cmd_embed,
+    "collections": cmd_collections,
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    import crossmodal.cli_stages  # noqa: F401 - registers train, eval, demo
+
+    parser = argparse.ArgumentParser(prog="python -m crossmodal", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("ingest", help="add images / texts to a collection")
+    p.add_argument("paths", nargs="*", help="image files or directories")
+    p.add_argument("--text", action="append", help="a text-only item (repeatable)")
+    p.add_argument("--collection", required=True)
+    p.add_argument("--tags", help="comma-separated tags for every item")
+    p.add_argument("--metadata", help="JSON object stored with every item")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a progress bar")
+    _store_args(p)
+    _model_args(p)
+
+    p = sub.add_parser("search", help="search a collection by text and/or image")
+    p.add_argument("text", nargs="?", help="query text")
+    p.add_argument("--image", help="query image file")
+    p.add_argument("--collection", required=True)
+    p.add_argument("--top-k", type=int, default=10)
+    p.add_argument("--score-threshold", type=float)
+    p.add_argument("--filter", help='JSON, e.g. {"tags": ["cat"]}')
+    p.add_argument("--target", default="image", choices=["image", "text", "any"])
+    p.add_argument("--text-weight", type=float, default=0.5, help="share of the text in a fused query")
+    p.add_argument("--json", action="store_true")
+    _store_args(p)
+    _model_args(p)
+
+    p = sub.add_parser("embed", help="print vectors for images and texts as JSON")
+    p.add_argument("--image", action="append", help="image file or directory (repeatable)")
+    p.add_argument("--text", action="append", help="text (repeatable)")
+    p.add_argument("--json", action="store_true")
+    _store_args(p)
+    _model_args(p)
+
+    p = sub.add_parser("collections", help="list, inspect or delete collections")
+    p.add_argument("action", nargs="?", default="list", choices=["list", "info", "delete"])
+    p.add_argument("name", nargs="?")
+    p.add_argument("--yes", action="store_true", help="confirm deletion")
+    p.add_argument("--json", action="store_true")
+    _store_args(p)
+
+    for name, (fn, add) in EXTRA_COMMANDS.items():
+        COMMANDS[name] = fn
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    import logging
+
+    from crossmodal.errors import CrossmodalError
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except CrossmodalError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except json.JSONDecodeError as exc:
+        print(f"error: invalid JSON argument ({exc.msg})", file=sys.stderr)
+        return 2
+
+
+# Subcommands registered by other stages (train, eval, demo): name -> (function, add_parser).
+EXTRA_COMMANDS: dict = {}

@@ -1,0 +1,83 @@
+"""The train, eval and demo subcommands (kept apart from the store stages in cli.py)."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from crossmodal.cli import EXTRA_COMMANDS
+
+
+def cmd_train(args) -> int:
+    from crossmodal.training import TrainConfig, train
+
+    config = TrainConfig(out=args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                         scenes=args.scenes, init=args.init, pairs=args.pairs, bf16=not args.fp32,
+                         save_every=args.save_every)
+
+    def progress(step, loss):
+        print(f"step {step}/{config.steps} loss {loss:.4f}", file=sys.stderr)
+
+    report = train(config, progress)
+    print(json.dumps({"out": args.out, "steps": report.steps, "seconds": report.seconds,
+                      "final_loss": round(report.final_loss, 4), "pairs": report.pairs, "skipped": report.skipped,
+                      "skip_reasons": report.skip_reasons}, ensure_ascii=False))
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from crossmodal.evaluation import run_eval
+
+    sets = tuple(args.sets.split(",")) if args.sets else ("single_en", "single_zh", "double_en", "double_zh")
+    report = run_eval(args.model, n=args.n, pairs=args.pairs, out=args.out, sets=sets)
+    print(json.dumps(report, indent=2, ensure_ascii=False))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from crossmodal.demo import format_table, run_demo
+
+    summary = run_demo(model=args.model, store=args.store, collection=args.collection, out=args.out)
+    if args.json:
+        for row in summary["queries"]:
+            for hit in row["hits"]:
+                hit.pop("thumbnail", None)
+        print(json.dumps(summary, ensure_ascii=False))
+    else:
+        print(format_table(summary))
+    return 0
+
+
+def _add_train(sub):
+    p = sub.add_parser("train", help="contrastive (InfoNCE) training: the demo model or fine-tuning on your pairs")
+    p.add_argument("--out", required=True, help="directory for the checkpoint (save_pretrained format)")
+    p.add_argument("--init", help="checkpoint to fine-tune (preset, hub id or directory); default: a new demo model")
+    p.add_argument("--pairs", help='JSONL of {"image": path, "caption": text}; default: generated scenes')
+    p.add_argument("--steps", type=int, default=1800)
+    p.add_argument("--batch-size", type=int, default=192)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--scenes", type=int, default=24000, help="generated scenes (without --pairs)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--save-every", type=int, default=0)
+    p.add_argument("--fp32", action="store_true", help="no bf16 autocast")
+
+
+def _add_eval(sub):
+    p = sub.add_parser("eval", help="Recall@K and latency through the store; JSON report and PNG chart")
+    p.add_argument("--model", default="demo-shapes")
+    p.add_argument("--n", type=int, default=1000, help="generated scenes per set")
+    p.add_argument("--sets", help="comma-separated: single_en,single_zh,double_en,double_zh")
+    p.add_argument("--pairs", help="JSONL of (image, caption) pairs instead of generated scenes")
+    p.add_argument("--out", default="reports", help="directory for eval.json and eval.png")
+
+
+def _add_demo(sub):
+    p = sub.add_parser("demo", help="offline end-to-end demo: gallery -> store -> English/Chinese search")
+    p.add_argument("--model", default="demo-shapes")
+    p.add_argument("--store", help="data directory (default $CROSSMODAL_HOME or ~/.crossmodal)")
+    p.add_argument("--collection", default="demo")
+    p.add_argument("--out", default="crossmodal-demo.html")
+    p.add_argument("--json", action="store_true")
+
+
+EXTRA_COMMANDS.update(train=(cmd_train, _add_train), eval=(cmd_eval, _add_eval), demo=(cmd_demo, _add_demo))

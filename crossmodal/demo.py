@@ -1,0 +1,104 @@
+"""`python -m crossmodal demo`: generate a gallery, ingest it, search it in English and Chinese,
+print the hits and write an HTML report. Offline with the default demo-shapes model."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import time
+from pathlib import Path
+
+from crossmodal.scenes import canonical_caption, caption_specs, generate_scene, scene_satisfies
+
+DEMO_SEED = 900_000_000
+GALLERY_SIZE = 60
+
+
+def build_gallery(n: int = GALLERY_SIZE):
+    return [generate_scene(DEMO_SEED + k, 256 + (k % 5) * 32, None, 1 + (k % 3 == 2)) for k in range(n)]
+
+
+def demo_queries(gallery) -> list[tuple[str, list[dict]]]:
+    """Queries drawn from the gallery itself (so each has an answer), in English and Chinese."""
+    queries = []
+    singles = [s for s in gallery if len(s.objects) == 1][:3]
+    doubles = [s for s in gallery if len(s.objects) == 2][:2]
+    for scene in singles:
+        o = scene.objects[0]
+        queries.append((f"a {o.phrase('en', size=False)}", caption_specs([o], size=False, position=False)))
+    for scene in doubles:
+        queries.append((canonical_caption(scene.objects, "en"), caption_specs(scene.objects, size=False, position=False)))
+    for scene in singles[:2] + doubles[:1]:
+        specs = caption_specs(scene.objects, size=len(scene.objects) == 1, position=len(scene.objects) == 1)
+        queries.append((canonical_caption(scene.objects, "zh"), specs))
+    return queries
+
+
+def run_demo(model: str = "demo-shapes", store: str | None = None, collection: str = "demo",
+             out: str = "crossmodal-demo.html", top_k: int = 3) -> dict:
+    from crossmodal.service import ImageInput, IngestItem, Service
+    from crossmodal.settings import Settings
+
+    started = time.perf_counter()
+    gallery = build_gallery()
+    service = Service(Settings(data_dir=store, model=model))
+    items = [IngestItem(image=ImageInput.from_bytes(f"scene-{k:03d}.png", _png(s.image)),
+                        caption=s.captions["en"][0], tags=[o.shape for o in s.objects],
+                        metadata={"caption_zh": s.captions["zh"][0]})
+             for k, s in enumerate(gallery)]
+    report = service.ingest(items, collection, model)
+    objects_by_source = {f"scene-{k:03d}.png": s.objects for k, s in enumerate(gallery)}
+    rows = []
+    for text, specs in demo_queries(gallery):
+        result = service.search(text=text, collection=collection, top_k=top_k, with_thumbnails=True)
+        hits = []
+        for hit in result["results"]:
+            source = hit["payload"]["source"]
+            hits.append({"source": source, "score": hit["score"], "caption": hit["payload"].get("caption"),
+                         "correct": scene_satisfies(objects_by_source.get(source, []), specs),
+                         "thumbnail": result["thumbnails"].get(hit["id"])})
+        rows.append({"query": text, "hits": hits})
+    summary = {"model": report["model"], "collection": collection, "added": report["added"],
+               "duplicates": report["duplicates"], "points": report["count"], "queries": rows,
+               "seconds": round(time.perf_counter() - started, 1), "html": str(Path(out).resolve())}
+    Path(out).write_text(render_html(summary), encoding="utf-8")
+    return summary
+
+
+def format_table(summary: dict) -> str:
+    lines = [f"model {summary['model']} · collection '{summary['collection']}' · {summary['added']} added, "
+             f"{summary['duplicates']} duplicates, {summary['points']} points", ""]
+    for row in summary["queries"]:
+        lines.append(f"query: {row['query']}")
+        for rank, hit in enumerate(row["hits"], 1):
+            mark = "✓" if hit["correct"] else "✗"
+            lines.append(f"  {rank}. {mark} {hit['score']:.3f}  {hit['source']}  {hit['caption']}")
+    top1 = sum(r["hits"][0]["correct"] for r in summary["queries"] if r["hits"])
+    lines += ["", f"top-1 correct: {top1}/{len(summary['queries'])} · {summary['seconds']} s · "
+                  f"report: {summary['html']}"]
+    return "\n".join(lines)
+
+
+def render_html(summary: dict) -> str:
+    parts = ["<!doctype html><meta charset='utf-8'><title>Crossmodal demo</title>",
+             "<style>body{font-family:sans-serif;margin:2em}figure{display:inline-block;margin:4px;text-align:center}"
+             "img{width:160px;border:3px solid #ccc}.ok img{border-color:#16a34a}.ko img{border-color:#dc2626}"
+             "figcaption{font-size:12px;max-width:160px}</style>",
+             f"<h1>Crossmodal demo</h1><p>Model <code>{html.escape(summary['model'])}</code>, "
+             f"{summary['points']} points in '{html.escape(summary['collection'])}'.</p>"]
+    for row in summary["queries"]:
+        parts.append(f"<h2>{html.escape(row['query'])}</h2><div>")
+        for hit in row["hits"]:
+            cls = "ok" if hit["correct"] else "ko"
+            src = base64.b64encode(hit["thumbnail"]).decode() if hit["thumbnail"] else ""
+            parts.append(f"<figure class='{cls}'><img src='data:image/jpeg;base64,{src}'>"
+                         f"<figcaption>{hit['score']:.3f} · {html.escape(hit['caption'] or '')}</figcaption></figure>")
+        parts.append("</div>")
+    return "\n".join(parts)
+
+
+def _png(image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()

@@ -1,0 +1,196 @@
+"""Evaluation through the real pipeline: Recall@K (text->image, image->text) via the store,
+per-query latency, and the pointing game for heat maps.
+
+On generated scenes several images can share one description, so a retrieved item
+counts as relevant when it satisfies every attribute the query states (colour, shape,
+size, position): "a red circle" is answered correctly by any scene holding a red circle.
+For user pairs (JSONL) an item is relevant to its own pair and to pairs with the same caption.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from crossmodal.errors import CrossmodalError
+
+KS = (1, 5, 10)
+EVAL_SEED_BASE = 700_000_000  # far from the training seeds (seed * 10^6 + k, k < 10^6, seed < 100)
+
+
+@dataclass
+class EvalSet:
+    """Images and queries with the relevance between them."""
+
+    name: str
+    images: list  # PIL images
+    image_keys: list  # per image: what it shows (objects, or a caption key)
+    queries: list[str]  # one text per image (its own caption)
+    is_relevant: Callable  # (query index, image index) -> bool
+    boxes: list = field(default_factory=list)
+
+
+def scene_set(kind: str, n: int, lang: str = "en", seed: int = EVAL_SEED_BASE, sizes=(224, 512)) -> EvalSet:
+    """``single``: one object, captions with size, colour, shape, position.
+    ``double``: two objects, captions naming both by colour and shape."""
+    import random
+
+    from crossmodal.scenes import canonical_caption, caption_specs, generate_scene, scene_satisfies
+
+    if kind not in ("single", "double"):
+        raise CrossmodalError(f"'{kind}' is not single or double", param="set")
+    rng = random.Random(seed)
+    images, objects, queries, specs, boxes = [], [], [], [], []
+    for k in range(n):
+        side = rng.randint(*sizes)
+        scene = generate_scene(seed + k, side, side, 1 if kind == "single" else 2)
+        images.append(scene.image)
+        objects.append(scene.objects)
+        boxes.append(scene.boxes)
+        queries.append(canonical_caption(scene.objects, lang))
+        specs.append(caption_specs(scene.objects, size=kind == "single", position=kind == "single"))
+    return EvalSet(f"{kind}_{lang}", images, objects, queries,
+                   lambda q, i: scene_satisfies(objects[i], specs[q]), boxes)
+
+
+def jsonl_set(path: str) -> EvalSet:
+    from crossmodal.images import decode_image
+
+    images, keys, queries = [], [], []
+    base = Path(path).parent
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        row = json.loads(line)
+        caption = str(row.get("caption") or "").strip()
+        image_path = base / str(row.get("image") or "")
+        if not caption or not image_path.is_file():
+            continue
+        images.append(decode_image(image_path.read_bytes()).image)
+        keys.append(caption.lower())
+        queries.append(caption)
+    if not images:
+        raise CrossmodalError(f"{path} holds no (image, caption) pairs to evaluate", param="pairs")
+    return EvalSet(Path(path).stem, images, keys, queries, lambda q, i: keys[q] == keys[i])
+
+
+def evaluate_set(service, eval_set: EvalSet, model: str, collection: str = "eval") -> dict:
+    """Ingest the set's images and distinct captions, then query both ways through the service."""
+    from crossmodal.service import ImageInput, IngestItem
+
+    if not eval_set.images:
+        raise CrossmodalError("the evaluation set has no pairs", param="set")
+    items = [IngestItem(image=ImageInput.from_bytes(f"img-{i}", _png(im)), source=f"img-{i}")
+             for i, im in enumerate(eval_set.images)]
+    distinct = sorted(set(eval_set.queries))
+    items += [IngestItem(text=t, source=f"txt-{j}") for j, t in enumerate(distinct)]
+    service.ingest(items, collection, model)
+    query_of = {t: eval_set.queries.index(t) for t in distinct}  # a representative query index per caption
+    top = max(KS)
+
+    t2i_ranks, latencies = [], []
+    for q, text in enumerate(eval_set.queries):
+        started = time.perf_counter()
+        hits = service.search(text=text, collection=collection, top_k=top, target="image")["results"]
+        latencies.append((time.perf_counter() - started) * 1000)
+        found = [int(h["payload"]["source"].split("-")[1]) for h in hits]
+        t2i_ranks.append(_first_relevant(found, lambda i: eval_set.is_relevant(q, i)))
+
+    i2t_ranks = []
+    for i, image in enumerate(eval_set.images):
+        hits = service.search(image=ImageInput.from_bytes("query", _png(image)), collection=collection,
+                              top_k=top, target="text")["results"]
+        found = [h["payload"]["text"] for h in hits]
+        i2t_ranks.append(_first_relevant(found, lambda t: eval_set.is_relevant(query_of[t], i)))
+    return {
+        "pairs": len(eval_set.images),
+        "distinct_captions": len(distinct),
+        "text_to_image": recall_at(t2i_ranks),
+        "image_to_text": recall_at(i2t_ranks),
+        "query_latency_ms": {"p50": round(float(np.percentile(latencies, 50)), 2),
+                             "p95": round(float(np.percentile(latencies, 95)), 2)},
+    }
+
+
+def _first_relevant(found: list, relevant: Callable) -> int | None:
+    for rank, item in enumerate(found):
+        if relevant(item):
+            return rank
+    return None
+
+
+def recall_at(ranks: list[int | None], ks=KS) -> dict[str, float]:
+    n = max(1, len(ranks))
+    return {f"R@{k}": round(sum(r is not None and r < k for r in ranks) / n, 4) for k in ks}
+
+
+def pointing_game(eval_set: EvalSet, locate: Callable) -> dict:
+    """Share of objects whose heat-map peak (``locate(image, phrase) -> (x, y)``) falls in the object's box."""
+    hits = total = 0
+    for image, objects, boxes in zip(eval_set.images, eval_set.image_keys, eval_set.boxes):
+        for obj, (x0, y0, x1, y1) in zip(objects, boxes):
+            x, y = locate(image, obj.phrase("en", size=False))
+            hits += x0 <= x <= x1 and y0 <= y <= y1
+            total += 1
+    return {"objects": total, "accuracy": round(hits / max(1, total), 4)}
+
+
+def _png(image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def run_eval(model: str, n: int = 1000, pairs: str | None = None, out: str | None = None,
+             sets=("single_en", "single_zh", "double_en", "double_zh")) -> dict:
+    from crossmodal.service import Service
+    from crossmodal.settings import Settings
+
+    report = {"model": model, "n": n, "sets": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        service = Service(Settings(data_dir=tmp, model=model))
+        if pairs:
+            eval_sets = [jsonl_set(pairs)]
+        else:
+            eval_sets = [scene_set(s.split("_")[0], n, s.split("_")[1]) for s in sets]
+        for k, eval_set in enumerate(eval_sets):
+            report["sets"][eval_set.name] = evaluate_set(service, eval_set, model, f"eval{k}")
+        service.store.close()
+    report["pointing_game"] = "filled in by the align node's heat maps (see README)"
+    if out:
+        write_report(report, out)
+    return report
+
+
+def write_report(report: dict, out: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_path = Path(out)
+    out_path.mkdir(parents=True, exist_ok=True)
+    (out_path / "eval.json").write_text(json.dumps(report, indent=2, ensure_ascii=False))
+    names = list(report["sets"])
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    for ax, direction in zip(axes, ("text_to_image", "image_to_text")):
+        width = 0.8 / len(KS)
+        for j, k in enumerate(KS):
+            values = [report["sets"][s][direction][f"R@{k}"] for s in names]
+            ax.bar(np.arange(len(names)) + j * width, values, width, label=f"R@{k}")
+        ax.set_xticks(np.arange(len(names)) + width, names, rotation=20)
+        ax.set_title(direction.replace("_", " "))
+        ax.set_ylim(0, 1)
+        ax.axhline(0.9, color="grey", linestyle="--", linewidth=0.8)
+    axes[0].legend()
+    fig.suptitle(f"Recall@K, {report['model']}")
+    fig.tight_layout()
+    fig.savefig(out_path / "eval.png", dpi=100)
+    plt.close(fig)

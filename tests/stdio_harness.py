@@ -1,0 +1,152 @@
+"""Drive `python -m main` over stdio exactly as Dify's plugin daemon does (local install)."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+FILE_IDENTITY = "__dify__file__"
+
+
+class PluginProcess:
+    def __init__(self, env: dict | None = None, heartbeat_interval: float = 0.5):
+        full_env = {**os.environ, "INSTALL_METHOD": "local", "HEARTBEAT_INTERVAL": str(heartbeat_interval),
+                    "PYTHONUNBUFFERED": "1", **(env or {})}
+        self.proc = subprocess.Popen([sys.executable, "-m", "main"], cwd=ROOT, env=full_env, stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.events: queue.Queue = queue.Queue()
+        self.heartbeats: list[float] = []
+        self.non_json: list[str] = []
+        self.stderr_lines: list[str] = []
+        threading.Thread(target=self._read_stdout, daemon=True).start()
+        threading.Thread(target=self._read_stderr, daemon=True).start()
+
+    def _read_stdout(self):
+        for raw in self.proc.stdout:
+            line = raw.decode("utf-8", "replace").strip()
+            if not line:
+                continue
+            try:
+                event = json.loads(line)
+            except json.JSONDecodeError:
+                self.non_json.append(line)
+                continue
+            if event.get("event") == "heartbeat":
+                self.heartbeats.append(time.monotonic())
+            self.events.put(event)
+
+    def _read_stderr(self):
+        for raw in self.proc.stderr:
+            self.stderr_lines.append(raw.decode("utf-8", "replace"))
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.heartbeats:
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise RuntimeError("plugin never sent a heartbeat:\n" + "".join(self.stderr_lines[-40:]))
+            time.sleep(0.05)
+
+    def send(self, data: dict, session_id: str | None = None) -> str:
+        session_id = session_id or uuid.uuid4().hex
+        line = json.dumps({"session_id": session_id, "event": "request", "data": data}) + "\n"
+        self.proc.stdin.write(line.encode())
+        self.proc.stdin.flush()
+        return session_id
+
+    def collect(self, session_ids, timeout: float = 120) -> dict[str, list[dict]]:
+        """Messages per session until each has ended; other events stay queued for later calls."""
+        pending = {s: [] for s in ([session_ids] if isinstance(session_ids, str) else session_ids)}
+        done: dict[str, list[dict]] = {}
+        deadline = time.monotonic() + timeout
+        held = []
+        while pending:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"sessions {list(pending)} did not end; stderr:\n" + "".join(self.stderr_lines[-30:]))
+            try:
+                event = self.events.get(timeout=min(remaining, 1))
+            except queue.Empty:
+                continue
+            sid = event.get("session_id")
+            if event.get("event") != "session" or sid not in pending:
+                if event.get("event") == "session":
+                    held.append(event)
+                continue
+            data = event["data"]
+            if data["type"] == "end":
+                done[sid] = pending.pop(sid)
+            else:
+                pending[sid].append(data)
+        for event in held:
+            self.events.put(event)
+        return done
+
+    def call(self, data: dict, timeout: float = 120) -> list[dict]:
+        sid = self.send(data)
+        return self.collect(sid, timeout)[sid]
+
+    def invoke_tool(self, tool: str, params: dict, credentials: dict, timeout: float = 120) -> list[dict]:
+        return self.call(tool_request(tool, params, credentials), timeout)
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(timeout=10)
+
+
+def tool_request(tool: str, params: dict, credentials: dict) -> dict:
+    return {"user_id": "u1", "type": "tool", "action": "invoke_tool", "provider": "crossmodal", "tool": tool,
+            "credentials": credentials, "credential_type": "api-key", "tool_parameters": params}
+
+
+def validate_request(credentials: dict) -> dict:
+    return {"user_id": "u1", "type": "tool", "action": "validate_tool_credentials", "provider": "crossmodal",
+            "credentials": credentials}
+
+
+def dify_file(url: str, filename: str, size: int, mime: str = "image/png") -> dict:
+    return {"dify_model_identity": FILE_IDENTITY, "url": url, "mime_type": mime, "filename": filename,
+            "extension": "." + filename.rsplit(".", 1)[-1], "size": size, "type": "image"}
+
+
+def stream_messages(messages: list[dict]) -> list[dict]:
+    return [m["data"] for m in messages if m["type"] == "stream"]
+
+
+def errors(messages: list[dict]) -> list[dict]:
+    return [m["data"] for m in messages if m["type"] == "error"]
+
+
+def variables(messages: list[dict]) -> dict:
+    return {m["message"]["variable_name"]: m["message"]["variable_value"]
+            for m in stream_messages(messages) if m.get("type") == "variable"}
+
+
+def json_message(messages: list[dict]) -> dict:
+    found = [m["message"]["json_object"] for m in stream_messages(messages) if m.get("type") == "json"]
+    assert found, f"no json message in {messages}"
+    return found[-1]
+
+
+def blobs(messages: list[dict]) -> list[tuple[bytes, dict]]:
+    """Reassemble blob_chunk streams into (bytes, meta), in the order they ended."""
+    import base64
+
+    parts: dict[str, list[bytes]] = {}
+    out = []
+    for m in stream_messages(messages):
+        if m.get("type") != "blob_chunk":
+            continue
+        chunk = m["message"]
+        parts.setdefault(chunk["id"], []).append(base64.b64decode(chunk["blob"]))
+        if chunk["end"]:
+            out.append((b"".join(parts.pop(chunk["id"])), m.get("meta") or {}))
+    return out

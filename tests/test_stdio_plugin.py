@@ -1,0 +1,166 @@
+"""Every node through `python -m main` over stdio, as Dify's daemon drives it."""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import io
+import threading
+import time
+
+import pytest
+from PIL import Image
+
+from stdio_harness import (
+    PluginProcess,
+    blobs,
+    dify_file,
+    errors,
+    json_message,
+    stream_messages,
+    tool_request,
+    validate_request,
+    variables,
+)
+
+
+@pytest.fixture(scope="module")
+def file_server(tmp_path_factory):
+    """Dify's file server stand-in: a loopback HTTP server over a folder."""
+    root = tmp_path_factory.mktemp("files")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    handler.log_message = lambda *a, **k: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+
+    def publish(name: str, data: bytes) -> dict:
+        (root / name).write_bytes(data)
+        return dify_file(f"http://127.0.0.1:{server.server_port}/{name}", name, len(data))
+
+    yield publish
+    server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def plugin():
+    process = PluginProcess(heartbeat_interval=0.25)
+    process.wait_ready()
+    yield process
+    process.close()
+    assert not process.non_json, f"stdout carried non-protocol lines: {process.non_json[:3]}"
+
+
+@pytest.fixture()
+def creds(tiny_clip_dir, tmp_path):
+    return {"data_dir": str(tmp_path / "store"), "model": str(tiny_clip_dir), "default_collection": "photos"}
+
+
+def png(color, size=(48, 40)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, color).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_validate_credentials_ok(plugin, creds):
+    messages = plugin.call(validate_request(creds))
+    assert not errors(messages)
+    assert stream_messages(messages) == [{"result": True}]
+
+
+@pytest.mark.parametrize(
+    "bad, needle",
+    [
+        ({"model": "/no/such/model/dir"}, "model"),
+        ({"store_url": "http://127.0.0.1:9"}, "store_url"),
+        ({"default_collection": "bad name!"}, "collection"),
+    ],
+)
+def test_validate_credentials_fails_with_actionable_message(plugin, creds, bad, needle):
+    started = time.monotonic()
+    messages = plugin.call(validate_request({**creds, **bad}))
+    (error,) = errors(messages)
+    assert error["error_type"] == "ToolProviderCredentialValidationError"
+    assert needle in error["message"]
+    assert time.monotonic() - started < 30  # an unreachable store fails fast, it does not hang
+
+
+def test_ingest_search_embed_collections(plugin, creds, file_server):
+    files = [file_server(f"p{i}.png", png((30 * i, 200 - 20 * i, 90))) for i in range(6)]
+    files.append(file_server("broken.png", b"not an image"))
+    params = {"files": files, "tags": "demo, shapes", "metadata": '{"album": "a1"}', "texts": "a red circle"}
+    messages = plugin.invoke_tool("ingest", params, creds)
+    assert not errors(messages)
+    report = json_message(messages)
+    assert (report["added"], report["duplicates"]) == (7, 0)
+    assert [r["source"] for r in report["rejected"]] == ["broken.png"]
+    assert "not an image" in report["rejected"][0]["reason"]
+    assert variables(messages)["count"] == 7
+
+    again = json_message(plugin.invoke_tool("ingest", {"files": files[:6]}, creds))
+    assert (again["added"], again["duplicates"], again["count"]) == (0, 6, 7)
+
+    search = plugin.invoke_tool("search", {"query": "a red circle", "top_k": 3, "filter": '{"tags": "demo"}',
+                                           "return_images": True}, creds)
+    result = json_message(search)
+    assert len(result["results"]) == 3
+    assert all(hit["payload"]["kind"] == "image" and "demo" in hit["payload"]["tags"] for hit in result["results"])
+    assert variables(search)["results"] == result["results"]
+    images = blobs(search)
+    assert len(images) == 3 and all(meta["mime_type"] == "image/jpeg" for _, meta in images)
+    assert Image.open(io.BytesIO(images[0][0])).size == (48, 40)
+
+    by_image = json_message(plugin.invoke_tool("search", {"image": files[2], "top_k": 1}, creds))
+    assert by_image["results"][0]["payload"]["source"] == "p2.png"  # the same picture is its own nearest
+    to_text = json_message(plugin.invoke_tool("search", {"image": files[0], "target": "text", "top_k": 5}, creds))
+    assert [h["payload"]["text"] for h in to_text["results"]] == ["a red circle"]
+
+    embedded = json_message(plugin.invoke_tool("embed", {"images": files[:2], "texts": "one\ntwo"}, creds))
+    assert embedded["dimension"] == 16 and len(embedded["items"]) == 4
+
+    listing = json_message(plugin.invoke_tool("collections", {"action": "list"}, creds))
+    assert [(c["name"], c["count"]) for c in listing["collections"]] == [("photos", 7)]
+    refused = plugin.invoke_tool("collections", {"action": "delete", "collection": "photos"}, creds)
+    assert "confirm" in errors(refused)[0]["message"]
+    deleted = json_message(plugin.invoke_tool("collections", {"action": "delete", "collection": "photos",
+                                                              "confirm": True}, creds))
+    assert deleted == {"deleted": "photos"}
+
+
+@pytest.mark.parametrize(
+    "tool, params, needle",
+    [
+        ("search", {"query": "x", "collection": "missing"}, "no collection named 'missing'"),
+        ("search", {"query": "", "collection": "photos"}, "query"),
+        ("search", {"query": "x", "top_k": 500}, "top_k"),
+        ("search", {"query": "x", "filter": "{not json"}, "filter"),
+        ("ingest", {"texts": "x", "metadata": "[1, 2]"}, "metadata"),
+        ("collections", {"action": "info", "collection": "nope"}, "nope"),
+    ],
+)
+def test_bad_input_is_a_clear_error(plugin, creds, tool, params, needle):
+    plugin.invoke_tool("ingest", {"texts": "seed text"}, creds)
+    messages = plugin.invoke_tool(tool, params, creds)
+    (error,) = errors(messages)
+    assert needle in error["message"]
+
+
+def test_heartbeats_and_other_sessions_continue_during_a_slow_call(plugin, creds, file_server):
+    big = [file_server(f"big{i}.png", png((i, 2 * i, 3 * i), size=(2400, 2400))) for i in range(12)]
+    slow = plugin.send(tool_request("ingest", {"files": big}, creds))
+    time.sleep(0.3)
+    quick = plugin.send(tool_request("collections", {"action": "list"}, creds))
+    beats_before = len(plugin.heartbeats)
+    started = time.monotonic()
+    done_order = []
+    results = {}
+    for _ in range(2):
+        got = plugin.collect([s for s in (slow, quick) if s not in results], timeout=240)
+        for sid, messages in got.items():
+            results[sid] = messages
+            done_order.append((sid, time.monotonic() - started))
+    assert not errors(results[slow]) and json_message(results[slow])["added"] == 12
+    assert done_order[0][0] == quick, "a quick call waited behind the slow one: the loop was blocked"
+    slow_seconds = dict(done_order)[slow]
+    beats = [t for t in plugin.heartbeats[beats_before:]]
+    assert slow_seconds > 1.0, "the slow call was too quick to prove anything"
+    assert len(beats) >= int(slow_seconds / 0.25) // 2, (len(beats), slow_seconds)
