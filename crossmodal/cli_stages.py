@@ -80,4 +80,21 @@ def _add_demo(sub):
     p.add_argument("--json", action="store_true")
 
 
-EXTRA_COMMANDS.update(train=(cmd_train, _add_train), eval=(cmd_eval, _add_eval), demo=(cmd_demo, _add_demo))
+def cmd_package(args) -> int:
+    import zipfile
+
+    from crossmodal.packaging import build_package
+
+    target = build_package(args.root, args.out)
+    count = len(zipfile.ZipFile(target).namelist())
+    print(f"{target} ({target.stat().st_size} bytes, {count} files)")
+    return 0
+
+
+def _add_package(sub):
+    p = sub.add_parser("package", help="build the .difypkg (honours .difyignore)")
+    p.add_argument("--root", default=".", help="plugin folder (default: current directory)")
+    p.add_argument("--out", help="output file (default: NAME-VERSION.difypkg in the folder)")
+
+
+EXTRA_COMMANDS.update(package=(cmd_package, _add_package), train=(cmd_train, _add_train), eval=(cmd_eval, _add_eval), demo=(cmd_demo, _add_demo))

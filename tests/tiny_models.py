@@ -41,3 +41,40 @@ def save_tiny_clip(directory: Path, *, image_size: int = 32, projection_dim: int
     CLIPModel(config).save_pretrained(directory)
     processor.save_pretrained(directory)
     return directory
+
+
+def _tiny_text(vocab_size: int, **extra) -> dict:
+    return dict(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                num_attention_heads=2, max_position_embeddings=16, **extra)
+
+
+def _tiny_vision(image_size: int = 32) -> dict:
+    return dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                image_size=image_size, patch_size=8)
+
+
+def save_tiny_chinese_clip(directory: Path) -> Path:
+    """Chinese-CLIP: a BERT text tower with a WordPiece vocabulary (CJK characters split one by one)."""
+    from transformers import (BertTokenizerFast, ChineseCLIPConfig, ChineseCLIPImageProcessor, ChineseCLIPModel,
+                              ChineseCLIPProcessor)
+
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *sorted(set(WORDS))]
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "vocab.txt").write_text("\n".join(vocab))
+    tokenizer = BertTokenizerFast(vocab_file=str(directory / "vocab.txt"), do_lower_case=True)
+    config = ChineseCLIPConfig(text_config=_tiny_text(len(vocab)), vision_config=_tiny_vision(), projection_dim=16)
+    ChineseCLIPModel(config).save_pretrained(directory)
+    image_processor = ChineseCLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    ChineseCLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(directory)
+    return directory
+
+
+def save_tiny_siglip(directory: Path) -> Path:
+    from transformers import SiglipConfig, SiglipImageProcessor, SiglipModel, SiglipProcessor
+
+    tokenizer = tiny_tokenizer()
+    config = SiglipConfig(text_config=_tiny_text(len(tokenizer)), vision_config=_tiny_vision())
+    SiglipModel(config).save_pretrained(directory)
+    SiglipProcessor(image_processor=SiglipImageProcessor(size={"height": 32, "width": 32}),
+                    tokenizer=tokenizer).save_pretrained(directory)
+    return directory

@@ -1,0 +1,59 @@
+"""Helpers shared by the benchmarks: timing, data, the machine's description, result files."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def machine() -> dict:
+    import torch
+
+    return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
+            "torch": torch.__version__}
+
+
+def timed(fn, *args, repeat: int = 1, **kwargs):
+    """(result of the last call, seconds per call)."""
+    started = time.perf_counter()
+    for _ in range(repeat):
+        result = fn(*args, **kwargs)
+    return result, (time.perf_counter() - started) / repeat
+
+
+def embedding_like(n: int, dim: int = 512, latent: int = 24, clusters: int = 200, seed: int = 0) -> np.ndarray:
+    """Unit vectors with low intrinsic dimension, as real embeddings have (uniform random 512-d
+    vectors are the worst case for any graph index and unlike any model's output)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(clusters, latent))
+    z = centres[rng.integers(0, clusters, n)] + 0.35 * rng.normal(size=(n, latent))
+    x = z @ rng.normal(size=(latent, dim)) + 0.05 * rng.normal(size=(n, dim))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def save(name: str, data: dict) -> Path:
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps({"machine": machine(), **data}, indent=2))
+    return path
+
+
+def table(rows: list[dict], columns: list[str]) -> str:
+    widths = {c: max(len(c), *(len(_fmt(r.get(c))) for r in rows)) for c in columns}
+    lines = ["  ".join(c.ljust(widths[c]) for c in columns)]
+    lines += ["  ".join(_fmt(r.get(c)).ljust(widths[c]) for c in columns) for r in rows]
+    return "\n".join(lines)
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.3f}" if v < 100 else f"{v:.0f}"
+    return "" if v is None else str(v)

@@ -1,0 +1,106 @@
+import numpy as np
+import pytest
+from PIL import Image
+
+from crossmodal.errors import CrossmodalError
+from crossmodal.models import HubOptions, get_encoder, load_encoder, model_identity, resolve_model_dir
+
+
+@pytest.fixture(scope="module")
+def encoder(tiny_clip_dir):
+    return get_encoder(str(tiny_clip_dir), "cpu")
+
+
+def test_loads_through_the_production_path_with_its_own_processor(encoder, tiny_clip_dir):
+    assert encoder.identity == str(tiny_clip_dir.resolve())
+    assert encoder.model_type == "clip" and encoder.dim == 16 and encoder.image_size == 32
+    assert get_encoder(str(tiny_clip_dir), "cpu") is encoder  # one loaded encoder per (model, device)
+
+
+def test_outputs_are_unit_float32_in_the_callers_order(encoder):
+    images = [Image.new("RGB", (50, 30 + 10 * i), (40 * i, 0, 200)) for i in range(5)]
+    texts = ["a red circle", "a blue star on the left", "红色圆形"]
+    mixed = encoder.encode([texts[0], images[0], texts[1], images[1]], batch_size=2)
+    assert mixed.dtype == np.float32 and mixed.shape == (4, 16)
+    assert np.allclose(np.linalg.norm(mixed, axis=1), 1, atol=1e-5)
+    one_by_one = np.stack([encoder.encode_images([im])[0] for im in images])
+    assert np.allclose(encoder.encode_images(images, batch_size=2), one_by_one, atol=1e-5)
+    assert np.allclose(mixed[0], encoder.encode_texts([texts[0]]).vectors[0], atol=1e-5)
+    assert np.allclose(mixed[3], one_by_one[1], atol=1e-5)
+
+
+def test_processor_output_matches_the_library(encoder, tiny_clip_dir):
+    from transformers import AutoProcessor
+
+    image = Image.new("RGB", (64, 40), (10, 200, 30))
+    reference = AutoProcessor.from_pretrained(tiny_clip_dir)(images=[image], return_tensors="pt")["pixel_values"]
+    ours = encoder.processor(images=[image], return_tensors="pt")["pixel_values"]
+    assert np.allclose(reference.numpy(), ours.numpy())
+
+
+def test_long_text_is_truncated_and_reported(encoder):
+    result = encoder.encode_texts(["a red circle", "red " * 40])
+    assert result.truncated == [1] and result.vectors.shape == (2, 16)
+
+
+def test_model_names():
+    assert model_identity("auto") == "clip-vit-base-patch32"
+    assert model_identity("demo-shapes") == "demo-shapes"
+    assert model_identity("openai/clip-vit-base-patch32") == "openai/clip-vit-base-patch32"
+
+
+@pytest.mark.parametrize(
+    "name, needle",
+    [
+        ("/definitely/not/here", "neither a preset"),
+        ("no-slash-name", "neither a preset"),
+    ],
+)
+def test_unknown_models_are_clear_errors(name, needle):
+    with pytest.raises(CrossmodalError) as info:
+        resolve_model_dir(name)
+    assert needle in str(info.value) and str(info.value).startswith("model:")
+
+
+def test_offline_hub_miss_is_a_clear_error(tmp_path):
+    hub = HubOptions(offline=True, cache_dir=str(tmp_path))
+    with pytest.raises(CrossmodalError, match="not in the local cache and offline mode is on"):
+        resolve_model_dir("openai/clip-vit-base-patch32", hub)
+
+
+def test_hub_download_goes_to_the_configured_mirror(tmp_path, monkeypatch):
+    """The endpoint, token and cache reach huggingface_hub (no network: the call is observed)."""
+    import huggingface_hub
+
+    seen = {}
+
+    def fake_snapshot_download(repo_id, **kwargs):
+        seen.update(kwargs, repo_id=repo_id)
+        return str(tmp_path)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    hub = HubOptions(endpoint="https://hf-mirror.example", token="hf_secret", cache_dir=str(tmp_path / "c"))
+    assert resolve_model_dir("chinese-clip", hub) == tmp_path
+    assert seen["repo_id"] == "OFA-Sys/chinese-clip-vit-base-patch16"
+    assert (seen["endpoint"], seen["token"], seen["cache_dir"]) == ("https://hf-mirror.example", "hf_secret",
+                                                                    str(tmp_path / "c"))
+    assert seen["local_files_only"] is False
+
+
+def test_a_non_dual_encoder_is_refused(tmp_path):
+    from transformers import BertConfig
+
+    BertConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=8).save_pretrained(tmp_path)
+    with pytest.raises(CrossmodalError, match="bert model"):
+        load_encoder(str(tmp_path))
+
+
+@pytest.mark.parametrize("family", ["chinese_clip", "siglip"])
+def test_other_families_load_through_the_same_path(family, tmp_path):
+    from tiny_models import save_tiny_chinese_clip, save_tiny_siglip
+
+    directory = (save_tiny_chinese_clip if family == "chinese_clip" else save_tiny_siglip)(tmp_path / family)
+    encoder = load_encoder(str(directory))
+    assert encoder.model_type == family
+    vectors = encoder.encode(["红色圆形", "a red circle", Image.new("RGB", (40, 40), "red")])
+    assert vectors.shape == (3, encoder.dim) and np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
