@@ -32,7 +32,7 @@ EN_POSITIONS = {"top-left": "in the top left corner", "top": "at the top", "top-
                 "bottom-left": "in the bottom left corner", "bottom": "at the bottom",
                 "bottom-right": "in the bottom right corner"}
 # Object side as a fraction of the image's shorter side.
-SIZE_RANGES = {"small": (0.13, 0.19), "large": (0.28, 0.36)}
+SIZE_RANGES = {"small": (0.13, 0.19), "large": (0.28, 0.33)}  # large fits its third of the image
 
 
 @dataclass
@@ -153,10 +153,13 @@ def _background(kind: str, width: int, height: int, rng: random.Random) -> Image
         if rng.random() < 0.5:
             strip = strip.transpose(Image.Transpose.ROTATE_90).resize((width, height))
         return Image.composite(Image.new("RGB", (width, height), other), Image.new("RGB", (width, height), base), strip)
-    small = Image.effect_noise((max(8, width // 16), max(8, height // 16)), 30).resize((width, height))
+    # Noise from the scene's own generator (Image.effect_noise would use a global, unseeded one).
+    import numpy as np
+
+    grid = np.random.default_rng(rng.getrandbits(32)).normal(128, 30, (max(8, height // 16), max(8, width // 16)))
+    small = Image.fromarray(grid.clip(0, 255).astype("uint8"), mode="L").resize((width, height))
     noise = small.filter(ImageFilter.GaussianBlur(2))
-    tinted = Image.merge("RGB", [noise.point(lambda v, c=c: max(70, min(185, c + (v - 128) // 3))) for c in base])
-    return tinted
+    return Image.merge("RGB", [noise.point(lambda v, c=c: max(70, min(185, c + (v - 128) // 3))) for c in base])
 
 
 def _place(cell: str, side: int, width: int, height: int, rng: random.Random) -> tuple[int, int, int, int]:

@@ -74,7 +74,35 @@ def build_demo_model(tokenizer, image_size: int = DEMO_IMAGE_SIZE):
                                            crop_size={"height": image_size, "width": image_size}),
         tokenizer=tokenizer,
     )
-    return CLIPModel(config), processor
+    model = CLIPModel(config)
+    _init_sincos_positions(model)
+    return model, processor
+
+
+def _init_sincos_positions(model) -> None:
+    """Start from 2-D sine-cosine patch positions (1-D for text) instead of small random ones:
+    "where" is then visible from the first step, and spatial words are learned far sooner."""
+    import torch
+
+    vision = model.vision_model.embeddings
+    grid = int(round((vision.num_positions - 1) ** 0.5))
+    dim = vision.embed_dim
+    ys, xs = torch.meshgrid(torch.arange(grid, dtype=torch.float32), torch.arange(grid, dtype=torch.float32),
+                            indexing="ij")
+    table = torch.cat([_sincos(ys.flatten(), dim // 2), _sincos(xs.flatten(), dim // 2)], dim=1)
+    with torch.no_grad():
+        vision.position_embedding.weight[1:] = table
+        vision.position_embedding.weight[0] = 0
+        text = model.text_model.embeddings.position_embedding
+        text.weight.copy_(_sincos(torch.arange(text.num_embeddings, dtype=torch.float32), text.embedding_dim))
+
+
+def _sincos(positions, dim: int):
+    import torch
+
+    freqs = 1.0 / (100.0 ** (torch.arange(dim // 2, dtype=torch.float32) / (dim // 2)))
+    angles = positions[:, None] * freqs[None, :]
+    return torch.cat([angles.sin(), angles.cos()], dim=1)
 
 
 # -- data ---------------------------------------------------------------------------
@@ -94,6 +122,12 @@ class GeneratedPairs:
             self.objects.append(scene.objects)
         self.pixels = np.stack(pixels)
         self.mean, self.std = mean, std
+        # Single-object scenes grouped by (colour, shape): batches mix in such groups, so that
+        # size and position are what tells the pairs apart (hard negatives).
+        self.groups: dict[tuple, list[int]] = {}
+        for i, objects in enumerate(self.objects):
+            if len(objects) == 1:
+                self.groups.setdefault((objects[0].color, objects[0].shape), []).append(i)
 
     def __len__(self):
         return len(self.objects)
@@ -103,12 +137,23 @@ class GeneratedPairs:
 
         from crossmodal.scenes import scene_satisfies, sample_caption
 
-        idx = self.rng.sample(range(len(self)), size)
+        idx = self._indexes(size)
         captions, specs = zip(*(sample_caption(self.objects[i], self.rng) for i in idx))
         mask = np.array([[scene_satisfies(self.objects[j], s) for j in idx] for s in specs], dtype=np.float32)
         images = torch.from_numpy(self.pixels[idx]).permute(0, 3, 1, 2).float() / 255.0
         images = (images - self.mean) / self.std
         return images, list(captions), torch.from_numpy(mask)
+
+
+    def _indexes(self, size: int, group: int = 4) -> list[int]:
+        """Half the batch at random, half in groups of scenes sharing colour and shape."""
+        chosen: set[int] = set()
+        keys = [k for k, v in self.groups.items() if len(v) >= group]
+        while keys and len(chosen) < size // 2:
+            chosen.update(self.rng.sample(self.groups[self.rng.choice(keys)], group))
+        while len(chosen) < size:
+            chosen.add(self.rng.randrange(len(self)))
+        return list(chosen)[:size]
 
 
 class JsonlPairs:

@@ -1,0 +1,86 @@
+import json
+import math
+
+import pytest
+import torch
+
+from crossmodal.errors import CrossmodalError
+from crossmodal.training import JsonlPairs, TrainConfig, TrainReport, multi_positive_infonce, train
+
+
+def test_loss_equals_clip_loss_when_only_the_diagonal_is_positive():
+    torch.manual_seed(0)
+    image = torch.nn.functional.normalize(torch.randn(6, 8), dim=-1)
+    text = torch.nn.functional.normalize(torch.randn(6, 8), dim=-1)
+    scale = torch.tensor(math.log(10.0))
+    logits = 10.0 * text @ image.t()
+    labels = torch.arange(6)
+    reference = (torch.nn.functional.cross_entropy(logits, labels)
+                 + torch.nn.functional.cross_entropy(logits.t(), labels)) / 2
+    assert torch.allclose(multi_positive_infonce(image, text, scale, torch.eye(6)), reference, atol=1e-6)
+
+
+def test_repeated_captions_are_not_pushed_apart():
+    """Pairs 0 and 1 share a caption. Without the mask, pulling their embeddings apart lowers the
+    loss (they are treated as negatives); with the mask, keeping them together is as good or better."""
+    scale = torch.tensor(math.log(100.0))
+    norm = torch.nn.functional.normalize
+    together = norm(torch.tensor([[1.0, 0, 0], [1.0, 0, 0], [0, 0, 1.0]]), dim=-1)
+    apart = norm(torch.tensor([[1.0, 0.3, 0], [1.0, -0.3, 0], [0, 0, 1.0]]), dim=-1)
+    mask = torch.tensor([[1.0, 1, 0], [1, 1, 0], [0, 0, 1]])
+    eye = torch.eye(3)
+    assert multi_positive_infonce(apart, apart, scale, eye) < multi_positive_infonce(together, together, scale, eye)
+    assert multi_positive_infonce(together, together, scale, mask) <= multi_positive_infonce(apart, apart, scale, mask)
+
+
+def write_pairs(tmp_path, n=12):
+    from crossmodal.scenes import generate_scene
+
+    lines = []
+    for k in range(n):
+        scene = generate_scene(k, 96, 96, 1)
+        scene.image.save(tmp_path / f"{k}.png")
+        lines.append(json.dumps({"image": f"{k}.png", "caption": scene.captions["en"][0]}))
+    lines += [json.dumps({"image": "missing.png", "caption": "x"}), json.dumps({"image": "0.png", "caption": " "}),
+              "{not json"]
+    (tmp_path / "bad.png").write_bytes(b"nope")
+    lines.append(json.dumps({"image": "bad.png", "caption": "a thing"}))
+    (tmp_path / "pairs.jsonl").write_text("\n".join(lines))
+    return tmp_path / "pairs.jsonl"
+
+
+def test_jsonl_bad_lines_are_skipped_with_reasons(tmp_path, tiny_clip_dir):
+    from crossmodal.models import load_encoder
+
+    report = TrainReport()
+    data = JsonlPairs(str(write_pairs(tmp_path)), load_encoder(str(tiny_clip_dir)).processor, 0, report)
+    assert len(data) == 12 and report.skipped == 4
+    assert any("missing file" in r for r in report.skip_reasons)
+    assert any("empty caption" in r for r in report.skip_reasons)
+    images, captions, mask = data.batch(8)
+    assert images.shape[0] == 8 and mask.shape == (8, 8) and torch.all(mask.diagonal() == 1)
+
+
+def test_jsonl_without_usable_pairs_is_a_clear_error(tmp_path, tiny_clip_dir):
+    (tmp_path / "empty.jsonl").write_text('{"image": "none.png", "caption": "x"}\n')
+    with pytest.raises(CrossmodalError, match="no usable"):
+        train(TrainConfig(out=str(tmp_path / "out"), init=str(tiny_clip_dir), pairs=str(tmp_path / "empty.jsonl")))
+
+
+def test_fine_tuning_a_checkpoint_on_pairs_lowers_the_loss(tmp_path, tiny_clip_dir):
+    from crossmodal.models import load_encoder
+
+    out = tmp_path / "tuned"
+    report = train(TrainConfig(out=str(out), init=str(tiny_clip_dir), pairs=str(write_pairs(tmp_path)), steps=40,
+                   batch_size=12, lr=3e-3, warmup=2, log_every=5, bf16=False))
+    first, last = report.history[0][1], report.history[-1][1]
+    assert report.pairs == 12 and last < first * 0.7, report.history
+    tuned = load_encoder(str(out))  # the production path reads what training wrote
+    assert tuned.dim == 16
+
+
+def test_new_demo_model_trains_on_generated_scenes(tmp_path):
+    report = train(TrainConfig(out=str(tmp_path / "demo"), steps=3, batch_size=8, scenes=16, warmup=1, log_every=1))
+    assert report.steps == 3 and math.isfinite(report.final_loss)
+    assert (tmp_path / "demo" / "model.safetensors").stat().st_size < 5_000_000
+    assert (tmp_path / "demo" / "tokenizer.json").is_file()
