@@ -23,7 +23,6 @@ MAX_PHRASES = 16
 MIN_IMAGE_SIDE = 8
 MAP_CELLS = 32  # cells along the longer side of the heat map
 PHRASE_SPLIT = re.compile(r"\s*(?:,|;|，|；|、|\band\b|和|与|以及)\s*", re.IGNORECASE)
-ARTICLE = re.compile(r"^(?:a|an|the)\s+|^(?:一个|一只|一张|一条)", re.IGNORECASE)
 
 
 @dataclass

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import time
 from pathlib import Path
 
+from crossmodal.images import encode_png
 from crossmodal.scenes import canonical_caption, caption_specs, generate_scene, scene_satisfies
 
 DEMO_SEED = 900_000_000
@@ -43,7 +43,7 @@ def run_demo(model: str = "demo-shapes", store: str | None = None, collection: s
     started = time.perf_counter()
     gallery = build_gallery()
     service = Service(Settings(data_dir=store, model=model))
-    items = [IngestItem(image=ImageInput.from_bytes(f"scene-{k:03d}.png", _png(s.image)),
+    items = [IngestItem(image=ImageInput.from_bytes(f"scene-{k:03d}.png", encode_png(s.image)),
                         caption=s.captions["en"][0], tags=[o.shape for o in s.objects],
                         metadata={"caption_zh": s.captions["zh"][0]})
              for k, s in enumerate(gallery)]
@@ -97,8 +97,3 @@ def render_html(summary: dict) -> str:
         parts.append("</div>")
     return "\n".join(parts)
 
-
-def _png(image) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return buf.getvalue()

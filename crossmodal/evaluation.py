@@ -9,7 +9,6 @@ For user pairs (JSONL) an item is relevant to its own pair and to pairs with the
 
 from __future__ import annotations
 
-import io
 import json
 import tempfile
 import time
@@ -20,6 +19,7 @@ from typing import Callable
 import numpy as np
 
 from crossmodal.errors import CrossmodalError
+from crossmodal.images import encode_png
 
 KS = (1, 5, 10)
 EVAL_SEED_BASE = 700_000_000  # far from the training seeds (seed * 10^6 + k, k < 10^6, seed < 100)
@@ -87,7 +87,7 @@ def evaluate_set(service, eval_set: EvalSet, model: str, collection: str = "eval
 
     if not eval_set.images:
         raise CrossmodalError("the evaluation set has no pairs", param="set")
-    items = [IngestItem(image=ImageInput.from_bytes(f"img-{i}", _png(im)), source=f"img-{i}")
+    items = [IngestItem(image=ImageInput.from_bytes(f"img-{i}", encode_png(im)), source=f"img-{i}")
              for i, im in enumerate(eval_set.images)]
     distinct = sorted(set(eval_set.queries))
     items += [IngestItem(text=t, source=f"txt-{j}") for j, t in enumerate(distinct)]
@@ -105,7 +105,7 @@ def evaluate_set(service, eval_set: EvalSet, model: str, collection: str = "eval
 
     i2t_ranks = []
     for i, image in enumerate(eval_set.images):
-        hits = service.search(image=ImageInput.from_bytes("query", _png(image)), collection=collection,
+        hits = service.search(image=ImageInput.from_bytes("query", encode_png(image)), collection=collection,
                               top_k=top, target="text")["results"]
         found = [h["payload"]["text"] for h in hits]
         i2t_ranks.append(_first_relevant(found, lambda t: eval_set.is_relevant(query_of[t], i)))
@@ -141,11 +141,6 @@ def pointing_game(eval_set: EvalSet, locate: Callable) -> dict:
             total += 1
     return {"objects": total, "accuracy": round(hits / max(1, total), 4)}
 
-
-def _png(image) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def run_eval(model: str, n: int = 1000, pairs: str | None = None, out: str | None = None,

@@ -1,6 +1,5 @@
 """The CLI contract scripts rely on: `ingest --json` and `search --json` shapes, exit codes."""
 
-import io
 import json
 import os
 import subprocess
