@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from crossmodal.images import encode_png
-from crossmodal.scenes import canonical_caption, caption_specs, generate_scene, scene_satisfies
+from crossmodal.scenes import article, canonical_caption, caption_specs, generate_scene, scene_satisfies
 
 DEMO_SEED = 900_000_000
 GALLERY_SIZE = 60
@@ -26,7 +26,8 @@ def demo_queries(gallery) -> list[tuple[str, list[dict]]]:
     doubles = [s for s in gallery if len(s.objects) == 2][:2]
     for scene in singles:
         o = scene.objects[0]
-        queries.append((f"a {o.phrase('en', size=False)}", caption_specs([o], size=False, position=False)))
+        phrase = o.phrase("en", size=False)
+        queries.append((f"{article(phrase)} {phrase}", caption_specs([o], size=False, position=False)))
     for scene in doubles:
         queries.append((canonical_caption(scene.objects, "en"), caption_specs(scene.objects, size=False, position=False)))
     for scene in singles[:2] + doubles[:1]:

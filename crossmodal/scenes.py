@@ -77,8 +77,12 @@ def canonical_caption(objects: list[SceneObject], lang: str = "en") -> str:
 def join_phrases(phrases: list[str], lang: str) -> str:
     if lang == "zh":
         return "和".join("一个" + p for p in phrases)
-    items = [f"a {p}" for p in phrases]
+    items = [f"{article(p)} {p}" for p in phrases]
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def article(phrase: str) -> str:
+    return "an" if phrase[:1] in "aeiou" else "a"
 
 
 def caption_variants(objects: list[SceneObject], rng: random.Random) -> dict[str, list[str]]:
@@ -86,7 +90,8 @@ def caption_variants(objects: list[SceneObject], rng: random.Random) -> dict[str
     en, zh = [canonical_caption(objects, "en")], [canonical_caption(objects, "zh")]
     if len(objects) == 1:
         o = objects[0]
-        en += [f"a {o.phrase(size=False)}", f"a {o.phrase()}", f"a {o.phrase(size=False, position=True)}",
+        bare = o.phrase(size=False)
+        en += [f"{article(bare)} {bare}", f"a {o.phrase()}", f"{article(bare)} {o.phrase(size=False, position=True)}",
                f"a photo of a {o.phrase()}", f"there is a {o.phrase(position=True)}",
                f"{o.color} {o.shape}", f"a {o.phrase()} {EN_POSITIONS[o.position]}"]
         zh += ["一个" + o.phrase("zh", size=False), "一个" + o.phrase("zh"),
@@ -247,7 +252,9 @@ def sample_caption(objects: list[SceneObject], rng: random.Random, lang: str | N
         if lang == "zh":
             core = o.phrase("zh", size=size, position=position)
             return rng.choice(("", "一个", "")) + core if not position else core, specs
-        return rng.choice(EN_PREFIXES) + o.phrase("en", size=size, position=position), specs
+        phrase = o.phrase("en", size=size, position=position)
+        prefix = rng.choice(EN_PREFIXES)
+        return prefix[:-2] + article(phrase) + " " + phrase if prefix.endswith("a ") else prefix + phrase, specs
     shuffled = objects[:]
     rng.shuffle(shuffled)
     size = rng.random() < 0.3

@@ -32,12 +32,12 @@ DEMO_IMAGE_SIZE = 128
 class TrainConfig:
     out: str
     steps: int = 3000
-    batch_size: int = 256
+    batch_size: int = 192
     lr: float = 1e-3
     weight_decay: float = 0.05
     warmup: int = 150
     seed: int = 0
-    scenes: int = 30000  # generated scenes rendered up front (seeds seed*10^6 .. +scenes)
+    scenes: int = 20000  # generated scenes rendered up front (seeds seed*10^6 .. +scenes)
     init: str | None = None  # a checkpoint to fine-tune (preset, hub id, directory); None: a new demo model
     pairs: str | None = None  # JSONL of {"image": path, "caption": text}
     bf16: bool = True

@@ -19,7 +19,7 @@ from crossmodal.store.base import (
 )
 
 CONNECT_TIMEOUT_S = 5
-HNSW_EF = 128
+HNSW_EF = 512
 
 
 class RemoteStore(VectorStore):
