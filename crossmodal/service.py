@@ -11,7 +11,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, NamedTuple, Sequence
 
 import numpy as np
 
@@ -59,6 +59,13 @@ class IngestItem:
     @property
     def name(self) -> str:
         return self.source or (self.image.source if self.image else (self.text or "")[:60])
+
+
+class PreparedItem(NamedTuple):
+    item: IngestItem
+    point_id: str
+    decoded: DecodedImage | None  # None for a text item
+    payload: dict[str, Any]
 
 
 class Service:
@@ -155,45 +162,40 @@ class Service:
         )
 
     def _ingest_chunk(self, name: str, encoder: Encoder, chunk: list[IngestItem], seen: set, report: dict):
-        prepared = []  # (item, point id, decoded image or None, payload)
+        prepared: list[PreparedItem] = []
         for item in chunk:
             try:
                 prepared.append(prepare_item(item))
-            except CrossmodalError as exc:
-                report["rejected"].append({"source": item.name, "reason": str(exc)})
-                report["items"].append({"source": item.name, "status": "rejected", "reason": str(exc)})
-            except OSError as exc:
-                reason = f"cannot read the file ({exc.strerror or exc})"
+            except (CrossmodalError, OSError) as exc:
+                reason = str(exc) if isinstance(exc, CrossmodalError) else f"cannot read the file ({exc.strerror or exc})"
                 report["rejected"].append({"source": item.name, "reason": reason})
                 report["items"].append({"source": item.name, "status": "rejected", "reason": reason})
-        existing = self.store.existing_ids(name, [p[1] for p in prepared])
-        fresh = []
-        for entry in prepared:
-            item, point_id = entry[0], entry[1]
-            if point_id in existing or point_id in seen:
+        existing = self.store.existing_ids(name, [p.point_id for p in prepared])
+        fresh: list[PreparedItem] = []
+        for p in prepared:
+            if p.point_id in existing or p.point_id in seen:
                 report["duplicates"] += 1
-                report["items"].append({"source": item.name, "id": point_id, "status": "duplicate"})
+                report["items"].append({"source": p.item.name, "id": p.point_id, "status": "duplicate"})
             else:
-                seen.add(point_id)
-                fresh.append(entry)
+                seen.add(p.point_id)
+                fresh.append(p)
         if not fresh:
             return
         vectors = self._vectors_for(encoder, fresh, report)
-        points = [StoredPoint(pid, vec.tolist(), payload) for (_, pid, _, payload), vec in zip(fresh, vectors)]
-        self.store.upsert(name, points)
-        for item, pid, _, _ in fresh:
+        self.store.upsert(name, [StoredPoint(p.point_id, v.tolist(), p.payload) for p, v in zip(fresh, vectors)])
+        for p in fresh:
             report["added"] += 1
-            report["items"].append({"source": item.name, "id": pid, "status": "added"})
+            report["items"].append({"source": p.item.name, "id": p.point_id, "status": "added"})
 
     @staticmethod
-    def _vectors_for(encoder: Encoder, fresh: list, report: dict) -> np.ndarray:
+    def _vectors_for(encoder: Encoder, fresh: list[PreparedItem], report: dict) -> np.ndarray:
         vectors = np.zeros((len(fresh), encoder.dim), dtype=np.float32)
-        image_rows = [i for i, e in enumerate(fresh) if e[2] is not None]
-        text_rows = [i for i, e in enumerate(fresh) if e[2] is None]
+        image_rows = [i for i, p in enumerate(fresh) if p.decoded is not None]
+        text_rows = [i for i, p in enumerate(fresh) if p.decoded is None]
         if image_rows:
-            vectors[image_rows] = encoder.encode_images([fresh[i][2].image for i in image_rows])
+            vectors[image_rows] = encoder.encode_images([fresh[i].decoded.image for i in image_rows])
         if text_rows:
-            texts = [fresh[i][3]["text"] for i in text_rows]
+            texts = [fresh[i].payload["text"] for i in text_rows]
             encoded = encoder.encode_texts(texts)
             vectors[text_rows] = encoded.vectors
             report["warnings"] += [truncation_warning(texts[i], encoder) for i in encoded.truncated]
@@ -295,7 +297,7 @@ def read_input(image: ImageInput) -> bytes:
         raise CrossmodalError(f"cannot read {image.source}: {exc}", param="image") from None
 
 
-def prepare_item(item: IngestItem) -> tuple[IngestItem, str, DecodedImage | None, dict]:
+def prepare_item(item: IngestItem) -> PreparedItem:
     """Read and validate one item; its point id derives from its content."""
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
     tags = [str(t).strip() for t in item.tags if str(t).strip()]
@@ -305,7 +307,7 @@ def prepare_item(item: IngestItem) -> tuple[IngestItem, str, DecodedImage | None
         text = check_text(item.text, "texts")
         digest = hashlib.sha256(b"text\0" + text.encode()).hexdigest()
         payload.update(kind="text", text=text, sha256=digest, mime_type="text/plain")
-        return item, point_id(digest), None, payload
+        return PreparedItem(item, point_id(digest), None, payload)
     data = read_input(item.image)
     decoded = decode_image(data, param=f"files[{item.name}]")
     digest = hashlib.sha256(data).hexdigest()
@@ -313,7 +315,7 @@ def prepare_item(item: IngestItem) -> tuple[IngestItem, str, DecodedImage | None
                    mime_type=decoded.mime_type, thumbnail=thumbnail_b64(decoded.image))
     if decoded.notes:
         payload["notes"] = decoded.notes
-    return item, point_id(digest), decoded, payload
+    return PreparedItem(item, point_id(digest), decoded, payload)
 
 
 def point_id(digest: str) -> str:
