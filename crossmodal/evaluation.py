@@ -184,7 +184,7 @@ def write_report(report: dict, out: str) -> None:
         ax.set_title(direction.replace("_", " "))
         ax.set_ylim(0, 1)
         ax.axhline(0.9, color="grey", linestyle="--", linewidth=0.8)
-    axes[0].legend()
+    axes[0].legend(loc="lower left")
     fig.suptitle(f"Recall@K, {report['model']}")
     fig.tight_layout()
     fig.savefig(out_path / "eval.png", dpi=100)
