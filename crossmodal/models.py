@@ -10,7 +10,7 @@ import logging
 import os
 import threading
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -40,7 +40,7 @@ class HubOptions:
     """How to reach the Hugging Face hub: a mirror endpoint, a token, offline mode, a cache."""
 
     endpoint: str | None = None
-    token: str | None = None
+    token: str | None = field(default=None, repr=False)
     offline: bool = False
     cache_dir: str | None = None
 

@@ -1,0 +1,22 @@
+from crossmodal.settings import DEFAULT_COLLECTION, Settings, default_data_dir
+
+
+def test_credentials_map_onto_settings(monkeypatch):
+    monkeypatch.delenv("HF_ENDPOINT", raising=False)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    s = Settings.from_credentials({"store_url": " http://qdrant:6333 ", "store_api_key": "sk-secret-123", "model": "siglip",
+                                   "device": "cpu", "hf_endpoint": "https://hf-mirror.com", "hf_token": "hf_secret_456",
+                                   "hf_offline": True, "hf_cache_dir": "/models", "default_collection": ""})
+    assert (s.store_url, s.store_api_key, s.model, s.device) == ("http://qdrant:6333", "sk-secret-123", "siglip", "cpu")
+    assert (s.hub.endpoint, s.hub.token, s.hub.offline, s.hub.cache_dir) == ("https://hf-mirror.com", "hf_secret_456", True,
+                                                                          "/models")
+    assert s.collection == DEFAULT_COLLECTION
+    assert "sk-secret" not in repr(s) and "hf_secret" not in repr(s)  # secrets never show in logs
+
+
+def test_empty_credentials_mean_embedded_defaults(monkeypatch, tmp_path):
+    monkeypatch.setenv("CROSSMODAL_HOME", str(tmp_path))
+    s = Settings.from_credentials({})
+    assert s.store_url is None and s.model == "auto" and s.device == "auto"
+    assert default_data_dir() == tmp_path
