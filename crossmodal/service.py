@@ -145,7 +145,7 @@ class Service:
 
     def _encoder_for_write(self, name: str, model: str | None) -> Encoder:
         try:
-            info = self.store.get_collection(name)
+            info = self.store.get_collection(name, with_count=False)
         except NotFoundError:
             return self.encoder(model)
         return self.encoder(self._model_for(info.model, model))
@@ -229,7 +229,7 @@ class Service:
         if not 0.0 <= float(text_weight) <= 1.0:
             raise CrossmodalError("must lie between 0 and 1", param="text_weight")
         conditions = parse_filter(filter)
-        info = self.store.get_collection(name)
+        info = self.store.get_collection(name, with_count=False)
         encoder = self.encoder(self._model_for(info.model, model))
         vector, warnings, query_kind = self._query_vector(encoder, text, image, float(text_weight))
         if target != "any":

@@ -78,8 +78,9 @@ class VectorStore(ABC):
     def create_collection(self, name: str, model: str, dim: int) -> CollectionInfo: ...
 
     @abstractmethod
-    def get_collection(self, name: str) -> CollectionInfo:
-        """Raise NotFoundError when the collection does not exist."""
+    def get_collection(self, name: str, with_count: bool = True) -> CollectionInfo:
+        """Raise NotFoundError when the collection does not exist. ``with_count=False`` skips
+        counting the points (searches only need the model)."""
 
     @abstractmethod
     def list_collections(self) -> list[CollectionInfo]: ...
@@ -116,7 +117,7 @@ class VectorStore(ABC):
     def ensure_collection(self, name: str, model: str, dim: int) -> CollectionInfo:
         """The collection, made on first use; a clear error if another model made it."""
         try:
-            info = self.get_collection(name)
+            info = self.get_collection(name, with_count=False)
         except NotFoundError:
             return self.create_collection(name, model, dim)
         check_model(info, model, dim)

@@ -94,9 +94,10 @@ class EdgeStore(VectorStore):
             raise missing_collection(name)
         return json.loads(path.read_text())
 
-    def get_collection(self, name: str) -> CollectionInfo:
+    def get_collection(self, name: str, with_count: bool = True) -> CollectionInfo:
         meta = self._meta(name)
-        return CollectionInfo(name, meta["model"], int(meta["dim"]), self.count(name), meta.get("created_at"))
+        count = self.count(name) if with_count else 0
+        return CollectionInfo(name, meta["model"], int(meta["dim"]), count, meta.get("created_at"))
 
     def list_collections(self) -> list[CollectionInfo]:
         names = sorted(p.parent.name for p in (self.root / "collections").glob(f"*/{META_FILE}"))

@@ -40,6 +40,10 @@ class RemoteStore(VectorStore):
 
         try:
             return fn(*args, **kwargs)
+        except ValueError as exc:  # qdrant-client's local mode: "Collection x not found"
+            if "not found" in str(exc):
+                raise NotFoundError(str(exc), param="collection") from None
+            raise
         except UnexpectedResponse as exc:
             if exc.status_code == 404:
                 raise NotFoundError(str(exc.content[:200]), param="collection") from None
@@ -73,17 +77,19 @@ class RemoteStore(VectorStore):
             self._call(self.client.create_payload_index, name, field, models.PayloadSchemaType.INTEGER)
         return CollectionInfo(name, model, int(dim), 0, created)
 
-    def get_collection(self, name: str) -> CollectionInfo:
-        if not self._exists(name):
-            raise missing_collection(name)
-        config = self._call(self.client.get_collection, name).config
+    def get_collection(self, name: str, with_count: bool = True) -> CollectionInfo:
+        try:
+            config = self._call(self.client.get_collection, check_collection_name(name)).config
+        except NotFoundError:
+            raise missing_collection(name) from None
         meta = config.metadata or {}
         if "crossmodal_model" not in meta:
             raise CrossmodalError(
                 f"collection '{name}' was not made by Crossmodal (no model recorded); use another name",
                 param="collection",
             )
-        return CollectionInfo(name, meta["crossmodal_model"], int(meta["crossmodal_dim"]), self.count(name),
+        count = self.count(name) if with_count else 0
+        return CollectionInfo(name, meta["crossmodal_model"], int(meta["crossmodal_dim"]), count,
                               meta.get("created_at"))
 
     def list_collections(self) -> list[CollectionInfo]:
@@ -118,19 +124,20 @@ class RemoteStore(VectorStore):
     def query(self, name, vector, limit, conditions=(), score_threshold=None, exact=False) -> list[Hit]:
         from qdrant_client import models
 
-        if not self._exists(name):
-            raise missing_collection(name)
-        response = self._call(
-            self.client.query_points,
-            name,
-            query=list(map(float, vector)),
-            using=VECTOR_NAME,
-            limit=int(limit),
-            query_filter=_client_filter(conditions),
-            score_threshold=score_threshold,
-            with_payload=True,
-            search_params=models.SearchParams(hnsw_ef=HNSW_EF, exact=exact),
-        )
+        try:
+            response = self._call(
+                self.client.query_points,
+                check_collection_name(name),
+                query=list(map(float, vector)),
+                using=VECTOR_NAME,
+                limit=int(limit),
+                query_filter=_client_filter(conditions),
+                score_threshold=score_threshold,
+                with_payload=True,
+                search_params=models.SearchParams(hnsw_ef=HNSW_EF, exact=exact),
+            )
+        except NotFoundError:
+            raise missing_collection(name) from None
         return [Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in response.points]
 
     def count(self, name: str, conditions=()) -> int:
