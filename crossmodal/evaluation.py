@@ -87,12 +87,14 @@ def evaluate_set(service, eval_set: EvalSet, model: str, collection: str = "eval
 
     if not eval_set.images:
         raise CrossmodalError("the evaluation set has no pairs", param="set")
-    items = [IngestItem(image=ImageInput.from_bytes(f"img-{i}", encode_png(im)), source=f"img-{i}")
-             for i, im in enumerate(eval_set.images)]
+    pngs = [encode_png(im) for im in eval_set.images]  # encoded once: ingested, then used as queries
+    items = [IngestItem(image=ImageInput.from_bytes(f"img-{i}", png), source=f"img-{i}") for i, png in enumerate(pngs)]
     distinct = sorted(set(eval_set.queries))
     items += [IngestItem(text=t, source=f"txt-{j}") for j, t in enumerate(distinct)]
     service.ingest(items, collection, model)
-    query_of = {t: eval_set.queries.index(t) for t in distinct}  # a representative query index per caption
+    query_of: dict[str, int] = {}  # a representative query index per caption: its first occurrence
+    for q, text in enumerate(eval_set.queries):
+        query_of.setdefault(text, q)
     top = max(KS)
 
     t2i_ranks, latencies = [], []
@@ -104,8 +106,8 @@ def evaluate_set(service, eval_set: EvalSet, model: str, collection: str = "eval
         t2i_ranks.append(_first_relevant(found, lambda i: eval_set.is_relevant(q, i)))
 
     i2t_ranks = []
-    for i, image in enumerate(eval_set.images):
-        hits = service.search(image=ImageInput.from_bytes("query", encode_png(image)), collection=collection,
+    for i, png in enumerate(pngs):
+        hits = service.search(image=ImageInput.from_bytes("query", png), collection=collection,
                               top_k=top, target="text")["results"]
         found = [h["payload"]["text"] for h in hits]
         i2t_ranks.append(_first_relevant(found, lambda t: eval_set.is_relevant(query_of[t], i)))

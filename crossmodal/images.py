@@ -56,6 +56,8 @@ def decode_image(data: bytes, *, param: str = "image", limit: int | None = None)
         ) from None
     except Image.DecompressionBombError as exc:
         raise CrossmodalError(f"the image is too large to decode safely ({exc})", param=param, status=413) from None
+    except (OSError, SyntaxError, ValueError) as exc:  # a header the format's decoder cannot parse
+        raise CrossmodalError(f"the image header is corrupt ({exc})", param=param, status=422) from None
     if width * height > limit:
         raise CrossmodalError(
             f"the image is {width}x{height} = {width * height} pixels, more than the {limit} allowed; "

@@ -166,8 +166,8 @@ class Service:
         for item in chunk:
             try:
                 prepared.append(prepare_item(item))
-            except (CrossmodalError, OSError) as exc:
-                reason = str(exc) if isinstance(exc, CrossmodalError) else f"cannot read the file ({exc.strerror or exc})"
+            except CrossmodalError as exc:  # read and decode errors all arrive as this
+                reason = str(exc)
                 report["rejected"].append({"source": item.name, "reason": reason})
                 report["items"].append({"source": item.name, "status": "rejected", "reason": reason})
         existing = self.store.existing_ids(name, [p.point_id for p in prepared])

@@ -78,3 +78,11 @@ def test_animated_gif_uses_first_frame_and_says_so():
     frames[0].save(buf, "GIF", save_all=True, append_images=frames[1:])
     decoded = decode_image(buf.getvalue())
     assert decoded.notes and "first of 3 frames" in decoded.notes[0]
+
+
+def test_a_header_the_decoder_cannot_parse_is_a_clear_error():
+    data = bytearray(encode(Image.new("RGB", (4, 4)), "BMP"))
+    data[14:18] = (99).to_bytes(4, "little")  # an impossible BMP info-header size
+    with pytest.raises(CrossmodalError, match="^image: the image header is corrupt") as info:
+        decode_image(bytes(data))
+    assert info.value.status == 422
