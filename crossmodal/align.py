@@ -1,18 +1,26 @@
-"""Image-text alignment: a similarity score, per-phrase scores and boxes, and a heat map of where
-each phrase matches, for images of any size through overlapping tiles fused with Gaussian weights.
+"""Image-text alignment: a similarity score, a calibrated match probability, per-phrase scores and boxes,
+and a heat map of where each phrase matches, for images of any size (overlapping tiles, Gaussian fusion).
 
-Heat-map method: every tile (a crop the model sees at its own input size) is embedded once; a phrase's
-score at a tile is the cosine between the tile and the phrase. Each tile spreads its score over the map
-with a Gaussian centred on the tile (sigma = a quarter of the tile side), and every cell takes the
-weighted mean of the tiles that cover it. It needs no gradients or attention hooks, works for every
-dual encoder, and its cost is one batched forward pass over the tiles.
+Heat-map method: occlusion sensitivity, fused with Gaussian weights. A view (the model's input crop) is
+embedded once whole and once per masked copy (a window a quarter of the view's side, moved by an eighth:
+49 masks in one batch, shared by every phrase). A window's evidence for a phrase is how far the phrase's
+cosine drops when the window is hidden; each window spreads its evidence over the map with a Gaussian
+centred on it (sigma a quarter of the window), and the map is the sum. It asks the model itself which
+pixels its score rests on, needs no gradients or attention hooks, and works for every dual encoder.
+With demo-shapes, 512^2 scenes (README, "Align"): occlusion 0.95 / 0.81 (single / two objects) on the
+first model, against 0.45-0.60 / 0.30-0.38 for tile-similarity maps and 0.80 / 0.55 for Grad-CAM.
+
+Large images (tiled mode): overlapping square tiles (default 25 % overlap, edges covered) are embedded in
+one batch beside the global view; tile cosines are fused into a coarse map with Gaussian weights (sigma a
+quarter of the tile), and the best tile of each phrase is refined by occlusion, so a small object gets a
+sharp peak without occluding every tile.
 """
 
 from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -21,18 +29,47 @@ from crossmodal.errors import CrossmodalError
 MAX_TEXT_CHARS = 1000
 MAX_PHRASES = 16
 MIN_IMAGE_SIDE = 8
-MAP_CELLS = 32  # cells along the longer side of the heat map
+MAP_CELLS = 48  # cells along the longer side of the heat map
+TILED_ABOVE = 1024  # auto mode: images whose longer side exceeds this are tiled
+MAX_ASPECT_GLOBAL = 2.0  # auto mode: a global crop would hide too much of a longer image
+MAX_TILES = 64
+REFINED_TILES = 4  # tiles refined by occlusion in tiled mode (the best of each phrase, at most this many)
 PHRASE_SPLIT = re.compile(r"\s*(?:,|;|，|；|、|\band\b|和|与|以及)\s*", re.IGNORECASE)
+MODES = ("auto", "global", "tiled")
 
 
 @dataclass
 class AlignOptions:
     mode: str = "auto"  # auto | global | tiled
     heatmap: bool = True
-    tile_size: int | None = None  # pixels of the input image; default: a third of the shorter side
+    tile_size: int | None = None  # pixels of the input image; default: see default_tile_size
     overlap: float = 0.25
 
+    def check(self) -> None:
+        if self.mode not in MODES:
+            raise CrossmodalError(f"'{self.mode}' is not one of {', '.join(MODES)}", param="mode")
+        if not 0.0 <= float(self.overlap) <= 0.75:
+            raise CrossmodalError(f"{self.overlap} is out of range; use 0 to 0.75 (0.25 = a quarter)",
+                                  param="overlap")
+        if self.tile_size is not None and int(self.tile_size) < 32:
+            raise CrossmodalError(f"{self.tile_size} px is too small; use at least 32 or leave it empty",
+                                  param="tile_size")
 
+
+@dataclass
+class Calibration:
+    """match_probability = sigmoid(a * match_score + b) (Platt scaling), fitted on labelled pairs."""
+
+    a: float
+    b: float
+    source: str  # how it was obtained: "fit on N generated pairs", "SigLIP's own bias", "default"
+    metrics: dict = field(default_factory=dict)
+
+    def probability(self, score: float) -> float:
+        return float(1.0 / (1.0 + np.exp(-(self.a * score + self.b))))
+
+
+# -- text --------------------------------------------------------------------------------
 def split_phrases(text: str) -> tuple[list[str], list[str]]:
     """'a red circle and a blue star' -> ['a red circle', 'a blue star']; also commas, semicolons, 和."""
     text = (text or "").strip()
@@ -43,11 +80,13 @@ def split_phrases(text: str) -> tuple[list[str], list[str]]:
     phrases = [p.strip() for p in PHRASE_SPLIT.split(text) if p and p.strip()]
     notes = []
     if len(phrases) > MAX_PHRASES:
-        notes.append(f"{len(phrases)} phrases given; only the first {MAX_PHRASES} were scored")
+        notes.append(f"{len(phrases)} phrases given; only the first {MAX_PHRASES} were scored "
+                     f"(split long descriptions over several calls)")
         phrases = phrases[:MAX_PHRASES]
     return phrases or [text], notes
 
 
+# -- geometry -------------------------------------------------------------------------------
 def tile_boxes(width: int, height: int, tile: int, overlap: float) -> list[tuple[int, int, int, int]]:
     """Overlapping square tiles (clipped for thin images) whose union covers every pixel, edges included."""
     tile_w, tile_h = min(tile, width), min(tile, height)
@@ -63,24 +102,64 @@ def _starts(length: int, tile: int, stride: int) -> list[int]:
     return starts
 
 
-def fuse_tiles(boxes, scores: np.ndarray, width: int, height: int) -> np.ndarray:
-    """Sum of per-tile Gaussians (centred on each tile, sigma a quarter of its side) weighted by the
-    tile's score above the weakest tile's; rows x cols follows the image's aspect ratio.
+def default_tile_size(width: int, height: int, model_input: int, overlap: float) -> int:
+    """A quarter of the shorter side (a 2048^2 image: 512-px tiles, 25 of them at 25 % overlap), never
+    below the model's input, grown until the tiles number at most MAX_TILES (panoramas)."""
+    tile = max(model_input, min(width, height) // 4)
+    while len(tile_boxes(width, height, tile, overlap)) > MAX_TILES:
+        tile = int(tile * 1.25) + 1
+    return tile
 
-    A plain weighted mean would put the peak at the image border, where a single tile has all the
-    weight; the sum peaks where high-scoring tiles are centred and overlap."""
+
+def choose_mode(options: AlignOptions, width: int, height: int) -> str:
+    if options.mode != "auto":
+        return options.mode
+    aspect = max(width, height) / min(width, height)
+    return "tiled" if max(width, height) > TILED_ABOVE or aspect > MAX_ASPECT_GLOBAL else "global"
+
+
+def global_view_box(processor, width: int, height: int) -> tuple[float, float, float, float]:
+    """The part of the image the model sees as its global view: CLIP's processor crops the centre square
+    after resizing; SigLIP's and Chinese-CLIP's squash the whole image to the input size."""
+    ip = getattr(processor, "image_processor", processor)
+    size = getattr(ip, "size", None) or {}
+    if getattr(ip, "do_center_crop", False) and "shortest_edge" in size:
+        side = min(width, height)
+        x0, y0 = (width - side) / 2, (height - side) / 2
+        return (x0, y0, x0 + side, y0 + side)
+    return (0.0, 0.0, float(width), float(height))
+
+
+def map_shape(width: int, height: int) -> tuple[int, int]:
     cols = max(1, round(MAP_CELLS * width / max(width, height)))
     rows = max(1, round(MAP_CELLS * height / max(width, height)))
+    return rows, cols
+
+
+def fuse_windows(boxes, evidence, width: int, height: int, shape: tuple[int, int] | None = None) -> np.ndarray:
+    """Sum of per-window Gaussians (centred on each window, sigma a quarter of its side) weighted by the
+    window's evidence; rows x cols follows the image's aspect ratio.
+
+    A weighted *mean* would put the peak at the image border, where a single window has all the weight;
+    the sum peaks where high-evidence windows are centred and overlap."""
+    rows, cols = shape or map_shape(width, height)
     cx = (np.arange(cols) + 0.5) * width / cols
     cy = (np.arange(rows) + 0.5) * height / rows
-    evidence = np.asarray(scores, dtype=np.float64) - float(np.min(scores))
     fused = np.zeros((rows, cols))
-    for (x0, y0, x1, y1), score in zip(boxes, evidence):
-        sigma_x, sigma_y = (x1 - x0) / 4, (y1 - y0) / 4
+    for (x0, y0, x1, y1), weight in zip(boxes, np.asarray(evidence, dtype=np.float64)):
+        if weight <= 0:
+            continue
+        sigma_x, sigma_y = max(1e-6, (x1 - x0) / 4), max(1e-6, (y1 - y0) / 4)
         gx = np.exp(-((cx - (x0 + x1) / 2) ** 2) / (2 * sigma_x ** 2))
         gy = np.exp(-((cy - (y0 + y1) / 2) ** 2) / (2 * sigma_y ** 2))
-        fused += score * np.outer(gy, gx)
+        fused += weight * np.outer(gy, gx)
     return fused
+
+
+def fuse_tiles(boxes, scores, width: int, height: int) -> np.ndarray:
+    """Tile cosines as evidence above the weakest tile's, fused with Gaussian weights."""
+    scores = np.asarray(scores, dtype=np.float64)
+    return fuse_windows(boxes, scores - scores.min(), width, height)
 
 
 def normalise(values: np.ndarray) -> np.ndarray:
@@ -90,87 +169,185 @@ def normalise(values: np.ndarray) -> np.ndarray:
     return (values - low) / (high - low)
 
 
-def align(encoder, image, text: str, options: AlignOptions | None = None) -> dict:
+# -- occlusion ---------------------------------------------------------------------------------
+def occlusion_masks(side: int, window_frac: float = 0.25, stride_frac: float = 0.125):
+    """Square windows over a side x side input, edges covered: a quarter of the side, moved by an eighth."""
+    window = max(1, round(side * window_frac))
+    return tile_boxes(side, side, window, 1 - stride_frac / window_frac)
+
+
+def occlusion_drops(encoder, pixels, phrase_vectors: np.ndarray, masks) -> tuple[np.ndarray, np.ndarray]:
+    """Cosine of each phrase with the whole view, and how much it drops with each window hidden.
+
+    ``pixels`` is one normalised input (1 x 3 x S x S); hidden pixels are set to 0, the dataset mean."""
+    batch = pixels.repeat(len(masks) + 1, 1, 1, 1)
+    for k, (x0, y0, x1, y1) in enumerate(masks, start=1):
+        batch[k, :, y0:y1, x0:x1] = 0
+    vectors = encoder.embed_pixels(batch)
+    cosines = phrase_vectors @ vectors.T  # phrases x (1 + masks)
+    return cosines[:, 0], cosines[:, :1] - cosines[:, 1:]
+
+
+def view_to_image(box, view, side_x: int, side_y: int):
+    """A box in the model's input pixels -> the same box in the input image's pixels."""
+    vx0, vy0, vx1, vy1 = view
+    sx, sy = (vx1 - vx0) / side_x, (vy1 - vy0) / side_y
+    x0, y0, x1, y1 = box
+    return (vx0 + x0 * sx, vy0 + y0 * sy, vx0 + x1 * sx, vy0 + y1 * sy)
+
+
+# -- the node's computation ------------------------------------------------------------------
+def align(encoder, image, text: str, options: AlignOptions | None = None, calibration: Calibration | None = None) -> dict:
     """Score an RGB PIL image against a text; see the module docstring for the heat map."""
     options = options or AlignOptions()
-    if options.mode not in ("auto", "global", "tiled"):
-        raise CrossmodalError(f"'{options.mode}' is not one of auto, global, tiled", param="mode")
-    if not 0.0 <= options.overlap < 0.9:
-        raise CrossmodalError("must lie in [0, 0.9)", param="overlap")
+    options.check()
     width, height = image.size
     if min(width, height) < MIN_IMAGE_SIDE:
         raise CrossmodalError(f"the image is {width}x{height}; at least {MIN_IMAGE_SIDE} px a side is needed",
                               param="image")
     phrases, notes = split_phrases(text)
-    timings = {}
-    started = time.perf_counter()
-    texts = [text.strip(), *phrases] if len(phrases) > 1 else [text.strip()]
-    encoded = encoder.encode_texts(texts)
-    text_vectors = encoded.vectors
-    phrase_vectors = text_vectors[1:] if len(phrases) > 1 else text_vectors
-    timings["text_ms"] = _ms(started)
-
-    started = time.perf_counter()
-    global_vector = encoder.encode_images([image])[0]
-    timings["global_ms"] = _ms(started)
-    global_score = float(text_vectors[0] @ global_vector)
-
-    mode = options.mode
-    if mode == "auto":
-        mode = "tiled" if max(width, height) >= 2 * encoder.image_size else "global"
-    tiled_needed = mode == "tiled" or options.heatmap
-    result = {"similarity_score": round(global_score, 6), "mode": mode, "model": encoder.identity}
-    if not tiled_needed:
-        result["phrases"] = [{"text": p, "similarity_score": round(float(v @ global_vector), 6), "box": None}
-                             for p, v in zip(phrases, phrase_vectors)]
-    else:
-        tile = options.tile_size or max(encoder.image_size // 2, min(width, height) // 3)
-        if tile < MIN_IMAGE_SIDE:
-            raise CrossmodalError(f"must be at least {MIN_IMAGE_SIDE} px", param="tile_size")
-        boxes = tile_boxes(width, height, tile, options.overlap)
-        started = time.perf_counter()
-        tile_vectors = encoder.encode_images([image.crop(b) for b in boxes])
-        timings["tiles_ms"] = _ms(started)
-        started = time.perf_counter()
-        scores = phrase_vectors @ tile_vectors.T  # phrases x tiles
-        maps = [fuse_tiles(boxes, s, width, height) for s in scores]
-        phrase_rows = []
-        for p, v, s, m in zip(phrases, phrase_vectors, scores, maps):
-            peak = _peak_box(m, width, height, boxes, s)
-            phrase_rows.append({"text": p, "similarity_score": round(float(max(v @ global_vector, s.max())), 6),
-                                "box": peak})
-        result["phrases"] = phrase_rows
-        if mode == "tiled":
-            regional = float(np.mean([s.max() for s in scores]))
-            result["similarity_score"] = round(0.5 * global_score + 0.5 * regional, 6)
-        combined = normalise(np.mean(maps, axis=0)) if options.heatmap else None
-        if options.heatmap:
-            result["attention_map"] = {"rows": combined.shape[0], "cols": combined.shape[1],
-                                       "values": np.round(combined, 4).tolist(), "width": width, "height": height}
-            result["phrase_maps"] = [np.round(normalise(m), 4).tolist() for m in maps]
-        result["tiles"] = len(boxes)
-        timings["fuse_ms"] = _ms(started)
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+    full_text = text.strip()
+    encoded = encoder.encode_texts([full_text, *phrases] if len(phrases) > 1 else [full_text])
+    text_vector = encoded.vectors[0]
+    phrase_vectors = encoded.vectors[1:] if len(phrases) > 1 else encoded.vectors
     if encoded.truncated:
         notes.append(f"text truncated to the model's {encoder.context_length}-token context")
+    timings["text_ms"] = _ms(clock)
+
+    mode = choose_mode(options, width, height)
+    view = global_view_box(encoder.processor, width, height)
+    clock = time.perf_counter()
+    pixels = encoder.preprocess([image])
+    timings["preprocess_ms"] = _ms(clock)
+    side_y, side_x = pixels.shape[-2:]
+    masks = occlusion_masks(side_x) if (options.heatmap and mode == "global") else []
+    clock = time.perf_counter()
+    if masks:
+        global_phrase, drops = occlusion_drops(encoder, pixels, np.vstack([phrase_vectors, text_vector]), masks)
+        global_vector = None
+        text_global = float(global_phrase[-1])
+        phrase_global, drops = global_phrase[:-1], drops[:-1]
+    else:
+        global_vector = encoder.embed_pixels(pixels)[0]
+        text_global = float(text_vector @ global_vector)
+        phrase_global = phrase_vectors @ global_vector
+    timings["global_ms"] = _ms(clock)
+
+    rows = []
+    maps: list[np.ndarray] = []
+    if mode == "global":
+        if masks:
+            boxes = [view_to_image(m, view, side_x, side_y) for m in masks]
+            maps = [fuse_windows(boxes, np.clip(d, 0, None), width, height) for d in drops]
+        for k, phrase in enumerate(phrases):
+            box = _peak_box(maps[k], width, height, boxes) if maps else None
+            rows.append({"text": phrase, "similarity_score": _r(phrase_global[k]), "box": box})
+        similarity = text_global
+        phrase_scores = [float(s) for s in phrase_global]
+        tiles_used = 0
+    else:
+        tile = int(options.tile_size or default_tile_size(width, height, encoder.image_size, options.overlap))
+        tiles = tile_boxes(width, height, tile, options.overlap)
+        if len(tiles) > MAX_TILES:
+            raise CrossmodalError(f"{tile} px gives {len(tiles)} tiles (at most {MAX_TILES}); use larger tiles "
+                                  "or leave tile_size empty", param="tile_size")
+        clock = time.perf_counter()
+        tile_pixels = encoder.preprocess([image.crop(b) for b in tiles])
+        tile_vectors = encoder.embed_pixels(tile_pixels)
+        timings["tiles_ms"] = _ms(clock)
+        tile_scores = phrase_vectors @ tile_vectors.T  # phrases x tiles
+        clock = time.perf_counter()
+        refined = (_refine_best_tiles(encoder, tile_pixels, tiles, tile_scores, phrase_vectors, width, height)
+                   if options.heatmap else {})
+        timings["refine_ms"] = _ms(clock)
+        for k, phrase in enumerate(phrases):
+            best = int(np.argmax(tile_scores[k]))
+            if options.heatmap:
+                coarse = fuse_tiles(tiles, tile_scores[k], width, height)
+                fine = refined.get((k, best))
+                phrase_map = coarse if fine is None else coarse + fine * (coarse.max() / max(fine.max(), 1e-9))
+                maps.append(phrase_map)
+                box = _peak_box(phrase_map, width, height, [tiles[best]] + (refined.get(("boxes", best)) or []))
+            else:
+                box = [int(v) for v in tiles[best]]
+            score = max(float(phrase_global[k]), float(tile_scores[k][best]))
+            rows.append({"text": phrase, "similarity_score": _r(score), "box": box, "tile": best})
+        regional = float(np.mean(tile_scores.max(axis=1)))
+        similarity = 0.5 * text_global + 0.5 * regional
+        phrase_scores = [r["similarity_score"] for r in rows]
+        tiles_used = len(tiles)
+
+    match_score = 0.5 * similarity + 0.5 * min(phrase_scores)
+    result = {
+        "similarity_score": _r(similarity),
+        "match_probability": _r(calibration.probability(match_score)) if calibration else None,
+        "match_score": _r(match_score),
+        "phrases": rows,
+        "model": encoder.identity,
+        "mode": mode,
+        "tiles": tiles_used,
+        "view": [round(v, 1) for v in view],
+    }
+    if calibration:
+        result["calibration"] = calibration.source
+    if maps:
+        combined = normalise(np.mean([normalise(m) for m in maps], axis=0))
+        result["attention_map"] = _grid(combined, width, height)
+        result["phrase_maps"] = [_grid(normalise(m), width, height)["values"] for m in maps]
+    timings["total_ms"] = round(sum(timings.values()), 1)
     result["timings_ms"] = timings
     result["notes"] = notes
     return result
 
 
-def _peak_box(fused: np.ndarray, width: int, height: int, boxes, scores) -> list[int]:
-    """The tile with the best score among those covering the fused map's peak cell."""
-    rows, cols = fused.shape
+def _refine_best_tiles(encoder, tile_pixels, tiles, tile_scores, phrase_vectors, width: int, height: int) -> dict:
+    """Occlusion inside each phrase's best tile (at most REFINED_TILES distinct tiles)."""
+    best_tiles = []
+    for k in range(len(phrase_vectors)):
+        best = int(np.argmax(tile_scores[k]))
+        if best not in best_tiles:
+            best_tiles.append(best)
+    out: dict = {}
+    side = tile_pixels.shape[-1]
+    # Coarser windows than in global mode (a third, moved by a sixth: 25 masks): the tile is already a
+    # region, and the refinement must stay cheap.
+    masks = occlusion_masks(side, 1 / 3, 1 / 6)
+    for t in best_tiles[:REFINED_TILES]:
+        _, drops = occlusion_drops(encoder, tile_pixels[t : t + 1], phrase_vectors, masks)
+        boxes = [view_to_image(m, tiles[t], side, side) for m in masks]
+        out[("boxes", t)] = boxes
+        for k in range(len(phrase_vectors)):
+            if int(np.argmax(tile_scores[k])) == t:
+                out[(k, t)] = fuse_windows(boxes, np.clip(drops[k], 0, None), width, height)
+    return out
+
+
+def _peak_box(fused: np.ndarray, width: int, height: int, windows) -> list[int]:
+    """The window (occlusion window or tile) centred nearest to the fused map's peak."""
     r, c = np.unravel_index(int(np.argmax(fused)), fused.shape)
-    px, py = (c + 0.5) * width / cols, (r + 0.5) * height / rows
-    covering = [i for i, (x0, y0, x1, y1) in enumerate(boxes) if x0 <= px <= x1 and y0 <= py <= y1]
-    best = max(covering or range(len(boxes)), key=lambda i: scores[i])
-    return [int(v) for v in boxes[best]]
+    px, py = (c + 0.5) * width / fused.shape[1], (r + 0.5) * height / fused.shape[0]
+    if not windows:
+        return [int(px), int(py), int(px) + 1, int(py) + 1]
+    covering = [w for w in windows if w[0] <= px <= w[2] and w[1] <= py <= w[3]] or list(windows)
+    x0, y0, x1, y1 = min(covering, key=lambda w: ((w[0] + w[2]) / 2 - px) ** 2 + ((w[1] + w[3]) / 2 - py) ** 2)
+    return [max(0, int(x0)), max(0, int(y0)), min(width, int(round(x1))), min(height, int(round(y1)))]
+
+
+def _grid(values: np.ndarray, width: int, height: int) -> dict:
+    return {"rows": int(values.shape[0]), "cols": int(values.shape[1]), "values": np.round(values, 4).tolist(),
+            "width": width, "height": height}
 
 
 def peak_point(phrase_map: list[list[float]], width: int, height: int) -> tuple[float, float]:
     grid = np.asarray(phrase_map)
     r, c = np.unravel_index(int(np.argmax(grid)), grid.shape)
     return ((c + 0.5) * width / grid.shape[1], (r + 0.5) * height / grid.shape[0])
+
+
+def _r(value: float) -> float:
+    return round(float(value), 6)
 
 
 def _ms(started: float) -> float:

@@ -108,6 +108,25 @@ def cmd_embed(args) -> int:
     return 0
 
 
+def cmd_align(args) -> int:
+    from crossmodal.service import ImageInput
+
+    result = _service(args).align(ImageInput.from_path(args.image), args.text, model=args.model, mode=args.mode,
+                                  heatmap=not args.no_heatmap, tile_size=args.tile_size, overlap=args.overlap,
+                                  overlay=bool(args.out))
+    overlay = result.pop("overlay_png", None)
+    if overlay:
+        Path(args.out).write_bytes(overlay)
+    lines = [f"similarity {result['similarity_score']:.4f}  match probability {result['match_probability']:.3f}  "
+             f"({result['mode']}, {result['model']})"]
+    lines += [f"  {p['text']}: {p['similarity_score']:.4f}  box {p['box']}" for p in result["phrases"]]
+    lines += [f"  note: {n}" for n in result["notes"]]
+    if overlay:
+        lines.append(f"overlay written to {args.out} ({len(overlay)} bytes)")
+    _emit(result, args.json, "\n".join(lines))
+    return 0
+
+
 def cmd_collections(args) -> int:
     service = _service(args)
     if args.action == "list":
@@ -135,6 +154,7 @@ COMMANDS = {
     "search": cmd_search,
     "embed": cmd_embed,
     "collections": cmd_collections,
+    "align": cmd_align,
 }
 
 
@@ -171,6 +191,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image", action="append", help="image file or directory (repeatable)")
     p.add_argument("--text", action="append", help="text (repeatable)")
     p.add_argument("--json", action="store_true")
+    _store_args(p)
+    _model_args(p)
+
+    p = sub.add_parser("align", help="similarity, match probability and heat map of an image against a text")
+    p.add_argument("image", help="image file")
+    p.add_argument("text", help='one or several phrases ("a red circle and a blue star")')
+    p.add_argument("--out", help="write the PNG overlay here")
+    p.add_argument("--mode", default="auto", choices=["auto", "global", "tiled"])
+    p.add_argument("--no-heatmap", action="store_true", help="scores only (faster)")
+    p.add_argument("--tile-size", type=int, help="tile side in pixels (default: a quarter of the shorter side)")
+    p.add_argument("--overlap", type=float, default=0.25)
+    p.add_argument("--json", action="store_true", help="print the result contract as JSON")
     _store_args(p)
     _model_args(p)
 

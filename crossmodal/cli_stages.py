@@ -13,7 +13,7 @@ def cmd_train(args) -> int:
 
     config = TrainConfig(out=args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                          scenes=args.scenes, init=args.init, pairs=args.pairs, bf16=not args.fp32,
-                         save_every=args.save_every)
+                         save_every=args.save_every, patch_size=args.patch_size)
 
     def progress(step, loss):
         print(f"step {step}/{config.steps} loss {loss:.4f}", file=sys.stderr)
@@ -32,6 +32,39 @@ def cmd_eval(args) -> int:
     report = run_eval(args.model, n=args.n, pairs=args.pairs, out=args.out, sets=sets)
     print(json.dumps(report, indent=2, ensure_ascii=False))
     return 0
+
+
+def cmd_calibrate(args) -> int:
+    from crossmodal.calibration import (calibration_path, fit_calibration, labelled_jsonl_pairs,
+                                        labelled_scene_pairs, save_calibration)
+    from crossmodal.models import load_encoder, model_identity
+    from crossmodal.settings import default_data_dir
+
+    encoder = load_encoder(model_identity(args.model), "cpu")
+    if args.pairs:
+        pairs, source = labelled_jsonl_pairs(args.pairs, args.seed), f"fit on pairs from {args.pairs}"
+    else:
+        pairs = labelled_scene_pairs(args.n, CALIBRATION_SEED + args.seed)
+        source = f"Platt fit on {args.n} generated scenes (one true, one false caption each)"
+    calibration = fit_calibration(encoder, pairs, source, args.seed)
+    out = args.out or calibration_path(encoder.identity, args.store or default_data_dir())
+    save_calibration(calibration, out)
+    print(json.dumps({"out": str(out), "a": round(calibration.a, 4), "b": round(calibration.b, 4),
+                      "metrics": calibration.metrics}, ensure_ascii=False))
+    return 0
+
+
+CALIBRATION_SEED = 600_000_000  # generated scenes never used in training or evaluation
+
+
+def _add_calibrate(sub):
+    p = sub.add_parser("calibrate", help="fit the align node's match probability (Platt scaling) for a model")
+    p.add_argument("--model", default="demo-shapes")
+    p.add_argument("--n", type=int, default=1000, help="generated scenes (without --pairs)")
+    p.add_argument("--pairs", help='JSONL of {"image": path, "caption": text}: true pairs; false ones are drawn')
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="file to write (default: DATA_DIR/calibration/MODEL.json)")
+    p.add_argument("--store", metavar="DIR", help="data directory (default $CROSSMODAL_HOME or ~/.crossmodal)")
 
 
 def cmd_demo(args) -> int:
@@ -60,6 +93,7 @@ def _add_train(sub):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--save-every", type=int, default=0)
     p.add_argument("--fp32", action="store_true", help="no bf16 autocast")
+    p.add_argument("--patch-size", type=int, help="with --init: re-cut the vision tower into finer patches (16 -> 8)")
 
 
 def _add_eval(sub):
@@ -97,4 +131,4 @@ def _add_package(sub):
     p.add_argument("--out", help="output file (default: NAME-VERSION.difypkg in the folder)")
 
 
-EXTRA_COMMANDS.update(package=(cmd_package, _add_package), train=(cmd_train, _add_train), eval=(cmd_eval, _add_eval), demo=(cmd_demo, _add_demo))
+EXTRA_COMMANDS.update(calibrate=(cmd_calibrate, _add_calibrate), package=(cmd_package, _add_package), train=(cmd_train, _add_train), eval=(cmd_eval, _add_eval), demo=(cmd_demo, _add_demo))

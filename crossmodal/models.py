@@ -142,10 +142,11 @@ class TextEncoding:
 class Encoder:
     """A dual encoder (CLIP, Chinese-CLIP, SigLIP) with its processor; outputs L2-normalised float32."""
 
-    def __init__(self, identity: str, model, processor, device: str):
+    def __init__(self, identity: str, model, processor, device: str, model_dir: Path | None = None):
         import torch
 
         self.identity = identity
+        self.model_dir = model_dir  # where its files are (a calibration fit may sit beside them)
         self.model = model.to(device).eval()
         self.processor = processor
         self.device = device
@@ -194,8 +195,17 @@ class Encoder:
         starts = range(0, len(images), batch_size)
         for start in tqdm(starts, disable=not show_progress_bar, desc="embedding images", unit="batch"):
             batch = list(images[start : start + batch_size])
-            pixels = self.processor(images=batch, return_tensors="pt")["pixel_values"]
+            pixels = self.preprocess(batch)
             chunks.append(self.image_features(pixels))
+        return self._finish(chunks, normalize)
+
+    def preprocess(self, images: Sequence):
+        """The model's own processor: PIL images -> normalised pixel tensor (N x 3 x S x S)."""
+        return self.processor(images=list(images), return_tensors="pt")["pixel_values"]
+
+    def embed_pixels(self, pixels, *, batch_size: int = 64, normalize=True) -> np.ndarray:
+        """Embed already preprocessed (possibly edited, e.g. occluded) pixel tensors."""
+        chunks = [self.image_features(pixels[s : s + batch_size]) for s in range(0, len(pixels), batch_size)]
         return self._finish(chunks, normalize)
 
     def encode_texts(self, texts: Sequence[str], *, batch_size: int = 64, normalize=True) -> TextEncoding:
@@ -281,4 +291,4 @@ def load_encoder(identity: str, device: str = "cpu", hub: HubOptions | None = No
         model = AutoModel.from_pretrained(directory, dtype="float32")
         processor = AutoProcessor.from_pretrained(directory)
     logger.info("loaded %s (%s) on %s", identity, config.model_type, device)
-    return Encoder(identity, model, processor, device)
+    return Encoder(identity, model, processor, device, model_dir=directory)

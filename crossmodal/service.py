@@ -7,6 +7,7 @@ import base64
 import hashlib
 import io
 import logging
+import threading
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -15,6 +16,7 @@ from typing import Any, Callable, Iterable, NamedTuple, Sequence
 
 import numpy as np
 
+from crossmodal.align import AlignOptions, Calibration, align, split_phrases
 from crossmodal.errors import CrossmodalError, NotFoundError
 from crossmodal.images import DecodedImage, decode_image
 from crossmodal.models import Encoder, get_encoder, model_identity
@@ -28,6 +30,8 @@ MAX_TEXT_CHARS = 10_000
 INGEST_CHUNK = 128  # items decoded, embedded and written at a time: memory stays flat
 THUMBNAIL_SIDE = 384
 SEARCH_TARGETS = ("image", "text", "any")
+_CALIBRATIONS: dict[tuple[str, str], Calibration] = {}
+_CALIBRATIONS_LOCK = threading.Lock()
 
 
 @dataclass
@@ -267,6 +271,44 @@ class Service:
             raise CrossmodalError("the text and image queries cancel out; change text_weight", param="text_weight")
         kind = "fused" if len(parts) == 2 else ("text" if text else "image")
         return (fused / norm).astype(np.float32), warnings, kind
+
+    # -- align ---------------------------------------------------------------
+    def align(
+        self,
+        image: ImageInput,
+        text: str,
+        model: str | None = None,
+        mode: str = "auto",
+        heatmap: bool = True,
+        tile_size: int | None = None,
+        overlap: float = 0.25,
+        overlay: bool = True,
+    ) -> dict:
+        """Similarity, calibrated match probability, per-phrase scores and boxes, heat map (+ PNG overlay)."""
+        from crossmodal.overlay import render_overlay
+
+        options = AlignOptions(mode, bool(heatmap), int(tile_size) if tile_size else None, float(overlap))
+        options.check()
+        split_phrases(text)  # text errors before any image work
+        decoded = decode_image(read_input(image), param="image")
+        encoder = self.encoder(model)
+        result = align(encoder, decoded.image, text, options, self.calibration(encoder))
+        result["notes"] = decoded.notes + result["notes"]
+        if overlay:
+            result["overlay_png"] = render_overlay(decoded.image, result)
+        return result
+
+    def calibration(self, encoder: Encoder) -> Calibration:
+        from crossmodal.calibration import load_calibration
+
+        from crossmodal.settings import default_data_dir
+
+        data_dir = str(self.settings.data_dir or default_data_dir())
+        key = (encoder.identity, data_dir)
+        with _CALIBRATIONS_LOCK:
+            if key not in _CALIBRATIONS:
+                _CALIBRATIONS[key] = load_calibration(encoder, data_dir)
+            return _CALIBRATIONS[key]
 
     # -- collections -----------------------------------------------------------
     def list_collections(self) -> dict:

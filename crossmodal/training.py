@@ -44,6 +44,7 @@ class TrainConfig:
     log_every: int = 50
     save_every: int = 0  # also write the checkpoint every N steps (0: only at the end)
     save_fp16: bool = True
+    patch_size: int | None = None  # with init: re-cut the vision tower into finer patches (e.g. 16 -> 8)
 
 
 @dataclass
@@ -97,6 +98,47 @@ def _init_sincos_positions(model) -> None:
         text.weight.copy_(_sincos(torch.arange(text.num_embeddings, dtype=torch.float32), text.embedding_dim))
 
 
+def resize_patches(model, patch_size: int) -> None:
+    """Re-cut a trained CLIP vision tower into smaller patches without losing what it learned.
+
+    Each new kernel is the sum of the old kernel's blocks (16 -> 8: 2x2 block sums), so an 8-px patch
+    gives the token that the old 16-px kernel gave for the same pixels shown twice as large. Position
+    embeddings are resized bicubically to the finer grid. Then the model sees every object at twice the
+    number of tokens, which is what small shapes need."""
+    import torch
+    import torch.nn.functional as F
+
+    embeddings = model.vision_model.embeddings
+    old = embeddings.patch_size
+    if patch_size == old:
+        return
+    if old % patch_size:
+        raise CrossmodalError(f"patch size {patch_size} must divide the model's {old}", param="patch_size")
+    factor = old // patch_size
+    conv = embeddings.patch_embedding
+    weight = conv.weight.data.float()  # (dim, 3, old, old)
+    dim = weight.shape[0]
+    new_weight = weight.reshape(dim, 3, patch_size, factor, patch_size, factor).sum(dim=(3, 5))
+    image_size = embeddings.image_size
+    new_conv = torch.nn.Conv2d(3, dim, kernel_size=patch_size, stride=patch_size, bias=False)
+    new_conv.weight.data.copy_(new_weight)
+    old_grid = image_size // old
+    new_grid = image_size // patch_size
+    table = embeddings.position_embedding.weight.data.float()
+    patches = table[1:].reshape(1, old_grid, old_grid, dim).permute(0, 3, 1, 2)
+    patches = F.interpolate(patches, size=(new_grid, new_grid), mode="bicubic", align_corners=False)
+    new_table = torch.cat([table[:1], patches.permute(0, 2, 3, 1).reshape(new_grid * new_grid, dim)])
+    embeddings.patch_embedding = new_conv
+    embeddings.patch_size = patch_size
+    embeddings.num_patches = new_grid * new_grid
+    embeddings.num_positions = embeddings.num_patches + 1
+    embeddings.position_embedding = torch.nn.Embedding(embeddings.num_positions, dim)
+    embeddings.position_embedding.weight.data.copy_(new_table)
+    embeddings.register_buffer("position_ids", torch.arange(embeddings.num_positions).expand((1, -1)),
+                               persistent=False)
+    model.config.vision_config.patch_size = patch_size
+
+
 def _sincos(positions, dim: int):
     import torch
 
@@ -146,11 +188,17 @@ class GeneratedPairs:
 
 
     def _indexes(self, size: int, group: int = 4) -> list[int]:
-        """Half the batch at random, half in groups of scenes sharing colour and shape."""
+        """A third of the batch at random, a third in groups of scenes sharing colour and shape (size and
+        position tell them apart), a third in groups sharing colour only (shape tells them apart)."""
         chosen: set[int] = set()
         keys = [k for k, v in self.groups.items() if len(v) >= group]
-        while keys and len(chosen) < size // 2:
+        while keys and len(chosen) < size // 3:
             chosen.update(self.rng.sample(self.groups[self.rng.choice(keys)], group))
+        colours = sorted({colour for colour, _ in keys})
+        while keys and len(chosen) < 2 * size // 3:
+            colour = self.rng.choice(colours)
+            for shape_key in self.rng.sample([k for k in keys if k[0] == colour], 3):
+                chosen.update(self.rng.sample(self.groups[shape_key], 2))
         while len(chosen) < size:
             chosen.add(self.rng.randrange(len(self)))
         return list(chosen)[:size]
@@ -250,7 +298,9 @@ def train(config: TrainConfig, progress=None) -> TrainReport:
     report = TrainReport()
     if config.init:
         encoder = load_encoder(model_identity(config.init), "cpu")
-        model, processor = encoder.model.train(), encoder.processor
+        model, processor = encoder.model.float().train(), encoder.processor
+        if config.patch_size:
+            resize_patches(model, config.patch_size)
     else:
         tokenizer = train_tokenizer(vocabulary_texts(), context_length=32)
         model, processor = build_demo_model(tokenizer)

@@ -164,3 +164,45 @@ def test_heartbeats_and_other_sessions_continue_during_a_slow_call(plugin, creds
     beats = [t for t in plugin.heartbeats[beats_before:]]
     assert slow_seconds > 1.0, "the slow call was too quick to prove anything"
     assert len(beats) >= int(slow_seconds / 0.25) // 2, (len(beats), slow_seconds)
+
+
+def test_align_node_scores_locates_and_draws(plugin, tmp_path, file_server):
+    from crossmodal.scenes import generate_scene
+
+    scene = generate_scene(800_000_123, 512, 512, 1)
+    obj = scene.objects[0]
+    buf = io.BytesIO()
+    scene.image.save(buf, "PNG")
+    creds = {"data_dir": str(tmp_path / "store"), "model": "demo-shapes"}
+    messages = plugin.invoke_tool("align", {"image": file_server("scene.png", buf.getvalue()),
+                                            "text": f"a {obj.color} {obj.shape}"}, creds)
+    assert not errors(messages)
+    result, found = json_message(messages), variables(messages)
+    for key in ("similarity_score", "match_probability", "phrases", "attention_map", "model", "mode"):
+        assert found[key] == result[key]
+    assert 0.0 <= result["match_probability"] <= 1.0 and result["mode"] == "global"
+    grid = result["attention_map"]
+    assert (grid["rows"], grid["cols"], grid["width"], grid["height"]) == (48, 48, 512, 512)
+    x0, y0, x1, y1 = result["phrases"][0]["box"]
+    ox0, oy0, ox1, oy1 = obj.box
+    assert x0 < ox1 and ox0 < x1 and y0 < oy1 and oy0 < y1, "the peak box misses the object"
+    ((png_bytes, meta),) = blobs(messages)
+    assert meta["mime_type"] == "image/png" and len(png_bytes) <= 2 * 1024 * 1024
+    assert Image.open(io.BytesIO(png_bytes)).size == (512, 512)
+
+
+@pytest.mark.parametrize(
+    "params, needle",
+    [
+        ({"text": "  "}, "text: is empty"),
+        ({"text": "x" * 1001}, "1000"),
+        ({"text": "a cat", "mode": "zoom"}, "mode"),
+        ({"text": "a cat", "overlap": 0.9}, "overlap"),
+        ({"text": "a cat", "image": "1x1"}, "at least 8 px"),
+    ],
+)
+def test_align_bad_input(plugin, creds, file_server, params, needle):
+    image = png((255, 0, 0), (1, 1)) if params.get("image") == "1x1" else png((255, 0, 0))
+    params = {**params, "image": file_server("align-in.png", image)}
+    (error,) = errors(plugin.invoke_tool("align", params, creds))
+    assert needle in error["message"]
