@@ -71,7 +71,7 @@ def cmd_ingest(args) -> int:
     if not items:
         raise _usage("give image files, directories or --text")
     bar = tqdm(total=len(items), unit="item", disable=args.json, file=sys.stderr)
-    report = _service(args).ingest(items, args.collection, args.model, progress=bar.update)
+    report = _service(args).ingest(items, args.collection, args.model, progress=bar.update, regions=args.regions)
     bar.close()
     summary = {"added": report["added"], "duplicates": report["duplicates"], "rejected": report["rejected"]}
     text = (f"{report['added']} added, {report['duplicates']} duplicates, {len(report['rejected'])} rejected; "
@@ -89,7 +89,7 @@ def cmd_search(args) -> int:
     result = _service(args).search(
         text=args.text, image=image, collection=args.collection, top_k=args.top_k,
         score_threshold=args.score_threshold, filter=args.filter, target=args.target, model=args.model,
-        text_weight=args.text_weight,
+        text_weight=args.text_weight, regions=args.regions,
     )
     lines = [f"{'rank':>4}  {'score':>7}  source"]
     for rank, hit in enumerate(result["results"], 1):
@@ -170,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--collection", required=True)
     p.add_argument("--tags", help="comma-separated tags for every item")
     p.add_argument("--metadata", help="JSON object stored with every item")
+    p.add_argument("--regions", action="store_true", help="also store tile vectors of large images")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a progress bar")
     _store_args(p)
     _model_args(p)
@@ -183,6 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--filter", help='JSON, e.g. {"tags": ["cat"]}')
     p.add_argument("--target", default="image", choices=["image", "text", "any"])
     p.add_argument("--text-weight", type=float, default=0.5, help="share of the text in a fused query")
+    p.add_argument("--regions", action="store_true", help="rank images by their best stored region too")
     p.add_argument("--json", action="store_true")
     _store_args(p)
     _model_args(p)

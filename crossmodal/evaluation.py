@@ -133,20 +133,84 @@ def recall_at(ranks: list[int | None], ks=KS) -> dict[str, float]:
     return {f"R@{k}": round(sum(r is not None and r < k for r in ranks) / n, 4) for k in ks}
 
 
-def pointing_game(eval_set: EvalSet, locate: Callable) -> dict:
-    """Share of objects whose heat-map peak (``locate(image, phrase) -> (x, y)``) falls in the object's box."""
+def pointing_game(eval_set: EvalSet, locate: Callable, lang: str = "en") -> dict:
+    """Share of objects whose heat-map peak (``locate(image, phrase) -> (x, y)``) falls in the object's box.
+    Each object is named by colour and shape ("a red circle"), as a user would name it."""
+    from crossmodal.scenes import article
+
     hits = total = 0
     for image, objects, boxes in zip(eval_set.images, eval_set.image_keys, eval_set.boxes):
         for obj, (x0, y0, x1, y1) in zip(objects, boxes):
-            x, y = locate(image, obj.phrase("en", size=False))
+            phrase = obj.phrase(lang, size=False)
+            x, y = locate(image, f"{article(phrase)} {phrase}" if lang == "en" else phrase)
             hits += x0 <= x <= x1 and y0 <= y <= y1
             total += 1
     return {"objects": total, "accuracy": round(hits / max(1, total), 4)}
 
 
+def align_locator(encoder) -> Callable:
+    """The align node's heat map as a pointing-game locator (the peak of the phrase's own map)."""
+    from crossmodal.align import align, peak_point
+
+    def locate(image, phrase):
+        result = align(encoder, image, phrase)
+        return peak_point(result["phrase_maps"][0], *image.size)
+
+    return locate
+
+
+def run_pointing_game(model: str, n: int, side: int = 512) -> dict:
+    """Pointing game of the align node on fresh single- and two-object scenes of side x side pixels."""
+    from crossmodal.models import load_encoder, model_identity
+
+    locate = align_locator(load_encoder(model_identity(model), "cpu"))
+    out = {}
+    for kind in ("single", "double"):
+        eval_set = scene_set(kind, n, "en", seed=EVAL_SEED_BASE + 5_000_000, sizes=(side, side))
+        out[f"{kind}_{side}"] = pointing_game(eval_set, locate)
+    return out
+
+
+def small_object_set(n: int, side: int = 2048, seed: int = EVAL_SEED_BASE + 7_000_000,
+                     size_range=(0.035, 0.05)) -> EvalSet:
+    """Large images each holding one small object (3.5-5 % of the side); queries name colour and shape."""
+    from crossmodal.scenes import article, caption_specs, generate_scene, scene_satisfies
+
+    images, objects, queries, specs, boxes = [], [], [], [], []
+    for k in range(n):
+        scene = generate_scene(seed + k, side, side, 1, size_range=size_range)
+        phrase = scene.objects[0].phrase("en", size=False)
+        images.append(scene.image)
+        objects.append(scene.objects)
+        boxes.append(scene.boxes)
+        queries.append(f"{article(phrase)} {phrase}")
+        specs.append(caption_specs(scene.objects, size=False, position=False))
+    return EvalSet(f"small_objects_{side}", images, objects, queries,
+                   lambda q, i: scene_satisfies(objects[i], specs[q]), boxes)
+
+
+def evaluate_small_objects(service, eval_set: EvalSet, model: str, collection: str = "small") -> dict:
+    """Text->image recall with whole-image vectors only, and with stored regions, on the same collection."""
+    from crossmodal.service import ImageInput, IngestItem
+
+    items = [IngestItem(image=ImageInput.from_bytes(f"img-{i}", encode_png(im)), source=f"img-{i}")
+             for i, im in enumerate(eval_set.images)]
+    service.ingest(items, collection, model, regions=True)
+    out = {"images": len(items)}
+    for label, regions in (("global_only", False), ("regions", True)):
+        ranks = []
+        for q, text in enumerate(eval_set.queries):
+            hits = service.search(text=text, collection=collection, top_k=max(KS), regions=regions)["results"]
+            found = [int(h["payload"]["source"].split("-")[1]) for h in hits]
+            ranks.append(_first_relevant(found, lambda i: eval_set.is_relevant(q, i)))
+        out[label] = recall_at(ranks)
+    return out
+
+
 
 def run_eval(model: str, n: int = 1000, pairs: str | None = None, out: str | None = None,
-             sets=("single_en", "single_zh", "double_en", "double_zh")) -> dict:
+             sets=("single_en", "single_zh", "double_en", "double_zh"), pointing_n: int = 0,
+             small_n: int = 0) -> dict:
     from crossmodal.service import Service
     from crossmodal.settings import Settings
 
@@ -159,8 +223,11 @@ def run_eval(model: str, n: int = 1000, pairs: str | None = None, out: str | Non
             eval_sets = [scene_set(s.split("_")[0], n, s.split("_")[1]) for s in sets]
         for k, eval_set in enumerate(eval_sets):
             report["sets"][eval_set.name] = evaluate_set(service, eval_set, model, f"eval{k}")
+        if small_n and not pairs:
+            report["small_objects"] = evaluate_small_objects(service, small_object_set(small_n), model)
         service.store.close()
-    report["pointing_game"] = "filled in by the align node's heat maps (see README)"
+    if pointing_n and not pairs:
+        report["pointing_game"] = run_pointing_game(model, pointing_n)
     if out:
         write_report(report, out)
     return report

@@ -21,7 +21,7 @@ from crossmodal.errors import CrossmodalError, NotFoundError
 from crossmodal.images import DecodedImage, decode_image
 from crossmodal.models import Encoder, get_encoder, model_identity
 from crossmodal.settings import Settings
-from crossmodal.store import Condition, StoredPoint, VectorStore, check_collection_name, open_store, parse_filter
+from crossmodal.store import Condition, Hit, StoredPoint, VectorStore, check_collection_name, open_store, parse_filter
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +30,8 @@ MAX_TEXT_CHARS = 10_000
 INGEST_CHUNK = 128  # items decoded, embedded and written at a time: memory stays flat
 THUMBNAIL_SIDE = 384
 SEARCH_TARGETS = ("image", "text", "any")
+REGION_OVERLAP = 0.25
+MAX_REGION_CANDIDATES = 2000
 _CALIBRATIONS: dict[tuple[str, str], Calibration] = {}
 _CALIBRATIONS_LOCK = threading.Lock()
 
@@ -125,8 +127,12 @@ class Service:
         collection: str | None = None,
         model: str | None = None,
         progress: Callable[[int], None] | None = None,
+        regions: bool = False,
     ) -> dict:
-        """Add items; same content again is a duplicate; a bad item is rejected, never the batch."""
+        """Add items; same content again is a duplicate; a bad item is rejected, never the batch.
+
+        ``regions``: also store one child point per overlapping tile of each large image (see
+        ``region_points``), so that searches with ``regions`` find small objects in large images."""
         name = self._collection(collection)
         encoder = self._encoder_for_write(name, model)
         self.store.ensure_collection(name, encoder.identity, encoder.dim)
@@ -137,11 +143,11 @@ class Service:
         for item in items:
             chunk.append(item)
             if len(chunk) >= INGEST_CHUNK:
-                self._ingest_chunk(name, encoder, chunk, seen, report)
+                self._ingest_chunk(name, encoder, chunk, seen, report, regions)
                 progress and progress(len(chunk))
                 chunk = []
         if chunk:
-            self._ingest_chunk(name, encoder, chunk, seen, report)
+            self._ingest_chunk(name, encoder, chunk, seen, report, regions)
             progress and progress(len(chunk))
         self.store.finish_writes(name)
         report["count"] = self.store.count(name)
@@ -165,7 +171,8 @@ class Service:
             param="model",
         )
 
-    def _ingest_chunk(self, name: str, encoder: Encoder, chunk: list[IngestItem], seen: set, report: dict):
+    def _ingest_chunk(self, name: str, encoder: Encoder, chunk: list[IngestItem], seen: set, report: dict,
+                      regions: bool = False):
         prepared: list[PreparedItem] = []
         for item in chunk:
             try:
@@ -186,10 +193,22 @@ class Service:
         if not fresh:
             return
         vectors = self._vectors_for(encoder, fresh, report)
-        self.store.upsert(name, [StoredPoint(p.point_id, v.tolist(), p.payload) for p, v in zip(fresh, vectors)])
+        points = [StoredPoint(p.point_id, v.tolist(), p.payload) for p, v in zip(fresh, vectors)]
+        region_counts = {}
+        if regions:
+            for p in fresh:
+                if p.decoded is not None:
+                    children = region_points(encoder, p)
+                    region_counts[p.point_id] = len(children)
+                    points += children
+        # Parents and their regions go in one write: a crash leaves both or neither.
+        self.store.upsert(name, points)
         for p in fresh:
             report["added"] += 1
-            report["items"].append({"source": p.item.name, "id": p.point_id, "status": "added"})
+            row = {"source": p.item.name, "id": p.point_id, "status": "added"}
+            if p.point_id in region_counts:
+                row["regions"] = region_counts[p.point_id]
+            report["items"].append(row)
 
     @staticmethod
     def _vectors_for(encoder: Encoder, fresh: list[PreparedItem], report: dict) -> np.ndarray:
@@ -218,6 +237,7 @@ class Service:
         model: str | None = None,
         text_weight: float = 0.5,
         with_thumbnails: bool = False,
+        regions: bool = False,
     ) -> dict:
         name = self._collection(collection)
         text = text.strip() if isinstance(text, str) else None
@@ -236,9 +256,14 @@ class Service:
         info = self.store.get_collection(name, with_count=False)
         encoder = self.encoder(self._model_for(info.model, model))
         vector, warnings, query_kind = self._query_vector(encoder, text, image, float(text_weight))
-        if target != "any":
-            conditions = [*conditions, Condition("kind", "eq", target)]
-        hits = self.store.query(name, vector.tolist(), top_k, conditions, score_threshold)
+        if regions and target != "image":
+            raise CrossmodalError("region search finds images; set target to image", param="regions")
+        if regions:
+            hits = self._region_search(name, vector, top_k, conditions, score_threshold)
+        else:
+            kinds = ["image", "text"] if target == "any" else [target]
+            hits = self.store.query(name, vector.tolist(), top_k, [*conditions, Condition("kind", "any", kinds)],
+                                    score_threshold)
         results, thumbnails = [], {}
         for hit in hits:
             thumb = hit.payload.pop("thumbnail", None)
@@ -249,6 +274,31 @@ class Service:
                "target": target, "warnings": warnings}
         if with_thumbnails:
             out["thumbnails"] = thumbnails
+        return out
+
+    def _region_search(self, name, vector, top_k, conditions, score_threshold) -> list[Hit]:
+        """Images ranked by their best match, whole image or any stored region of it."""
+        conditions = [*conditions, Condition("kind", "any", ["image", "region"])]
+        limit = top_k * 8
+        while True:
+            hits = self.store.query(name, vector.tolist(), limit, conditions, score_threshold)
+            best: dict[str, Hit] = {}
+            for hit in hits:  # best first
+                parent = hit.payload.get("parent_id", hit.id)
+                if parent not in best:
+                    best[parent] = hit
+            if len(best) >= top_k or len(hits) < limit or limit >= MAX_REGION_CANDIDATES:
+                break
+            limit = min(limit * 4, MAX_REGION_CANDIDATES)
+        chosen = list(best.items())[:top_k]
+        parents = {h.id: h for h in self.store.retrieve(name, [p for p, h in chosen if h.id != p])}
+        out = []
+        for parent_id, hit in chosen:
+            if hit.id == parent_id:
+                out.append(Hit(parent_id, hit.score, {**hit.payload, "matched": "image"}))
+            elif parent_id in parents:
+                payload = {**parents[parent_id].payload, "matched": "region", "region_box": hit.payload.get("box")}
+                out.append(Hit(parent_id, hit.score, payload))
         return out
 
     def _query_vector(self, encoder: Encoder, text, image, text_weight):
@@ -358,6 +408,32 @@ def prepare_item(item: IngestItem) -> PreparedItem:
     if decoded.notes:
         payload["notes"] = decoded.notes
     return PreparedItem(item, point_id(digest), decoded, payload)
+
+
+def region_points(encoder: Encoder, prepared: PreparedItem) -> list[StoredPoint]:
+    """Child points for the overlapping tiles of a large image (the align node's tiling: a quarter of the
+    shorter side, 25 % overlap; 25 tiles for 2048^2). Images under twice the model's input get none: the
+    whole-image vector already sees them at full detail. Each region carries its parent's id, filterable
+    fields and its box; ids derive from the parent's content and the box, so a re-ingest is idempotent."""
+    from crossmodal.align import default_tile_size, tile_boxes
+
+    image = prepared.decoded.image
+    width, height = image.size
+    if max(width, height) < 2 * encoder.image_size:
+        return []
+    boxes = tile_boxes(width, height, default_tile_size(width, height, encoder.image_size, REGION_OVERLAP),
+                       REGION_OVERLAP)
+    vectors = encoder.encode_images([image.crop(b) for b in boxes])
+    parent = prepared.payload
+    # The parent's fields, so that filters (tags, metadata, width, ...) select regions as they select images.
+    shared = {k: parent.get(k) for k in ("source", "caption", "tags", "metadata", "ingested_at", "sha256", "width",
+                                         "height", "mime_type")}
+    points = []
+    for box, vector in zip(boxes, vectors):
+        digest = hashlib.sha256(f"{parent['sha256']}:{box}".encode()).hexdigest()
+        payload = {**shared, "kind": "region", "parent_id": prepared.point_id, "box": list(box)}
+        points.append(StoredPoint(point_id(digest), vector.tolist(), payload))
+    return points
 
 
 def point_id(digest: str) -> str:

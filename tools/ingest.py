@@ -4,7 +4,8 @@ from typing import Any
 from dify_plugin import Tool
 from dify_plugin.entities.tool import ToolInvokeMessage
 
-from crossmodal.dify_adapter import ToolInputError, call, file_inputs, json_object, service_for, tag_list, text_list
+from crossmodal.dify_adapter import (ToolInputError, call, file_inputs, flag, json_object, service_for, tag_list,
+                                     text_list)
 from crossmodal.service import IngestItem
 
 
@@ -25,7 +26,7 @@ class IngestTool(Tool):
         items += [IngestItem(text=t, tags=tags, metadata=metadata) for t in texts]
         service = service_for(self.runtime.credentials)
         report = call(service.ingest, items, tool_parameters.get("collection") or None,
-                      tool_parameters.get("model") or None)
+                      tool_parameters.get("model") or None, regions=flag(tool_parameters.get("regions")))
         yield self.create_text_message(
             f"{report['added']} added, {report['duplicates']} duplicates, {len(report['rejected'])} rejected; "
             f"'{report['collection']}' now holds {report['count']} points"

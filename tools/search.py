@@ -24,6 +24,7 @@ class SearchTool(Tool):
             model=tool_parameters.get("model") or None,
             text_weight=number(tool_parameters.get("text_weight"), "text_weight", 0.5),
             with_thumbnails=return_images,
+            regions=flag(tool_parameters.get("regions")),
         )
         thumbnails = result.pop("thumbnails", {})
         yield self.create_text_message(summary_line(result["results"]))

@@ -92,6 +92,10 @@ class VectorStore(ABC):
     def existing_ids(self, name: str, ids: list[str]) -> set[str]: ...
 
     @abstractmethod
+    def retrieve(self, name: str, ids: list[str]) -> list[Hit]:
+        """Stored points by id, with payload (score 0); missing ids are left out."""
+
+    @abstractmethod
     def upsert(self, name: str, points: list[StoredPoint]) -> None: ...
 
     @abstractmethod

@@ -144,6 +144,14 @@ class EdgeStore(VectorStore):
             records = opened.shard.retrieve(list(ids), with_payload=False, with_vector=False)
         return {str(r.id) for r in records}
 
+    def retrieve(self, name: str, ids: list[str]) -> list[Hit]:
+        if not ids:
+            return []
+        opened = self._shard(name)
+        with opened.mutex:
+            records = opened.shard.retrieve(list(ids), with_payload=True, with_vector=False)
+        return [Hit(str(r.id), 0.0, dict(r.payload or {})) for r in records]
+
     def upsert(self, name: str, points: list[StoredPoint]) -> None:
         if not points:
             return

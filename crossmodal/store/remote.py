@@ -113,6 +113,12 @@ class RemoteStore(VectorStore):
         records = self._call(self.client.retrieve, name, ids=list(ids), with_payload=False, with_vectors=False)
         return {str(r.id) for r in records}
 
+    def retrieve(self, name: str, ids: list[str]) -> list[Hit]:
+        if not ids:
+            return []
+        records = self._call(self.client.retrieve, name, ids=list(ids), with_payload=True, with_vectors=False)
+        return [Hit(str(r.id), 0.0, dict(r.payload or {})) for r in records]
+
     def upsert(self, name: str, points: list[StoredPoint]) -> None:
         from qdrant_client import models
 
