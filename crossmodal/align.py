@@ -292,6 +292,9 @@ def align(encoder, image, text: str, options: AlignOptions | None = None, calibr
     }
     if calibration:
         result["calibration"] = calibration.source
+    result["precision"] = getattr(encoder, "precision", "fp32")
+    if getattr(encoder, "precision_note", None):
+        notes.append(encoder.precision_note)
     if maps:
         combined = normalise(np.mean([normalise(m) for m in maps], axis=0))
         result["attention_map"] = _grid(combined, width, height)

@@ -23,6 +23,8 @@ def _store_args(p: argparse.ArgumentParser) -> None:
 def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="preset, hub id or local directory (default: auto)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+                   help="bf16: autocast (fp16 on CUDA), used when it agrees with fp32 (cosine >= 0.999)")
 
 
 def _service(args):
@@ -33,7 +35,7 @@ def _service(args):
 
     return Service(Settings(store_url=args.url, store_api_key=args.api_key or os.environ.get("QDRANT_API_KEY"),
                             data_dir=args.store, model=getattr(args, "model", None) or "auto",
-                            device=getattr(args, "device", "auto")))
+                            device=getattr(args, "device", "auto"), precision=getattr(args, "precision", "fp32")))
 
 
 def _emit(obj, as_json: bool, text: str | None = None) -> None:
@@ -111,7 +113,10 @@ def cmd_embed(args) -> int:
 def cmd_align(args) -> int:
     from crossmodal.service import ImageInput
 
-    result = _service(args).align(ImageInput.from_path(args.image), args.text, model=args.model, mode=args.mode,
+    service = _service(args)
+    is_url = args.image.startswith(("http://", "https://"))
+    image = ImageInput.from_url(args.image, args.allow_host) if is_url else ImageInput.from_path(args.image)
+    result = service.align(image, args.text, model=args.model, mode=args.mode,
                                   heatmap=not args.no_heatmap, tile_size=args.tile_size, overlap=args.overlap,
                                   overlay=bool(args.out))
     overlay = result.pop("overlay_png", None)
@@ -197,7 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(p)
 
     p = sub.add_parser("align", help="similarity, match probability and heat map of an image against a text")
-    p.add_argument("image", help="image file")
+    p.add_argument("image", help="image file or http(s) URL")
+    p.add_argument("--allow-host", help="comma-separated internal hosts the URL may reach (default: none)")
     p.add_argument("text", help='one or several phrases ("a red circle and a blue star")')
     p.add_argument("--out", help="write the PNG overlay here")
     p.add_argument("--mode", default="auto", choices=["auto", "global", "tiled"])

@@ -48,6 +48,14 @@ class ImageInput:
         return cls(source, lambda: data)
 
     @classmethod
+    def from_url(cls, url: str, allowlist: str | None = None, param: str = "image_url") -> "ImageInput":
+        """Fetched on first read, under the URL safety rules (crossmodal/urls.py)."""
+        from crossmodal.urls import UrlPolicy, fetch_image
+
+        policy = UrlPolicy.from_settings(allowlist)
+        return cls(url, lambda: fetch_image(url, policy, param=param))
+
+    @classmethod
     def from_path(cls, path: str | Path) -> "ImageInput":
         path = Path(path)
         return cls(str(path), path.read_bytes)
@@ -87,7 +95,8 @@ class Service:
         return self._store
 
     def encoder(self, model: str | None = None) -> Encoder:
-        return get_encoder(model or self.settings.model, self.settings.device, self.settings.hub)
+        return get_encoder(model or self.settings.model, self.settings.device, self.settings.hub,
+                           self.settings.precision)
 
     def _collection(self, name: str | None) -> str:
         return check_collection_name(name or self.settings.collection)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from crossmodal.errors import CrossmodalError
-from crossmodal.models import SUPPORTED_TYPES, model_identity, pick_device, resolve_model_dir
+from crossmodal.models import PRECISIONS, SUPPORTED_TYPES, model_identity, pick_device, resolve_model_dir
 from crossmodal.settings import Settings
 from crossmodal.store import check_collection_name, open_store
 
@@ -11,6 +11,8 @@ from crossmodal.store import check_collection_name, open_store
 def validate_settings(settings: Settings) -> dict:
     check_collection_name(settings.collection)
     pick_device(settings.device)
+    if settings.precision not in PRECISIONS:
+        raise CrossmodalError(f"'{settings.precision}' is not one of {', '.join(PRECISIONS)}", param="precision")
     store = open_store(settings.store_url, settings.store_api_key, settings.data_dir)
     try:
         collections = store.list_collections()

@@ -104,3 +104,17 @@ def test_other_families_load_through_the_same_path(family, tmp_path):
     assert encoder.model_type == family
     vectors = encoder.encode(["红色圆形", "a red circle", Image.new("RGB", (40, 40), "red")])
     assert vectors.shape == (3, encoder.dim) and np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
+
+
+def test_bf16_is_used_only_when_it_agrees_with_fp32(tiny_clip_dir):
+    from crossmodal.models import PRECISION_AGREEMENT, load_encoder
+
+    encoder = load_encoder(str(tiny_clip_dir), "cpu")
+    used = encoder.use_precision("bf16")
+    if used == "bf16":
+        assert encoder.precision_agreement >= PRECISION_AGREEMENT and encoder.precision_note is None
+    else:
+        assert used == "fp32" and "fp32" in encoder.precision_note
+    assert encoder.use_precision("fp32") == "fp32" and encoder.precision_note is None
+    with pytest.raises(CrossmodalError, match="^precision"):
+        encoder.use_precision("int3")

@@ -206,3 +206,13 @@ def test_align_bad_input(plugin, creds, file_server, params, needle):
     params = {**params, "image": file_server("align-in.png", image)}
     (error,) = errors(plugin.invoke_tool("align", params, creds))
     assert needle in error["message"]
+
+
+def test_align_by_url_refuses_internal_hosts_and_fetches_allowlisted_ones(plugin, tmp_path, file_server):
+    file = file_server("by-url.png", png((200, 30, 30), (300, 300)))
+    creds = {"data_dir": str(tmp_path / "store"), "model": "demo-shapes"}
+    (error,) = errors(plugin.invoke_tool("align", {"image_url": file["url"], "text": "a red square"}, creds))
+    assert "image_url" in error["message"] and "loopback" in error["message"]
+    allowed = plugin.invoke_tool("align", {"image_url": file["url"], "text": "a red square", "heatmap": False},
+                                 {**creds, "url_allowlist": "127.0.0.1"})
+    assert not errors(allowed) and "attention_map" not in json_message(allowed)

@@ -5,6 +5,7 @@ from dify_plugin import Tool
 from dify_plugin.entities.tool import ToolInvokeMessage
 
 from crossmodal.dify_adapter import ToolInputError, call, file_inputs, flag, number, service_for
+from crossmodal.service import ImageInput
 
 CONTRACT = ("similarity_score", "match_probability", "phrases", "attention_map", "model", "mode")
 
@@ -12,9 +13,12 @@ CONTRACT = ("similarity_score", "match_probability", "phrases", "attention_map",
 class AlignTool(Tool):
     def _invoke(self, tool_parameters: dict[str, Any]) -> Generator[ToolInvokeMessage, None, None]:
         images = file_inputs(tool_parameters.get("image"))
-        if not images:
-            raise ToolInputError("image: give an image file")
         service = service_for(self.runtime.credentials)
+        url = (tool_parameters.get("image_url") or "").strip()
+        if url and not images:
+            images = [ImageInput.from_url(url, service.settings.url_allowlist)]
+        if not images:
+            raise ToolInputError("image: give an image file or an image_url")
         tile_size = number(tool_parameters.get("tile_size"), "tile_size")
         result = call(
             service.align,
