@@ -91,13 +91,14 @@ def cmd_search(args) -> int:
     result = _service(args).search(
         text=args.text, image=image, collection=args.collection, top_k=args.top_k,
         score_threshold=args.score_threshold, filter=args.filter, target=args.target, model=args.model,
-        text_weight=args.text_weight, regions=args.regions,
+        text_weight=args.text_weight, regions=args.regions, rerank=args.rerank, rerank_k=args.rerank_k,
     )
     lines = [f"{'rank':>4}  {'score':>7}  source"]
     for rank, hit in enumerate(result["results"], 1):
         p = hit["payload"]
         lines.append(f"{rank:>4}  {hit['score']:>7.4f}  {p.get('source')}  {p.get('caption') or p.get('text') or ''}")
-    _emit({"results": result["results"], "model": result["model"]}, args.json, "\n".join(lines))
+    _emit({"results": result["results"], "model": result["model"], "collection": result["collection"]}, args.json,
+          "\n".join(lines))
     return 0
 
 
@@ -132,6 +133,21 @@ def cmd_align(args) -> int:
     return 0
 
 
+def cmd_rerank(args) -> int:
+    from crossmodal.service import ImageInput
+
+    candidates = Path(args.candidates).read_text() if args.candidates and Path(args.candidates).is_file() else args.candidates
+    files = [ImageInput.from_path(p) for p in expand_paths(args.image or [])]
+    query_image = ImageInput.from_path(args.query_image) if args.query_image else None
+    result = _service(args).rerank(args.query, candidates, files, query_image, args.top_n, args.method, args.model,
+                                   args.collection, args.weight)
+    lines = [f"{r['rank']:>3}  {r['score']:.4f}  (was #{r['first_stage_rank']})  "
+             f"{r.get('text') or r['payload'].get('source') or r['id']}" for r in result["results"]]
+    lines.append(f"method: {result['method']}, model: {result['model']}")
+    _emit(result, args.json, "\n".join(lines))
+    return 0
+
+
 def cmd_collections(args) -> int:
     service = _service(args)
     if args.action == "list":
@@ -160,6 +176,7 @@ COMMANDS = {
     "embed": cmd_embed,
     "collections": cmd_collections,
     "align": cmd_align,
+    "rerank": cmd_rerank,
 }
 
 
@@ -190,6 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", default="image", choices=["image", "text", "any"])
     p.add_argument("--text-weight", type=float, default=0.5, help="share of the text in a fused query")
     p.add_argument("--regions", action="store_true", help="rank images by their best stored region too")
+    p.add_argument("--rerank", choices=["auto", "cross-encoder", "itm", "region"], help="second-stage rescoring")
+    p.add_argument("--rerank-k", type=int, default=20, help="first-stage hits the reranker reads")
     p.add_argument("--json", action="store_true")
     _store_args(p)
     _model_args(p)
@@ -211,6 +230,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tile-size", type=int, help="tile side in pixels (default: a quarter of the shorter side)")
     p.add_argument("--overlap", type=float, default=0.25)
     p.add_argument("--json", action="store_true", help="print the result contract as JSON")
+    _store_args(p)
+    _model_args(p)
+
+    p = sub.add_parser("rerank", help="rescore candidates: Search JSON, texts, or images")
+    p.add_argument("query", nargs="?", help="query text")
+    p.add_argument("--candidates", help="a file or string: Search --json output, a JSON list of texts, or lines")
+    p.add_argument("--image", action="append", help="candidate image file or directory (repeatable)")
+    p.add_argument("--query-image", help="query image (reranks text candidates by ITM)")
+    p.add_argument("--method", default="auto", choices=["auto", "cross-encoder", "itm", "region"])
+    p.add_argument("--top-n", type=int)
+    p.add_argument("--weight", type=float, default=0.5, help="share of the second stage (itm, region)")
+    p.add_argument("--collection", help="where image hits are stored (if the candidates do not say)")
+    p.add_argument("--json", action="store_true")
     _store_args(p)
     _model_args(p)
 

@@ -208,6 +208,28 @@ def evaluate_small_objects(service, eval_set: EvalSet, model: str, collection: s
 
 
 
+def rerank_lift(service, eval_set: EvalSet, model: str, collection: str = "rerank", rerank_k: int = 20,
+                method: str = "region") -> dict:
+    """Text->image recall of the first stage and of the same first stage reranked (top ``rerank_k``)."""
+    from crossmodal.service import ImageInput, IngestItem
+
+    items = [IngestItem(image=ImageInput.from_bytes(f"img-{i}", encode_png(im)), source=f"img-{i}")
+             for i, im in enumerate(eval_set.images)]
+    service.ingest(items, collection, model)
+    ranks = {"first_stage": [], "reranked": []}
+    started = time.perf_counter()
+    for q, text in enumerate(eval_set.queries):
+        first = service.search(text=text, collection=collection, top_k=rerank_k)
+        second = service.rerank(text, first, method=method)
+        for label, hits in (("first_stage", first["results"]), ("reranked", second["results"])):
+            found = [int(h["payload"]["source"].split("-")[1]) for h in hits]
+            ranks[label].append(_first_relevant(found, lambda i: eval_set.is_relevant(q, i)))
+    seconds = time.perf_counter() - started
+    return {"queries": len(eval_set.queries), "candidates": rerank_k, "method": method,
+            "first_stage": recall_at(ranks["first_stage"]), "reranked": recall_at(ranks["reranked"]),
+            "ms_per_query": round(1000 * seconds / max(1, len(eval_set.queries)), 1)}
+
+
 def run_eval(model: str, n: int = 1000, pairs: str | None = None, out: str | None = None,
              sets=("single_en", "single_zh", "double_en", "double_zh"), pointing_n: int = 0,
              small_n: int = 0) -> dict:

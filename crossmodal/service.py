@@ -6,13 +6,14 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import json
 import logging
 import threading
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterable, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, NamedTuple, Sequence
 
 import numpy as np
 
@@ -22,6 +23,9 @@ from crossmodal.images import DecodedImage, decode_image
 from crossmodal.models import Encoder, get_encoder, model_identity
 from crossmodal.settings import Settings
 from crossmodal.store import Condition, Hit, StoredPoint, VectorStore, check_collection_name, open_store, parse_filter
+
+if TYPE_CHECKING:
+    from crossmodal.routing import Route
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +102,27 @@ class Service:
         return get_encoder(model or self.settings.model, self.settings.device, self.settings.hub,
                            self.settings.precision)
 
+    @property
+    def routes(self) -> dict:
+        from crossmodal.routing import parse_routes
+
+        return parse_routes(self.settings.routes)
+
+    def routed_encoder(self, *, asked: str | None, text: str | None = None,
+                       collection_model: str | None = None) -> tuple[Encoder, Route]:
+        """The encoder the route table picks (see crossmodal/routing.py), and the route."""
+        from crossmodal.routing import route_encoder
+
+        route = route_encoder(self.routes, asked=asked, provider_model=self.settings.model, text=text,
+                              collection_model=collection_model)
+        try:
+            return self.encoder(route.model), route
+        except CrossmodalError as exc:
+            if route.route in ("zh", "default"):
+                raise CrossmodalError(f"route '{route.route}' names '{route.model}', which cannot be loaded: {exc}",
+                                      param="routes") from None
+            raise
+
     def _collection(self, name: str | None) -> str:
         return check_collection_name(name or self.settings.collection)
 
@@ -106,7 +131,7 @@ class Service:
         texts = [check_text(t, "texts") for t in texts]
         if not images and not texts:
             raise CrossmodalError("give at least one image or one text", param="images")
-        encoder = self.encoder(model)
+        encoder, route = self.routed_encoder(asked=model, text=" ".join(texts))
         items, rejected, warnings = [], [], []
         decoded = []
         for image in images:
@@ -127,7 +152,7 @@ class Service:
                 if i in encoded.truncated:
                     warnings.append(truncation_warning(text, encoder))
         return {"model": encoder.identity, "dimension": encoder.dim, "items": items, "rejected": rejected,
-                "warnings": warnings}
+                "warnings": warnings, "route": route.as_dict()}
 
     # -- ingest --------------------------------------------------------------
     def ingest(
@@ -247,7 +272,14 @@ class Service:
         text_weight: float = 0.5,
         with_thumbnails: bool = False,
         regions: bool = False,
+        rerank: str | None = None,
+        rerank_k: int = 20,
     ) -> dict:
+        """``rerank`` (auto, cross-encoder, itm, region): the first stage fetches ``rerank_k`` hits, the
+        second stage rescores them (see ``rerank``) and the best ``top_k`` are returned."""
+        if rerank and rerank != "none":
+            return self._search_and_rerank(text, image, collection, top_k, score_threshold, filter, target, model,
+                                           text_weight, with_thumbnails, regions, rerank, rerank_k)
         name = self._collection(collection)
         text = text.strip() if isinstance(text, str) else None
         if not text and image is None:
@@ -263,7 +295,7 @@ class Service:
             raise CrossmodalError("must lie between 0 and 1", param="text_weight")
         conditions = parse_filter(filter)
         info = self.store.get_collection(name, with_count=False)
-        encoder = self.encoder(self._model_for(info.model, model))
+        encoder, route = self.routed_encoder(asked=model, collection_model=self._model_for(info.model, model))
         vector, warnings, query_kind = self._query_vector(encoder, text, image, float(text_weight))
         if regions and target != "image":
             raise CrossmodalError("region search finds images; set target to image", param="regions")
@@ -280,10 +312,28 @@ class Service:
                 thumbnails[hit.id] = base64.b64decode(thumb)
             results.append(hit.as_dict())
         out = {"results": results, "model": encoder.identity, "collection": name, "query_kind": query_kind,
-               "target": target, "warnings": warnings}
+               "target": target, "warnings": warnings, "route": route.as_dict()}
         if with_thumbnails:
             out["thumbnails"] = thumbnails
         return out
+
+    def _search_and_rerank(self, text, image, collection, top_k, score_threshold, filter, target, model,
+                           text_weight, with_thumbnails, regions, method, rerank_k) -> dict:
+        top_k, rerank_k = check_top_k(top_k), check_top_k(rerank_k)
+        if not (text or "").strip():
+            raise CrossmodalError("reranking reads the query text; give one, or turn rerank off", param="rerank")
+        first = self.search(text, image, collection, max(top_k, rerank_k), score_threshold, filter, target, model,
+                            text_weight, with_thumbnails, regions)
+        second = self.rerank(text, first, top_n=top_k, method=method, collection=first["collection"])
+        keep = {row["id"] for row in second["results"]}
+        first["results"] = [{"id": r["id"], "score": r["score"], "first_stage_score": r["first_stage_score"],
+                             "first_stage_rank": r["first_stage_rank"], "payload": r["payload"]}
+                            for r in second["results"]]
+        if with_thumbnails:
+            first["thumbnails"] = {k: v for k, v in first["thumbnails"].items() if k in keep}
+        first["rerank"] = {"method": second["method"], "model": second["model"], "candidates": rerank_k,
+                           "rejected": second["rejected"]}
+        return first
 
     def _region_search(self, name, vector, top_k, conditions, score_threshold) -> list[Hit]:
         """Images ranked by their best match, whole image or any stored region of it."""
@@ -350,8 +400,9 @@ class Service:
         options.check()
         split_phrases(text)  # text errors before any image work
         decoded = decode_image(read_input(image), param="image")
-        encoder = self.encoder(model)
+        encoder, route = self.routed_encoder(asked=model, text=text)
         result = align(encoder, decoded.image, text, options, self.calibration(encoder))
+        result["route"] = route.as_dict()
         result["notes"] = decoded.notes + result["notes"]
         if overlay:
             result["overlay_png"] = render_overlay(decoded.image, result)
@@ -368,6 +419,141 @@ class Service:
             if key not in _CALIBRATIONS:
                 _CALIBRATIONS[key] = load_calibration(encoder, data_dir)
             return _CALIBRATIONS[key]
+
+    # -- rerank ----------------------------------------------------------------
+    def rerank(
+        self,
+        query: str | None = None,
+        candidates: Any = None,
+        files: Sequence[ImageInput] = (),
+        query_image: ImageInput | None = None,
+        top_n: int | None = None,
+        method: str = "auto",
+        model: str | None = None,
+        collection: str | None = None,
+        weight: float = 0.5,
+    ) -> dict:
+        """Rescore first-stage candidates (Search output, texts, or image files); see crossmodal/rerank.py."""
+        from crossmodal import rerank as rr
+
+        query = query.strip() if isinstance(query, str) else None
+        if query:
+            check_text(query, "query")
+        if not query and query_image is None:
+            raise CrossmodalError("give the query text (or a query image for text candidates)", param="query")
+        if not 0.0 <= float(weight) <= 1.0:
+            raise CrossmodalError("must lie between 0 and 1", param="weight")
+        pool, rejected = self._rerank_candidates(candidates, files, collection)
+        if top_n is not None:
+            top_n = check_top_k(top_n) if int(top_n) <= MAX_TOP_K else int(top_n)
+        out = {"results": [], "rejected": rejected, "method": None, "model": None}
+        if not pool:
+            return out
+        query_kind = "text" if query else "image"
+        routes = self.routes
+        method = rr.pick_method(method, pool, has_itm=bool(routes.get("itm")), query_kind=query_kind)
+        weight = float(weight)
+        extra: dict[str, list] = {}
+        if method == "cross-encoder":
+            name = model or routes["cross_encoder"]
+            encoder = self._load_route(rr.load_cross_encoder, "cross_encoder", name, model)
+            scores = rr.cross_encoder_scores(encoder, query, pool, bf16=self.settings.precision == "bf16")
+        elif method == "itm":
+            name = model or routes.get("itm") or rr.DEFAULT_ITM
+            loaded = self._load_route(rr.load_itm, "itm", name, model)
+            if query_kind == "image":
+                image = decode_image(read_input(query_image), param="query_image").image
+                pool_pairs = [rr.Candidate(c.id, image=image, payload=c.payload) for c in pool]
+                probabilities, cosines = rr.itm_scores(loaded, None, pool_pairs, texts=[c.text for c in pool])
+            else:
+                probabilities, cosines = rr.itm_scores(loaded, query, pool)
+            scores = rr.fuse(probabilities, pool, weight, fallback=cosines)
+            extra["itm_probability"] = [round(float(p), 6) for p in probabilities]
+        else:
+            encoder, route = self.routed_encoder(asked=model, text=query)
+            name = encoder.identity
+            region, per_phrase = rr.region_scores(encoder, query, pool)
+            scores = rr.fuse(region, pool, weight)
+            extra["region_score"] = [round(float(r), 6) for r in region]
+            extra["phrase_scores"] = per_phrase
+        order = np.argsort(-scores, kind="stable")
+        if top_n:
+            order = order[:top_n]
+        for new_rank, i in enumerate(order, 1):
+            c = pool[i]
+            row = {"id": c.id, "score": round(float(scores[i]), 6), "rank": new_rank,
+                   "first_stage_score": c.first_score, "first_stage_rank": c.first_rank, "kind": c.kind,
+                   "payload": c.payload}
+            if c.text is not None:
+                row["text"] = c.text
+            for key, values in extra.items():
+                row[key] = values[i]
+            out["results"].append(row)
+        out["method"], out["model"] = method, name
+        return out
+
+    def _load_route(self, loader, route: str, name: str, asked: str | None):
+        try:
+            return loader(name, self.settings.hub, _torch_device(self.settings.device))
+        except CrossmodalError as exc:
+            where = "the model parameter" if asked else f"route '{route}'"
+            raise CrossmodalError(f"{where} names '{name}', which cannot be loaded: {exc}",
+                                  param="model" if asked else "routes") from None
+
+    def _rerank_candidates(self, raw, files: Sequence[ImageInput], collection: str | None):
+        """Search output (object or its results list), texts (list or one per line), or image files."""
+        from crossmodal.rerank import MAX_CANDIDATES, Candidate
+
+        rejected: list[dict] = []
+        pool: list[Candidate] = []
+        for k, image in enumerate(files):
+            try:
+                decoded = decode_image(read_input(image), param=f"files[{image.source}]")
+                pool.append(Candidate(image.source, image=decoded.image, first_rank=k + 1,
+                                      payload={"source": image.source}))
+            except CrossmodalError as exc:
+                rejected.append({"source": image.source, "reason": str(exc)})
+        items = parse_candidate_list(raw)
+        if isinstance(raw, dict) and not collection:
+            collection = raw.get("collection")
+        hits_needing_images = []
+        for k, item in enumerate(items):
+            if isinstance(item, str):
+                pool.append(Candidate(f"text-{k + 1}", text=item, first_rank=k + 1))
+                continue
+            payload = dict(item.get("payload") or {})
+            score = item.get("score")
+            candidate = Candidate(str(item.get("id", k + 1)), first_score=float(score) if score is not None else None,
+                                  first_rank=k + 1, payload=payload)
+            if payload.get("kind") == "text" or (payload.get("text") and payload.get("kind") != "image"):
+                candidate.text = str(payload.get("text") or payload.get("caption"))
+                pool.append(candidate)
+            else:
+                hits_needing_images.append(candidate)
+        if hits_needing_images:
+            pool += self._with_thumbnails(hits_needing_images, collection, rejected)
+        if len(pool) > MAX_CANDIDATES:
+            raise CrossmodalError(f"{len(pool)} candidates; at most {MAX_CANDIDATES} are reranked at once",
+                                  param="candidates")
+        return pool, rejected
+
+    def _with_thumbnails(self, hits, collection, rejected):
+        """Image hits from a Search output: their stored thumbnails (the collection names where)."""
+        if not collection:
+            raise CrossmodalError("image hits need the collection they came from: pass the Search node's whole "
+                                  "output, or set collection", param="collection")
+        name = self._collection(collection)
+        stored = {h.id: h.payload for h in self.store.retrieve(name, [c.id for c in hits])}
+        out = []
+        for c in hits:
+            thumb = (stored.get(c.id) or {}).get("thumbnail")
+            if not thumb:
+                rejected.append({"source": c.payload.get("source", c.id),
+                                 "reason": f"no stored image for id {c.id} in '{name}'"})
+                continue
+            c.image = decode_image(base64.b64decode(thumb), param="candidates").image
+            out.append(c)
+        return out
 
     # -- collections -----------------------------------------------------------
     def list_collections(self) -> dict:
@@ -417,6 +603,46 @@ def prepare_item(item: IngestItem) -> PreparedItem:
     if decoded.notes:
         payload["notes"] = decoded.notes
     return PreparedItem(item, point_id(digest), decoded, payload)
+
+
+def parse_candidate_list(raw) -> list:
+    """Accepted shapes: the Search node's output object ({"results": [...]}), a list of hits
+    ({"id", "score", "payload"}), a list of strings, a JSON string of any of these, or lines of text."""
+    if raw is None or raw == "":
+        return []
+    if isinstance(raw, str):
+        stripped = raw.strip()
+        if stripped.startswith(("{", "[")):
+            try:
+                raw = json.loads(stripped)
+            except json.JSONDecodeError as exc:
+                raise CrossmodalError(f"looks like JSON but does not parse ({exc.msg}); {CANDIDATE_SHAPES}",
+                                      param="candidates") from None
+        else:
+            return [line.strip() for line in stripped.splitlines() if line.strip()]
+    if isinstance(raw, dict):
+        if not isinstance(raw.get("results"), list):
+            raise CrossmodalError(f"an object must hold a 'results' list; {CANDIDATE_SHAPES}", param="candidates")
+        raw = raw["results"]
+    if not isinstance(raw, list):
+        raise CrossmodalError(f"unknown shape ({type(raw).__name__}); {CANDIDATE_SHAPES}", param="candidates")
+    for k, item in enumerate(raw):
+        if isinstance(item, str):
+            continue
+        if not isinstance(item, dict) or not isinstance(item.get("payload", {}), dict) or "id" not in item:
+            raise CrossmodalError(f"item {k} is neither a text nor a hit with id and payload; {CANDIDATE_SHAPES}",
+                                  param="candidates")
+    return raw
+
+
+CANDIDATE_SHAPES = ('expected the Search node\'s output ({"results": [{"id", "score", "payload"}]}), a list of such '
+                    'hits, a list of texts, or one text per line')
+
+
+def _torch_device(device: str) -> str:
+    from crossmodal.models import pick_device
+
+    return pick_device(device)
 
 
 def region_points(encoder: Encoder, prepared: PreparedItem) -> list[StoredPoint]:

@@ -34,6 +34,7 @@ class Settings:
     collection: str = DEFAULT_COLLECTION
     model: str = "auto"
     device: str = "auto"
+    routes: str | None = None  # JSON route table (crossmodal/routing.py); empty: the defaults
     url_allowlist: str | None = None  # hosts image URLs may reach even when they resolve to internal addresses
     precision: str = "fp32"  # fp32 | bf16 (checked against fp32 on first use; see Encoder.use_precision)
     hub: HubOptions = field(default_factory=HubOptions.from_env)
@@ -52,6 +53,7 @@ class Settings:
             device=_text(c.get("device")) or "auto",
             precision=_text(c.get("precision")) or "fp32",
             url_allowlist=_text(c.get("url_allowlist")),
+            routes=_text(c.get("routes")),
             hub=HubOptions(
                 endpoint=_text(c.get("hf_endpoint")) or env_hub.endpoint,
                 token=_text(c.get("hf_token")) or env_hub.token,

@@ -13,6 +13,9 @@ def validate_settings(settings: Settings) -> dict:
     pick_device(settings.device)
     if settings.precision not in PRECISIONS:
         raise CrossmodalError(f"'{settings.precision}' is not one of {', '.join(PRECISIONS)}", param="precision")
+    from crossmodal.routing import parse_routes
+
+    parse_routes(settings.routes)
     store = open_store(settings.store_url, settings.store_api_key, settings.data_dir)
     try:
         collections = store.list_collections()

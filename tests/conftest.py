@@ -23,3 +23,10 @@ def data_dir(tmp_path, monkeypatch) -> Path:
     path = tmp_path / "data"
     monkeypatch.setenv("CROSSMODAL_HOME", str(path))
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_chinese_clip_dir(tmp_path_factory) -> Path:
+    from tiny_models import save_tiny_chinese_clip
+
+    return save_tiny_chinese_clip(tmp_path_factory.mktemp("tiny-chinese-clip"))

@@ -216,3 +216,57 @@ def test_align_by_url_refuses_internal_hosts_and_fetches_allowlisted_ones(plugin
     allowed = plugin.invoke_tool("align", {"image_url": file["url"], "text": "a red square", "heatmap": False},
                                  {**creds, "url_allowlist": "127.0.0.1"})
     assert not errors(allowed) and "attention_map" not in json_message(allowed)
+
+
+def test_routes_send_chinese_and_english_queries_to_their_models(plugin, tmp_path, file_server,
+                                                                 tiny_clip_dir, tiny_chinese_clip_dir):
+    import json
+
+    creds = {"data_dir": str(tmp_path / "store"), "model": "auto",
+             "routes": json.dumps({"default": str(tiny_clip_dir), "zh": str(tiny_chinese_clip_dir)})}
+    image = file_server("route.png", png((200, 30, 30), (64, 64)))
+    english = json_message(plugin.invoke_tool("align", {"image": image, "text": "a red circle", "heatmap": False},
+                                              creds))
+    chinese = json_message(plugin.invoke_tool("align", {"image": image, "text": "红色圆形", "heatmap": False}, creds))
+    assert english["route"]["route"] == "default" and english["model"] == str(tiny_clip_dir)
+    assert chinese["route"]["route"] == "zh" and chinese["model"] == str(tiny_chinese_clip_dir)
+    assert "CJK" in chinese["route"]["reason"]
+    broken = {**creds, "routes": json.dumps({"zh": "/no/such/model"})}
+    (error,) = errors(plugin.invoke_tool("align", {"image": image, "text": "红色圆形"}, broken))
+    assert "route 'zh'" in error["message"] and "/no/such/model" in error["message"]
+
+
+def test_rerank_node_and_search_with_rerank(plugin, tmp_path, file_server):
+    import json
+
+    from tiny_models import save_tiny_cross_encoder
+
+    ce = save_tiny_cross_encoder(tmp_path / "ce")
+    creds = {"data_dir": str(tmp_path / "store"), "model": "demo-shapes", "default_collection": "shapes",
+             "routes": json.dumps({"cross_encoder": str(ce)})}
+    texts = "a red circle\na blue star\na green square\na yellow heart"
+    plugin.invoke_tool("ingest", {"texts": texts}, creds)
+    reranked = plugin.invoke_tool("rerank", {"query": "a red circle", "candidates": texts, "top_n": 2}, creds)
+    assert not errors(reranked)
+    result = json_message(reranked)
+    assert result["method"] == "cross-encoder" and result["model"] == str(ce) and len(result["results"]) == 2
+    assert variables(reranked)["results"] == result["results"]
+
+    first = json_message(plugin.invoke_tool("search", {"query": "a red circle", "target": "text", "top_k": 4},
+                                            creds))
+    from_search = json_message(plugin.invoke_tool("rerank", {"query": "a red circle",
+                                                             "candidates": json.dumps(first)}, creds))
+    assert {r["id"] for r in from_search["results"]} == {r["id"] for r in first["results"]}
+    assert all(r["first_stage_score"] is not None for r in from_search["results"])
+
+    one_node = json_message(plugin.invoke_tool("search", {"query": "a red circle", "target": "text", "top_k": 2,
+                                                          "rerank": "cross-encoder", "rerank_k": 4}, creds))
+    assert one_node["rerank"]["method"] == "cross-encoder" and len(one_node["results"]) == 2
+    assert [r["id"] for r in one_node["results"]] == [r["id"] for r in from_search["results"][:2]]
+
+    (error,) = errors(plugin.invoke_tool("rerank", {"query": "x", "candidates": '{"hits": []}'}, creds))
+    assert "candidates" in error["message"] and "Search node" in error["message"]
+    (error,) = errors(plugin.invoke_tool("rerank", {"query": "x", "candidates": "a\nb", "method": "region"}, creds))
+    assert "needs image candidates" in error["message"]
+    empty = json_message(plugin.invoke_tool("rerank", {"query": "x", "candidates": "[]"}, creds))
+    assert empty["results"] == []

@@ -78,3 +78,61 @@ def save_tiny_siglip(directory: Path) -> Path:
     SiglipProcessor(image_processor=SiglipImageProcessor(size={"height": 32, "width": 32}),
                     tokenizer=tokenizer).save_pretrained(directory)
     return directory
+
+
+def _bert_tokenizer(directory: Path):
+    from transformers import BertTokenizerFast
+
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *sorted(set(WORDS))]
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "vocab.txt").write_text("\n".join(vocab))
+    return BertTokenizerFast(vocab_file=str(directory / "vocab.txt"), do_lower_case=True), len(vocab)
+
+
+def save_tiny_cross_encoder(directory: Path, seed: int = 0) -> Path:
+    """A MiniLM-shaped cross-encoder (BERT + one relevance logit), as cross-encoder/ms-marco-* are saved."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(seed)
+    tokenizer, vocab_size = _bert_tokenizer(directory)
+    config = BertConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                        num_attention_heads=2, max_position_embeddings=64, num_labels=1)
+    model = BertForSequenceClassification(config)
+    _spread(model)
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def save_tiny_blip_itm(directory: Path, seed: int = 0) -> Path:
+    """Salesforce/blip-itm-base-coco's architecture (ViT + BERT with cross-attention + ITM head), tiny."""
+    import torch
+    from transformers import BlipConfig, BlipForImageTextRetrieval, BlipImageProcessor, BlipProcessor
+
+    torch.manual_seed(seed)
+    tokenizer, vocab_size = _bert_tokenizer(directory)
+    config = BlipConfig(
+        text_config=dict(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, max_position_embeddings=64, encoder_hidden_size=32),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                           image_size=32, patch_size=8),
+        projection_dim=16, image_text_hidden_size=16,
+    )
+    model = BlipForImageTextRetrieval(config)
+    _spread(model)
+    model.save_pretrained(directory)
+    image_processor = BlipImageProcessor(size={"height": 32, "width": 32})
+    BlipProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(directory)
+    return directory
+
+
+def _spread(model, std: float = 0.3) -> None:
+    """The default init is so small that a tiny random model scores every input alike; spread the weights
+    so that different inputs get different scores (what the ranking tests need)."""
+    import torch
+
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.dim() > 1:
+                param.normal_(0, std)

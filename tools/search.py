@@ -25,6 +25,8 @@ class SearchTool(Tool):
             text_weight=number(tool_parameters.get("text_weight"), "text_weight", 0.5),
             with_thumbnails=return_images,
             regions=flag(tool_parameters.get("regions")),
+            rerank=tool_parameters.get("rerank") or None,
+            rerank_k=number(tool_parameters.get("rerank_k"), "rerank_k", 20),
         )
         thumbnails = result.pop("thumbnails", {})
         yield self.create_text_message(summary_line(result["results"]))

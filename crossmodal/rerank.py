@@ -1,0 +1,185 @@
+"""Second-stage rescoring of first-stage candidates.
+
+- ``cross-encoder`` (text candidates): sentence-transformers ``CrossEncoder`` reads query and candidate
+  together; its score (sigmoid of the relevance logit) replaces the first-stage cosine.
+- ``itm`` (image candidates, text query): an image-text matching head (BLIP's ``BlipForImageTextRetrieval``);
+  final = itm_weight x P(match) + (1 - itm_weight) x first-stage similarity - BLIP's own retrieval protocol
+  (ITC to shortlist, ITM to rescore), with the first stage's cosine as the ITC term (BLIP's own ITC
+  cosine when a candidate has no first-stage score).
+- ``region`` (image candidates, any CLIP-family model): the query is split into phrases; each phrase is
+  scored against the candidate's global view and overlapping tiles, and its best view counts; the weakest
+  phrase decides (every named object must be somewhere in the image):
+  final = region_weight x min_phrase(max_view cos) + (1 - region_weight) x first-stage similarity.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from crossmodal.errors import CrossmodalError
+
+METHODS = ("auto", "cross-encoder", "itm", "region")
+DEFAULT_CROSS_ENCODER = "cross-encoder/ms-marco-MiniLM-L-6-v2"
+DEFAULT_ITM = "Salesforce/blip-itm-base-coco"
+MAX_CANDIDATES = 200
+
+
+@dataclass
+class Candidate:
+    """One thing to rescore: a text, or an image (PIL), with what the first stage said about it."""
+
+    id: str
+    text: str | None = None
+    image: Any = None
+    first_score: float | None = None
+    first_rank: int | None = None
+    payload: dict = field(default_factory=dict)
+
+    @property
+    def kind(self) -> str:
+        return "image" if self.image is not None else "text"
+
+
+def pick_method(method: str, candidates: list[Candidate], has_itm: bool, query_kind: str = "text") -> str:
+    """auto: text query + texts -> cross-encoder; text query + images -> itm when an ITM route is set, else
+    region; image query + texts -> itm (an ITM head reads any image-text pair)."""
+    method = (method or "auto").strip().lower()
+    if method not in METHODS:
+        raise CrossmodalError(f"'{method}' is not one of {', '.join(METHODS)}", param="method")
+    kinds = {c.kind for c in candidates}
+    if len(kinds) > 1:
+        raise CrossmodalError("candidates mix texts and images; rerank one kind at a time", param="candidates")
+    kind = kinds.pop() if kinds else "text"
+    if query_kind == "image":
+        if kind == "image":
+            raise CrossmodalError("an image query reranks text candidates; for image candidates give a text query",
+                                  param="query")
+        if method not in ("auto", "itm"):
+            raise CrossmodalError(f"an image query with text candidates needs itm, not '{method}'", param="method")
+        return "itm"
+    if method == "auto":
+        return "cross-encoder" if kind == "text" else ("itm" if has_itm else "region")
+    if method in ("itm", "region") and kind == "text":
+        raise CrossmodalError(f"'{method}' rescoring needs image candidates, but these are texts; use "
+                              "cross-encoder (or auto)", param="method")
+    if method == "cross-encoder" and kind == "image":
+        raise CrossmodalError("cross-encoder rescoring reads texts, but these are images; use itm or region "
+                              "(or auto)", param="method")
+    return method
+
+
+# -- cross-encoder ------------------------------------------------------------------------
+_LOADED: dict[tuple, Any] = {}
+_LOCK = threading.Lock()
+
+
+def load_cross_encoder(name: str, hub=None, device: str = "cpu"):
+    from crossmodal.models import resolve_model_dir
+
+    key = ("ce", name, device)
+    with _LOCK:
+        if key not in _LOADED:
+            from sentence_transformers import CrossEncoder
+
+            directory = resolve_model_dir(name, hub)
+            try:
+                _LOADED[key] = CrossEncoder(str(directory), device=device, local_files_only=True)
+            except (OSError, ValueError) as exc:
+                raise CrossmodalError(f"cannot load the cross-encoder '{name}': {exc}", param="model") from None
+        return _LOADED[key]
+
+
+def cross_encoder_scores(model, query: str, candidates: list[Candidate], batch_size: int = 32,
+                         bf16: bool = False) -> np.ndarray:
+    import torch
+
+    pairs = [(query, c.text) for c in candidates]
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        scores = model.predict(pairs, batch_size=batch_size, show_progress_bar=False, convert_to_numpy=True)
+    scores = np.asarray(scores, dtype=np.float32)
+    return scores if scores.ndim == 1 else scores[:, -1]
+
+
+# -- image-text matching head ------------------------------------------------------------------
+def load_itm(name: str, hub=None, device: str = "cpu"):
+    from crossmodal.models import resolve_model_dir
+
+    key = ("itm", name, device)
+    with _LOCK:
+        if key not in _LOADED:
+            from transformers import AutoConfig, AutoProcessor, BlipForImageTextRetrieval
+
+            directory = resolve_model_dir(name, hub)
+            model_type = AutoConfig.from_pretrained(directory).model_type
+            if model_type != "blip":
+                raise CrossmodalError(f"'{name}' is a {model_type} model; the itm method needs a BLIP image-text "
+                                      f"retrieval model such as {DEFAULT_ITM}", param="model")
+            model = BlipForImageTextRetrieval.from_pretrained(directory).to(device).eval()
+            _LOADED[key] = (model, AutoProcessor.from_pretrained(directory), threading.Lock())
+        return _LOADED[key]
+
+
+def itm_scores(loaded, query: str | None, candidates: list[Candidate], batch_size: int = 16,
+               texts: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(P(match) from the ITM head, BLIP's own ITC cosine) per candidate: the query text against each
+    candidate image, or (``texts``) each text against the candidates' image (an image query)."""
+    import torch
+
+    model, processor, lock = loaded
+    probabilities, cosines = [], []
+    for start in range(0, len(candidates), batch_size):
+        chunk = candidates[start : start + batch_size]
+        chunk_texts = texts[start : start + batch_size] if texts is not None else [query] * len(chunk)
+        inputs = processor(images=[c.image for c in chunk], text=chunk_texts, return_tensors="pt",
+                           padding=True, truncation=True)
+        inputs = {k: v.to(model.device) for k, v in inputs.items()}
+        with lock, torch.inference_mode():
+            itm = model(**inputs, use_itm_head=True).itm_score
+            itc = model(**inputs, use_itm_head=False).itm_score
+        probabilities.append(torch.softmax(itm.float(), dim=-1)[:, 1].cpu().numpy())
+        cosines.append(torch.diagonal(itc.float()).cpu().numpy())
+    return np.concatenate(probabilities), np.concatenate(cosines)
+
+
+# -- region rescoring -------------------------------------------------------------------------------
+def region_views(image, model_input: int) -> list:
+    """The whole image and overlapping half-side tiles (3 x 3 at 50 % overlap), never below the model input."""
+    from crossmodal.align import tile_boxes
+
+    width, height = image.size
+    tile = max(min(model_input, min(width, height)), min(width, height) // 2)
+    boxes = tile_boxes(width, height, tile, 0.5)
+    return [image] + [image.crop(b) for b in boxes if b != (0, 0, width, height)]
+
+
+def region_scores(encoder, query: str, candidates: list[Candidate]) -> tuple[np.ndarray, list[list[float]]]:
+    """Per candidate: min over phrases of the phrase's best view cosine; and the per-phrase bests."""
+    from crossmodal.align import split_phrases
+
+    phrases, _ = split_phrases(query)
+    phrase_vectors = encoder.encode_texts(phrases).vectors
+    views, owner = [], []
+    for k, candidate in enumerate(candidates):
+        crops = region_views(candidate.image, encoder.image_size)
+        views += crops
+        owner += [k] * len(crops)
+    similarities = phrase_vectors @ encoder.encode_images(views, batch_size=64).T  # phrases x all views
+    owner = np.asarray(owner)
+    scores, per_phrase = [], []
+    for k in range(len(candidates)):
+        best = similarities[:, owner == k].max(axis=1)
+        scores.append(float(best.min()))
+        per_phrase.append([round(float(b), 6) for b in best])
+    return np.asarray(scores, dtype=np.float32), per_phrase
+
+
+def fuse(second: np.ndarray, candidates: list[Candidate], weight: float, fallback: np.ndarray | None = None):
+    first = np.array([c.first_score if c.first_score is not None else np.nan for c in candidates], dtype=np.float32)
+    if fallback is not None:
+        first = np.where(np.isnan(first), fallback, first)
+    first = np.where(np.isnan(first), second, first)
+    return weight * second + (1 - weight) * first
