@@ -160,6 +160,9 @@ class Encoder:
             self.context_length = min(self.context_length, 64)
         self.image_size = int(model.config.vision_config.image_size)
         self._torch = torch
+        # Images per forward pass: a GPU wants large batches; on a CPU 32 already fills the matrix units
+        # and keeps memory small.
+        self.batch_size = 128 if device == "cuda" else 32
         self.precision = "fp32"  # see use_precision
         self.precision_note: str | None = None
         self.precision_agreement: float | None = None
@@ -173,7 +176,7 @@ class Encoder:
         self,
         inputs: Sequence,
         *,
-        batch_size: int = 32,
+        batch_size: int | None = None,
         show_progress_bar: bool = False,
         normalize_embeddings: bool = True,
     ) -> np.ndarray:
@@ -194,9 +197,11 @@ class Encoder:
             out[[i for i, _ in images]] = vecs
         return out
 
-    def encode_images(self, images: Sequence, *, batch_size: int = 32, show_progress_bar: bool = False, normalize=True):
+    def encode_images(self, images: Sequence, *, batch_size: int | None = None, show_progress_bar: bool = False,
+                      normalize=True):
         from tqdm.auto import tqdm
 
+        batch_size = batch_size or self.batch_size
         chunks = []
         starts = range(0, len(images), batch_size)
         for start in tqdm(starts, disable=not show_progress_bar, desc="embedding images", unit="batch"):
@@ -209,12 +214,14 @@ class Encoder:
         """The model's own processor: PIL images -> normalised pixel tensor (N x 3 x S x S)."""
         return self.processor(images=list(images), return_tensors="pt")["pixel_values"]
 
-    def embed_pixels(self, pixels, *, batch_size: int = 64, normalize=True) -> np.ndarray:
+    def embed_pixels(self, pixels, *, batch_size: int | None = None, normalize=True) -> np.ndarray:
         """Embed already preprocessed (possibly edited, e.g. occluded) pixel tensors."""
+        batch_size = batch_size or 2 * self.batch_size
         chunks = [self.image_features(pixels[s : s + batch_size]) for s in range(0, len(pixels), batch_size)]
         return self._finish(chunks, normalize)
 
-    def encode_texts(self, texts: Sequence[str], *, batch_size: int = 64, normalize=True) -> TextEncoding:
+    def encode_texts(self, texts: Sequence[str], *, batch_size: int | None = None, normalize=True) -> TextEncoding:
+        batch_size = batch_size or 2 * self.batch_size
         truncated = [i for i, n in enumerate(self.token_counts(texts)) if n > self.context_length]
         chunks = []
         for start in range(0, len(texts), batch_size):

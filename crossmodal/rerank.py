@@ -2,7 +2,8 @@
 
 - ``cross-encoder`` (text candidates): sentence-transformers ``CrossEncoder`` reads query and candidate
   together; its score (sigmoid of the relevance logit) replaces the first-stage cosine.
-- ``itm`` (image candidates, text query): an image-text matching head (BLIP's ``BlipForImageTextRetrieval``);
+- ``itm`` (image candidates, text query): an image-text matching head (BLIP's ``BlipForImageTextRetrieval``,
+  or BLIP-2's Q-Former head, ``Blip2ForImageTextRetrieval``, e.g. Salesforce/blip2-itm-vit-g);
   final = itm_weight x P(match) + (1 - itm_weight) x first-stage similarity - BLIP's own retrieval protocol
   (ITC to shortlist, ITM to rescore), with the first stage's cosine as the ITC term (BLIP's own ITC
   cosine when a candidate has no first-stage score).
@@ -111,14 +112,15 @@ def load_itm(name: str, hub=None, device: str = "cpu"):
     key = ("itm", name, device)
     with _LOCK:
         if key not in _LOADED:
-            from transformers import AutoConfig, AutoProcessor, BlipForImageTextRetrieval
+            from transformers import AutoConfig, AutoProcessor, Blip2ForImageTextRetrieval, BlipForImageTextRetrieval
 
             directory = resolve_model_dir(name, hub)
             model_type = AutoConfig.from_pretrained(directory).model_type
-            if model_type != "blip":
-                raise CrossmodalError(f"'{name}' is a {model_type} model; the itm method needs a BLIP image-text "
-                                      f"retrieval model such as {DEFAULT_ITM}", param="model")
-            model = BlipForImageTextRetrieval.from_pretrained(directory).to(device).eval()
+            classes = {"blip": BlipForImageTextRetrieval, "blip-2": Blip2ForImageTextRetrieval}
+            if model_type not in classes:
+                raise CrossmodalError(f"'{name}' is a {model_type} model; the itm method needs a BLIP or BLIP-2 "
+                                      f"image-text retrieval model such as {DEFAULT_ITM}", param="model")
+            model = classes[model_type].from_pretrained(directory).to(device).eval()
             _LOADED[key] = (model, AutoProcessor.from_pretrained(directory), threading.Lock())
         return _LOADED[key]
 
@@ -138,8 +140,12 @@ def itm_scores(loaded, query: str | None, candidates: list[Candidate], batch_siz
                            padding=True, truncation=True)
         inputs = {k: v.to(model.device) for k, v in inputs.items()}
         with lock, torch.inference_mode():
-            itm = model(**inputs, use_itm_head=True).itm_score
-            itc = model(**inputs, use_itm_head=False).itm_score
+            if model.config.model_type == "blip-2":  # Q-Former ITM: logits averaged over the query tokens
+                itm = model(**inputs, use_image_text_matching_head=True).logits_per_image
+                itc = model(**inputs, use_image_text_matching_head=False).logits_per_image
+            else:
+                itm = model(**inputs, use_itm_head=True).itm_score
+                itc = model(**inputs, use_itm_head=False).itm_score
         probabilities.append(torch.softmax(itm.float(), dim=-1)[:, 1].cpu().numpy())
         cosines.append(torch.diagonal(itc.float()).cpu().numpy())
     return np.concatenate(probabilities), np.concatenate(cosines)

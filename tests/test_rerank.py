@@ -122,3 +122,24 @@ def test_region_rerank_through_search_lifts_two_object_queries(tmp_path):
     report = rerank_lift(Service(Settings(data_dir=str(tmp_path), model="demo-shapes")),
                          scene_set("double", 40, "en", seed=860_000_000), "demo-shapes")
     assert report["reranked"]["R@1"] >= report["first_stage"]["R@1"] + 0.05, report
+
+
+def test_blip2_itm_head_through_the_same_path(tmp_path):
+    import torch
+    from transformers import AutoProcessor, Blip2ForImageTextRetrieval
+
+    from tiny_models import save_tiny_blip2_itm
+
+    blip2 = save_tiny_blip2_itm(tmp_path / "blip2")
+    service = Service(Settings(data_dir=str(tmp_path / "d")))
+    colours = ["red", "blue", "white"]
+    files = [ImageInput.from_bytes(f"{c}.png", _png(c)) for c in colours]
+    result = service.rerank("a red circle", files=files, method="itm", model=str(blip2), weight=1.0)
+    model, processor = Blip2ForImageTextRetrieval.from_pretrained(blip2), AutoProcessor.from_pretrained(blip2)
+    inputs = processor(images=[Image.open(io.BytesIO(_png(c))).convert("RGB") for c in colours],
+                       text=["a red circle"] * 3, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        logits = model(**inputs, use_image_text_matching_head=True).logits_per_image
+    expected = torch.softmax(logits, dim=-1)[:, 1].numpy()
+    assert [r["payload"]["source"] for r in result["results"]] == [f"{colours[i]}.png" for i in np.argsort(-expected)]
+    assert result["model"] == str(blip2)

@@ -136,3 +136,26 @@ def _spread(model, std: float = 0.3) -> None:
         for param in model.parameters():
             if param.dim() > 1:
                 param.normal_(0, std)
+
+
+def save_tiny_blip2_itm(directory: Path, seed: int = 0) -> Path:
+    """Salesforce/blip2-itm-vit-g's architecture (ViT + Q-Former with ITM head), tiny."""
+    import torch
+    from transformers import Blip2Config, Blip2ForImageTextRetrieval, Blip2Processor, BlipImageProcessor
+
+    torch.manual_seed(seed)
+    tokenizer, vocab_size = _bert_tokenizer(directory)
+    config = Blip2Config(
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                           image_size=32, patch_size=8),
+        qformer_config=dict(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                            num_attention_heads=2, max_position_embeddings=64, encoder_hidden_size=32,
+                            use_qformer_text_input=True),
+        num_query_tokens=4, image_text_hidden_size=16,
+    )
+    model = Blip2ForImageTextRetrieval(config)
+    _spread(model)
+    model.save_pretrained(directory)
+    Blip2Processor(image_processor=BlipImageProcessor(size={"height": 32, "width": 32}), tokenizer=tokenizer,
+                   num_query_tokens=None).save_pretrained(directory)
+    return directory
