@@ -120,7 +120,7 @@ def _resolve(host: str, port: int, param: str) -> str:
     """The first address of the host; every address it resolves to is checked by the caller's rule."""
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except socket.gaierror:
+    except (socket.gaierror, UnicodeError, ValueError):  # unknown host, invalid IDNA, NUL bytes
         raise CrossmodalError(f"cannot resolve the host '{host}'", param=param, status=422) from None
     addresses = [info[4][0] for info in infos]
     bad = [a for a in addresses if _refusal(a)]
