@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import threading
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
+from crossmodal.runtime import os_lock
 from crossmodal.errors import CrossmodalError
 
 logger = logging.getLogger(__name__)
@@ -166,7 +166,7 @@ class Encoder:
         self.precision = "fp32"  # see use_precision
         self.precision_note: str | None = None
         self.precision_agreement: float | None = None
-        self._lock = threading.Lock()  # torch modules are not re-entrant across threads for one model
+        self._lock = os_lock()  # torch modules are not re-entrant across threads for one model
 
     def _probe_dim(self) -> int:
         return int(self.model.config.text_config.hidden_size)
@@ -327,7 +327,7 @@ def l2_normalize(vectors: np.ndarray) -> np.ndarray:
 
 
 _ENCODERS: dict[tuple[str, str, str], Encoder] = {}
-_ENCODERS_LOCK = threading.Lock()
+_ENCODERS_LOCK = os_lock()
 
 
 def get_encoder(name: str | None = None, device: str | None = None, hub: HubOptions | None = None,

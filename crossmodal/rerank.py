@@ -15,12 +15,12 @@
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from crossmodal.runtime import os_lock
 from crossmodal.errors import CrossmodalError
 
 METHODS = ("auto", "cross-encoder", "itm", "region")
@@ -75,7 +75,7 @@ def pick_method(method: str, candidates: list[Candidate], has_itm: bool, query_k
 
 # -- cross-encoder ------------------------------------------------------------------------
 _LOADED: dict[tuple, Any] = {}
-_LOCK = threading.Lock()
+_LOCK = os_lock()
 
 
 def load_cross_encoder(name: str, hub=None, device: str = "cpu"):
@@ -121,7 +121,7 @@ def load_itm(name: str, hub=None, device: str = "cpu"):
                 raise CrossmodalError(f"'{name}' is a {model_type} model; the itm method needs a BLIP or BLIP-2 "
                                       f"image-text retrieval model such as {DEFAULT_ITM}", param="model")
             model = classes[model_type].from_pretrained(directory).to(device).eval()
-            _LOADED[key] = (model, AutoProcessor.from_pretrained(directory), threading.Lock())
+            _LOADED[key] = (model, AutoProcessor.from_pretrained(directory), os_lock())
         return _LOADED[key]
 
 

@@ -22,6 +22,28 @@ def gevent_patched() -> bool:
     return monkey.is_module_patched("threading")
 
 
+def os_lock():
+    """A lock between OS threads. Under gevent's patching ``threading.Lock`` is a greenlet lock; shared by
+    the pool's worker threads, which run our work, contended acquires can hang for good."""
+    if gevent_patched():
+        from gevent import monkey
+
+        return monkey.get_original("_thread", "allocate_lock")()
+    import threading
+
+    return threading.Lock()
+
+
+def os_rlock():
+    if gevent_patched():
+        from gevent import monkey
+
+        return monkey.get_original("_thread", "RLock")()
+    import threading
+
+    return threading.RLock()
+
+
 def offload(fn: Callable[..., T], *args, **kwargs) -> T:
     if not gevent_patched():
         return fn(*args, **kwargs)

@@ -8,7 +8,6 @@ import hashlib
 import io
 import json
 import logging
-import threading
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -18,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, NamedTuple, Sequence
 import numpy as np
 
 from crossmodal.align import AlignOptions, Calibration, align, split_phrases
+from crossmodal.runtime import os_lock
 from crossmodal.errors import CrossmodalError, NotFoundError
 from crossmodal.images import DecodedImage, decode_image
 from crossmodal.models import Encoder, get_encoder, model_identity
@@ -37,7 +37,7 @@ SEARCH_TARGETS = ("image", "text", "any")
 REGION_OVERLAP = 0.25
 MAX_REGION_CANDIDATES = 2000
 _CALIBRATIONS: dict[tuple[str, str], Calibration] = {}
-_CALIBRATIONS_LOCK = threading.Lock()
+_CALIBRATIONS_LOCK = os_lock()
 
 
 @dataclass

@@ -12,13 +12,13 @@ import fcntl
 import json
 import os
 import shutil
-import threading
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
 import qdrant_edge as qe
 
+from crossmodal.runtime import os_lock, os_rlock
 from crossmodal.errors import CrossmodalError
 from crossmodal.store.base import (
     INTEGER_FIELDS,
@@ -44,12 +44,12 @@ class _OpenShard:
     def __init__(self, shard: qe.EdgeShard, lock_fd: int):
         self.shard = shard
         self.lock_fd = lock_fd
-        self.mutex = threading.RLock()
+        self.mutex = os_rlock()
 
 
 # One open shard per directory per process: Qdrant's files must not be opened twice.
 _OPEN: dict[str, _OpenShard] = {}
-_OPEN_LOCK = threading.Lock()
+_OPEN_LOCK = os_lock()
 
 
 class EdgeStore(VectorStore):
