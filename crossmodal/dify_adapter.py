@@ -11,7 +11,7 @@ import logging
 import traceback
 from typing import Any, Callable
 
-from crossmodal.errors import CrossmodalError
+from crossmodal.errors import CrossmodalError, redact
 from crossmodal.runtime import offload
 from crossmodal.service import ImageInput, Service
 from crossmodal.settings import Settings
@@ -34,7 +34,7 @@ def call(fn: Callable[..., Any], *args, **kwargs) -> Any:
     except CrossmodalError as exc:
         raise ToolInputError(str(exc)) from None
     except Exception as exc:  # an unexpected failure: log the details, show a short line
-        logger.error("crossmodal tool failed: %s", traceback.format_exc())
+        logger.error("crossmodal tool failed: %s", redact(traceback.format_exc()))
         raise RuntimeError(f"internal error ({type(exc).__name__}); the plugin log has the details") from None
 
 

@@ -6,6 +6,15 @@ Every message names the parameter at fault and says how to fix it. Adapters
 
 from __future__ import annotations
 
+import re
+
+URL_CREDENTIALS = re.compile(r"(?<=://)[^/\s:@]+:[^/\s@]+@")
+
+
+def redact(text: str) -> str:
+    """URLs with user:password@ lose that part: messages and logs never carry credentials."""
+    return URL_CREDENTIALS.sub("***@", text)
+
 
 class CrossmodalError(ValueError):
     """A problem the caller can fix: bad input, unknown collection, unreachable store."""
@@ -13,6 +22,7 @@ class CrossmodalError(ValueError):
     def __init__(self, message: str, *, param: str | None = None, status: int = 400):
         self.param = param
         self.status = status  # HTTP status for the endpoints: 400, 404, 413, 422, 503
+        message = redact(message)
         super().__init__(f"{param}: {message}" if param else message)
 
 

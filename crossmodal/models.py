@@ -17,7 +17,7 @@ from typing import Sequence
 import numpy as np
 
 from crossmodal.runtime import os_lock
-from crossmodal.errors import CrossmodalError
+from crossmodal.errors import CrossmodalError, redact
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +46,10 @@ class HubOptions:
     token: str | None = field(default=None, repr=False)
     offline: bool = False
     cache_dir: str | None = None
+
+    def __repr__(self) -> str:  # the endpoint may carry user:password@
+        endpoint = redact(self.endpoint) if self.endpoint else None
+        return f"HubOptions(endpoint={endpoint!r}, offline={self.offline}, cache_dir={self.cache_dir!r})"
 
     @classmethod
     def from_env(cls) -> "HubOptions":
