@@ -33,8 +33,25 @@ class DecodedImage:
     notes: list[str]
 
 
+def _register_optional_plugins() -> None:
+    """HEIC/HEIF decode when pillow-heif is installed (AVIF is built into Pillow 11.3+)."""
+    global _PLUGINS_REGISTERED
+    if _PLUGINS_REGISTERED:
+        return
+    _PLUGINS_REGISTERED = True
+    try:
+        from pillow_heif import register_heif_opener
+    except ImportError:
+        return
+    register_heif_opener()
+
+
+_PLUGINS_REGISTERED = False
+
+
 def decode_image(data: bytes, *, param: str = "image", limit: int | None = None) -> DecodedImage:
     """Decode bytes into an RGB image, or raise CrossmodalError naming ``param``."""
+    _register_optional_plugins()
     limit = limit or max_pixels()
     if not data:
         raise CrossmodalError("the file is empty (0 bytes); upload an image file", param=param)
@@ -51,8 +68,11 @@ def decode_image(data: bytes, *, param: str = "image", limit: int | None = None)
             width, height = probe.size
             fmt = (probe.format or "").lower()
     except UnidentifiedImageError:
+        if data[4:12] in (b"ftypheic", b"ftypheix", b"ftyphevc", b"ftypmif1", b"ftypmsf1"):
+            raise CrossmodalError("HEIC/HEIF images need the pillow-heif plugin (pip install pillow-heif); "
+                                  "or convert the image to JPEG", param=param, status=422) from None
         raise CrossmodalError(
-            "the file is not an image Pillow can read (JPEG, PNG, WebP, GIF, BMP, TIFF)", param=param, status=422
+            "the file is not an image Pillow can read (JPEG, PNG, WebP, AVIF, GIF, BMP, TIFF)", param=param, status=422
         ) from None
     except Image.DecompressionBombError as exc:
         raise CrossmodalError(f"the image is too large to decode safely ({exc})", param=param, status=413) from None
