@@ -40,13 +40,22 @@ def load_calibration(encoder, data_dir: str | Path | None) -> Calibration:
         if path.is_file():
             raw = json.loads(path.read_text())
             return Calibration(float(raw["a"]), float(raw["b"]), raw.get("source", str(path)), raw.get("metrics", {}))
-    scale = float(encoder.model.logit_scale.exp())
+    default = _default_for(encoder)
+    if default.source.startswith("SigLIP"):
+        default.source = "SigLIP's own sigmoid (logit scale and bias learned in pre-training)"
+    else:
+        default.source = (f"default, not fitted: sigmoid(logit_scale x (score - {DEFAULT_MIDPOINT})); "
+                          "run `python -m crossmodal calibrate` for a fitted one")
+    return default
+
+
+def _default_for(encoder) -> Calibration:
+    """What a model gets with no fit on disk (SigLIP's bias, or the CLIP default)."""
+    scale = float(encoder.model.logit_scale.detach().exp())
     bias = getattr(encoder.model, "logit_bias", None)
     if bias is not None:
-        return Calibration(scale, float(bias), "SigLIP's own sigmoid (logit scale and bias learned in pre-training)")
-    return Calibration(scale, -scale * DEFAULT_MIDPOINT,
-                       f"default, not fitted: sigmoid(logit_scale x (score - {DEFAULT_MIDPOINT})); "
-                       "run `python -m crossmodal calibrate` for a fitted one")
+        return Calibration(scale, float(bias.detach()), "SigLIP's own sigmoid")
+    return Calibration(scale, -scale * DEFAULT_MIDPOINT, "default, not fitted")
 
 
 def labelled_scene_pairs(n: int, seed: int, sizes=(224, 512)) -> list[tuple[object, str, bool]]:
@@ -96,12 +105,17 @@ def fit_calibration(encoder, pairs: list[tuple[object, str, bool]], source: str,
     model = LogisticRegression(C=1e4).fit(scores[fit_rows, None], labels[fit_rows])
     calibration = Calibration(float(model.coef_[0, 0]), float(model.intercept_[0]), source)
     held_out = np.array([calibration.probability(s) for s in scores[test_rows]])
+    default = _default_for(encoder)
+    before = np.array([default.probability(s) for s in scores[test_rows]])
     calibration.metrics = {
         "pairs": len(pairs),
         "held_out": len(test_rows),
         "brier": round(float(brier_score_loss(labels[test_rows], held_out)), 4),
         "ece": round(expected_calibration_error(labels[test_rows], held_out), 4),
         "roc_auc": round(float(roc_auc_score(labels[test_rows], held_out)), 4),
+        "unfitted_default": {"source": default.source.split(":")[0],
+                             "brier": round(float(brier_score_loss(labels[test_rows], before)), 4),
+                             "ece": round(expected_calibration_error(labels[test_rows], before), 4)},
         "mean_score_true": round(float(scores[labels == 1].mean()), 4),
         "mean_score_false": round(float(scores[labels == 0].mean()), 4),
     }

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 import traceback
 from typing import Any, Callable
 
@@ -29,13 +30,23 @@ def service_for(credentials: dict | None) -> Service:
 
 def call(fn: Callable[..., Any], *args, **kwargs) -> Any:
     """Run ``fn`` in a worker thread; turn errors into one message a person can act on."""
+    from crossmodal import metrics
+
+    name, started, status = getattr(fn, "__name__", "call"), time.perf_counter(), "ok"
     try:
         return offload(fn, *args, **kwargs)
     except CrossmodalError as exc:
+        status = str(exc.status)
         raise ToolInputError(str(exc)) from None
     except Exception as exc:  # an unexpected failure: log the details, show a short line
+        status = "500"
         logger.error("crossmodal tool failed: %s", redact(traceback.format_exc()))
         raise RuntimeError(f"internal error ({type(exc).__name__}); the plugin log has the details") from None
+    finally:
+        metrics.REQUESTS.labels(kind="node", name=name, status=status).inc()
+        metrics.LATENCY.labels(kind="node", name=name).observe(time.perf_counter() - started)
+        if status != "ok":
+            metrics.ERRORS.labels(kind="node", name=name).inc()
 
 
 def file_inputs(value) -> list[ImageInput]:

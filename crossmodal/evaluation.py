@@ -232,7 +232,7 @@ def rerank_lift(service, eval_set: EvalSet, model: str, collection: str = "reran
 
 def run_eval(model: str, n: int = 1000, pairs: str | None = None, out: str | None = None,
              sets=("single_en", "single_zh", "double_en", "double_zh"), pointing_n: int = 0,
-             small_n: int = 0) -> dict:
+             small_n: int = 0, rerank_n: int = 0) -> dict:
     from crossmodal.service import Service
     from crossmodal.settings import Settings
 
@@ -247,6 +247,9 @@ def run_eval(model: str, n: int = 1000, pairs: str | None = None, out: str | Non
             report["sets"][eval_set.name] = evaluate_set(service, eval_set, model, f"eval{k}")
         if small_n and not pairs:
             report["small_objects"] = evaluate_small_objects(service, small_object_set(small_n), model)
+        if rerank_n and not pairs:
+            double = scene_set("double", rerank_n, "en", seed=EVAL_SEED_BASE + 9_000_000)
+            report["region_rerank"] = rerank_lift(service, double, model)
         service.store.close()
     if pointing_n and not pairs:
         report["pointing_game"] = run_pointing_game(model, pointing_n)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -342,7 +343,11 @@ def get_encoder(name: str | None = None, device: str | None = None, hub: HubOpti
     key = (identity, device, precision)
     with _ENCODERS_LOCK:
         if key not in _ENCODERS:
+            from crossmodal import metrics
+
+            started = time.perf_counter()
             encoder = load_encoder(identity, device, hub)
+            metrics.MODEL_LOAD.labels(model=identity).set(time.perf_counter() - started)
             encoder.use_precision(precision)
             _ENCODERS[key] = encoder
         return _ENCODERS[key]

@@ -150,3 +150,34 @@ def blobs(messages: list[dict]) -> list[tuple[bytes, dict]]:
         if chunk["end"]:
             out.append((b"".join(parts.pop(chunk["id"])), m.get("meta") or {}))
     return out
+
+
+def raw_http(method: str, path: str, body: bytes = b"", headers: dict | None = None) -> bytes:
+    """A raw HTTP/1.1 request as the daemon forwards it (the /e/{hook_id} prefix already stripped)."""
+    lines = [f"{method} {path} HTTP/1.1", "Host: dify.local"]
+    for key, value in {"Content-Length": str(len(body)), **(headers or {})}.items():
+        lines.append(f"{key}: {value}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+def endpoint_request(settings: dict, method: str, path: str, body=None, headers: dict | None = None,
+                     raw_body: bytes | None = None) -> dict:
+    headers = dict(headers or {})
+    if raw_body is None:
+        raw_body = b"" if body is None else json.dumps(body).encode()
+        if body is not None:
+            headers.setdefault("Content-Type", "application/json")
+    raw = raw_http(method, path, raw_body, headers)
+    return {"type": "endpoint", "action": "invoke_endpoint", "settings": settings, "raw_http_request": raw.hex()}
+
+
+def http_response(messages: list[dict]) -> tuple[int, dict, bytes]:
+    """(status, headers, body) from an endpoint's stream."""
+    status, headers, body = None, {}, b""
+    for message in stream_messages(messages):
+        if "status" in message:
+            status, headers = message["status"], message.get("headers", {})
+        if message.get("result"):
+            body += bytes.fromhex(message["result"])
+    assert status is not None, messages
+    return status, headers, body

@@ -1,0 +1,327 @@
+"""The HTTP API behind the plugin's endpoints (and any WSGI server): parse -> service -> JSON.
+
+Every route but the viewer page needs ``Authorization: Bearer <api_key>`` (constant-time compare).
+Bodies are JSON (images as base64 strings or ``image_url``) or multipart (image files); at most 10 MB,
+Dify's own cap. Errors are ``{"error": {"code", "message", "param"}}`` with a fitting status; the External
+Knowledge API route answers in that API's own error shape.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import json
+import logging
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from werkzeug import Request, Response
+
+from crossmodal.errors import CrossmodalError, NotFoundError, redact
+from crossmodal.runtime import offload
+from crossmodal.service import ImageInput, IngestItem, Service
+from crossmodal.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 10 * 1024 * 1024
+VIEWER_PAGE = Path(__file__).resolve().parent / "assets" / "viewer.html"
+
+
+class ApiError(CrossmodalError):
+    pass
+
+
+def service_for(settings: Mapping) -> Service:
+    return Service(Settings.from_credentials(dict(settings or {})))
+
+
+# -- request parsing ----------------------------------------------------------------------------
+def read_json(request: Request) -> dict:
+    if request.content_length and request.content_length > MAX_BODY_BYTES:
+        raise CrossmodalError(f"the body has {request.content_length} bytes; at most {MAX_BODY_BYTES} (10 MB) are "
+                              "accepted: send fewer or smaller images per request", param="body", status=413)
+    raw = request.get_data(cache=True)
+    if len(raw) > MAX_BODY_BYTES:
+        raise CrossmodalError(f"the body exceeds {MAX_BODY_BYTES} bytes (10 MB)", param="body", status=413)
+    if request.mimetype == "multipart/form-data":
+        return {k: v for k, v in request.form.items()}
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        where = f" at line {exc.lineno} column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else ""
+        raise CrossmodalError(f"is not valid JSON{where}; send a JSON object", param="body") from None
+    if not isinstance(body, dict):
+        raise CrossmodalError("must be a JSON object", param="body")
+    return body
+
+
+def field(body: dict, name: str, kind: type | tuple, default=None, required: bool = False):
+    value = body.get(name, default)
+    if value is None:
+        if required:
+            raise CrossmodalError("is required", param=name)
+        return default
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind in (int, float)):
+        expected = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        raise CrossmodalError(f"must be {expected}, not {type(value).__name__}", param=name)
+    return value
+
+
+def image_from(body: dict, request: Request, name: str, settings: Settings, *, url_name: str | None = None):
+    """One image: a multipart file, a base64 string in ``name``, or a URL in ``url_name``."""
+    upload = request.files.get(name) if request.mimetype == "multipart/form-data" else None
+    if upload:
+        return ImageInput.from_bytes(upload.filename or name, upload.read())
+    data = body.get(name)
+    if data is not None:
+        return ImageInput.from_bytes(name, decode_base64(data, name))
+    url = body.get(url_name) if url_name else None
+    if url is not None:
+        if not isinstance(url, str):
+            raise CrossmodalError("must be a string URL", param=url_name)
+        return ImageInput.from_url(url, settings.url_allowlist, param=url_name)
+    return None
+
+
+def images_from(body: dict, request: Request, name: str) -> list[ImageInput]:
+    out = []
+    if request.mimetype == "multipart/form-data":
+        out += [ImageInput.from_bytes(f.filename or f"{name}[{k}]", f.read())
+                for k, f in enumerate(request.files.getlist(name))]
+    values = field(body, name, list, [])
+    for k, value in enumerate(values):
+        out.append(ImageInput.from_bytes(f"{name}[{k}]", decode_base64(value, f"{name}[{k}]")))
+    return out
+
+
+def decode_base64(value, param: str) -> bytes:
+    if not isinstance(value, str):
+        raise CrossmodalError("must be a base64 string", param=param)
+    if value.startswith("data:") and "," in value:
+        value = value.split(",", 1)[1]  # a data URL from a browser
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise CrossmodalError("is not valid base64", param=param) from None
+
+
+# -- routes -------------------------------------------------------------------------------------------
+def route_embed(service: Service, body: dict, request: Request) -> dict:
+    texts = field(body, "texts", list, [])
+    if not all(isinstance(t, str) for t in texts):
+        raise CrossmodalError("must be a list of strings", param="texts")
+    return service.embed(images_from(body, request, "images"), texts, field(body, "model", str))
+
+
+def route_ingest(service: Service, body: dict, request: Request) -> dict:
+    items = []
+    for k, raw in enumerate(field(body, "items", list, [])):
+        if not isinstance(raw, dict):
+            raise CrossmodalError("must be an object with image (base64), image_url or text", param=f"items[{k}]")
+        image = image_from(raw, request, "image", service.settings, url_name="image_url")
+        tags = raw.get("tags") or []
+        if not isinstance(tags, list):
+            raise CrossmodalError("must be a list of strings", param=f"items[{k}].tags")
+        metadata = raw.get("metadata") or {}
+        if not isinstance(metadata, dict):
+            raise CrossmodalError("must be an object", param=f"items[{k}].metadata")
+        if image is None and not raw.get("text"):
+            raise CrossmodalError("needs image, image_url or text", param=f"items[{k}]")
+        items.append(IngestItem(image=image, text=None if image else raw.get("text"), caption=raw.get("caption"),
+                                tags=tags, metadata=metadata, source=raw.get("source")))
+    items += [IngestItem(image=f) for f in images_from(body, request, "files")]
+    if not items:
+        raise CrossmodalError("give at least one item (image, image_url or text), or multipart files", param="items")
+    report = service.ingest(items, field(body, "collection", str), field(body, "model", str),
+                            regions=bool(field(body, "regions", bool, False)))
+    return report
+
+
+def route_search(service: Service, body: dict, request: Request) -> dict:
+    image = image_from(body, request, "image", service.settings, url_name="image_url")
+    result = service.search(
+        text=field(body, "query", str), image=image, collection=field(body, "collection", str),
+        top_k=field(body, "top_k", int, 10), score_threshold=field(body, "score_threshold", float),
+        filter=field(body, "filter", (dict, str)), target=field(body, "target", str, "image"),
+        model=field(body, "model", str), text_weight=field(body, "text_weight", float, 0.5),
+        with_thumbnails=bool(field(body, "with_thumbnails", bool, False)),
+        regions=bool(field(body, "regions", bool, False)), rerank=field(body, "rerank", str),
+        rerank_k=field(body, "rerank_k", int, 20),
+    )
+    thumbnails = result.pop("thumbnails", None)
+    if thumbnails:
+        for hit in result["results"]:
+            if hit["id"] in thumbnails:
+                hit["thumbnail_jpeg"] = base64.b64encode(thumbnails[hit["id"]]).decode()
+    return result
+
+
+def route_align(service: Service, body: dict, request: Request) -> dict:
+    """Also the seed's call shape: {"image_url": ..., "text_query": ...}."""
+    image = image_from(body, request, "image", service.settings, url_name="image_url")
+    if image is None:
+        raise CrossmodalError("give image (base64 or a multipart file) or image_url", param="image")
+    text = body.get("text", body.get("text_query"))
+    if not isinstance(text, str):
+        raise CrossmodalError("is required: the description to check (text or text_query)", param="text")
+    result = service.align(image, text, model=field(body, "model", str), mode=field(body, "mode", str, "auto"),
+                           heatmap=field(body, "heatmap", bool, True), tile_size=field(body, "tile_size", int),
+                           overlap=field(body, "overlap", float, 0.25), overlay=field(body, "overlay", bool, True))
+    overlay = result.pop("overlay_png", None)
+    if overlay:
+        result["overlay_png"] = base64.b64encode(overlay).decode()
+    return result
+
+
+def route_rerank(service: Service, body: dict, request: Request) -> dict:
+    query_image = image_from(body, request, "query_image", service.settings)
+    return service.rerank(field(body, "query", str), body.get("candidates"), images_from(body, request, "images"),
+                          query_image, field(body, "top_n", int), field(body, "method", str, "auto"),
+                          field(body, "model", str), field(body, "collection", str),
+                          field(body, "weight", float, 0.5))
+
+
+def route_collections(service: Service, body: dict, request: Request) -> dict:
+    return service.list_collections()
+
+
+def route_retrieval(service: Service, body: dict, request: Request) -> dict:
+    """Dify's External Knowledge API: a collection as a knowledge base."""
+    knowledge_id = field(body, "knowledge_id", str, required=True)
+    query = field(body, "query", str, required=True)
+    setting = field(body, "retrieval_setting", dict, {})
+    top_k = setting.get("top_k", 5)
+    threshold = setting.get("score_threshold")
+    if not isinstance(top_k, int) or isinstance(top_k, bool):
+        raise CrossmodalError("must be an integer", param="retrieval_setting.top_k")
+    if threshold is not None and not isinstance(threshold, (int, float)):
+        raise CrossmodalError("must be a number", param="retrieval_setting.score_threshold")
+    conditions = metadata_filter(body.get("metadata_condition"))
+    result = service.search(text=query, collection=knowledge_id, top_k=max(1, min(top_k, 100)),
+                            score_threshold=float(threshold) if threshold else None, filter=conditions, target="any")
+    records = []
+    for hit in result["results"]:
+        payload = hit["payload"]
+        content = payload.get("caption") or payload.get("text") or payload.get("source") or hit["id"]
+        metadata = {k: v for k, v in payload.items() if k not in ("text",)}
+        metadata.update(id=hit["id"], source=payload.get("source"), kind=payload.get("kind"))
+        records.append({"content": content, "score": hit["score"], "title": payload.get("source") or hit["id"],
+                        "metadata": metadata})
+    return {"records": records}
+
+
+def metadata_filter(condition) -> dict | None:
+    """Dify's metadata_condition ({"logical_operator": "and", "conditions": [{"name": [...], "comparison_operator",
+    "value"}]}) -> this plugin's filter grammar, for the operators that map exactly (is, contains for tags,
+    >, <, >=, <=); others are refused with a clear error rather than ignored."""
+    if not condition:
+        return None
+    if not isinstance(condition, dict) or not isinstance(condition.get("conditions", []), list):
+        raise CrossmodalError("must be an object with a conditions list", param="metadata_condition")
+    if condition.get("logical_operator", "and") != "and":
+        raise CrossmodalError("only 'and' is supported", param="metadata_condition.logical_operator")
+    out: dict[str, Any] = {}
+    ranges = {">": "gt", "<": "lt", "≥": "gte", "≤": "lte", ">=": "gte", "<=": "lte"}
+    for k, c in enumerate(condition.get("conditions") or []):
+        names = c.get("name") or []
+        names = names if isinstance(names, list) else [names]
+        op, value = c.get("comparison_operator"), c.get("value")
+        for name in names:
+            key = name if name in ("tags", "source", "kind", "width", "height") else f"metadata.{name}"
+            if op in ("is", "=", "contains") and value is not None:
+                out[key] = value
+            elif op in ranges and isinstance(value, (int, float)):
+                out.setdefault(key, {})[ranges[op]] = value
+            else:
+                raise CrossmodalError(f"operator '{op}' is not supported (is, contains, >, <, >=, <=)",
+                                      param=f"metadata_condition.conditions[{k}]")
+    return out
+
+
+def route_openapi(service: Service | None, body: dict, request: Request) -> dict:
+    from crossmodal.openapi import openapi_document
+
+    return openapi_document()
+
+
+ROUTES: dict[str, Callable] = {
+    "embed": route_embed, "ingest": route_ingest, "search": route_search, "align": route_align,
+    "rerank": route_rerank, "collections": route_collections, "retrieval": route_retrieval,
+    "openapi": route_openapi,
+}
+
+
+# -- the entry point the endpoint classes call ------------------------------------------------------------
+def respond(route: str, request: Request, settings: Mapping) -> Response:
+    from crossmodal import metrics
+
+    started = time.perf_counter()
+    status = 500
+    try:
+        if route == "viewer":
+            status = 200
+            return Response(VIEWER_PAGE.read_bytes(), status=200, content_type="text/html; charset=utf-8")
+        check_key(request, settings, route)
+        if route == "metrics":
+            status = 200
+            body, content_type = metrics.exposition(service_for(settings))
+            return Response(body, status=200, content_type=content_type)
+        body = read_json(request) if request.method == "POST" else {}
+        service = service_for(settings)
+        result = offload(ROUTES[route], service, body, request)
+        status = 200
+        return _json(result, 200)
+    except CrossmodalError as exc:
+        status = exc.status
+        metrics.ERRORS.labels(kind="endpoint", name=route).inc()
+        return error_response(route, exc)
+    except Exception:  # noqa: BLE001 - logged in full, answered in one line
+        logger.error("endpoint %s failed: %s", route, redact(traceback.format_exc()))
+        metrics.ERRORS.labels(kind="endpoint", name=route).inc()
+        return _json({"error": {"code": "internal", "message": "internal error; the plugin log has the details"}},
+                     500)
+    finally:
+        metrics.REQUESTS.labels(kind="endpoint", name=route, status=str(status)).inc()
+        metrics.LATENCY.labels(kind="endpoint", name=route).observe(time.perf_counter() - started)
+
+
+def check_key(request: Request, settings: Mapping, route: str) -> None:
+    expected = str((settings or {}).get("api_key") or "")
+    header = request.headers.get("Authorization", "")
+    scheme, _, given = header.partition(" ")
+    if not expected:
+        raise CrossmodalError("the endpoint has no api_key configured; set one in the endpoint's settings",
+                              param="api_key", status=401)
+    if scheme.lower() != "bearer" or not given:
+        raise CrossmodalError("send 'Authorization: Bearer <api_key>'", param="authorization", status=401)
+    if not hmac.compare_digest(given.strip().encode(), expected.encode()):
+        raise CrossmodalError("the API key is wrong", param="authorization", status=401)
+
+
+def error_response(route: str, exc: CrossmodalError) -> Response:
+    if route == "retrieval":  # the External Knowledge API's documented shape
+        if exc.status == 401:
+            code = 1001 if exc.param == "authorization" and "Bearer" in str(exc) else 1002
+        elif isinstance(exc, NotFoundError) or exc.status == 404:
+            code = 2001
+        else:
+            code = 400
+        return _json({"error_code": code, "error_msg": str(exc)}, exc.status)
+    return _json({"error": {"code": _code(exc.status), "message": str(exc), "param": exc.param}}, exc.status)
+
+
+def _code(status: int) -> str:
+    return {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 413: "too_large",
+            422: "unprocessable", 503: "unavailable"}.get(status, "error")
+
+
+def _json(data: Any, status: int) -> Response:
+    return Response(json.dumps(data, ensure_ascii=False), status=status, content_type="application/json")

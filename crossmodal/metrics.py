@@ -1,0 +1,40 @@
+"""Prometheus metrics (prometheus_client, text exposition format) for endpoints and nodes: requests and
+errors per route and node, latency histograms, model load time, points per collection."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+REGISTRY = CollectorRegistry()
+REQUESTS = Counter("crossmodal_requests_total", "Requests by kind (endpoint / node), name and status",
+                   ["kind", "name", "status"], registry=REGISTRY)
+ERRORS = Counter("crossmodal_errors_total", "Requests that ended in an error", ["kind", "name"], registry=REGISTRY)
+LATENCY = Histogram("crossmodal_request_seconds", "Request latency", ["kind", "name"], registry=REGISTRY,
+                    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120))
+MODEL_LOAD = Gauge("crossmodal_model_load_seconds", "Seconds the last load of each model took", ["model"],
+                   registry=REGISTRY)
+
+
+def exposition(service) -> tuple[bytes, str]:
+    """The registry plus a gauge of points per collection, read from the store at scrape time."""
+    registry = CollectorRegistry()
+    for collector in (REQUESTS, ERRORS, LATENCY, MODEL_LOAD):
+        registry.register(collector)
+    registry.register(_PointsCollector(service))
+    return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+class _PointsCollector:
+    def __init__(self, service):
+        self.service = service
+
+    def collect(self):
+        family = GaugeMetricFamily("crossmodal_collection_points", "Points per collection", labels=["collection"])
+        try:
+            for info in self.service.store.list_collections():
+                family.add_metric([info.name], info.count)
+        except Exception:  # noqa: BLE001 - an unreachable store must not break the scrape
+            pass
+        yield family

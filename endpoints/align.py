@@ -1,0 +1,11 @@
+from collections.abc import Mapping
+
+from dify_plugin import Endpoint
+from werkzeug import Request, Response
+
+from crossmodal.http_api import respond
+
+
+class AlignEndpoint(Endpoint):
+    def _invoke(self, r: Request, values: Mapping, settings: Mapping) -> Response:
+        return respond("align", r, settings)
