@@ -148,6 +148,23 @@ def cmd_rerank(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    import os
+
+    from werkzeug.serving import run_simple
+
+    from crossmodal.http_api import wsgi_app
+
+    key = os.environ.get("CROSSMODAL_API_KEY")
+    if not key:
+        raise _usage("set CROSSMODAL_API_KEY: every route but /viewer needs 'Authorization: Bearer <key>'")
+    settings = {"api_key": key, "store_url": args.url, "store_api_key": args.api_key, "data_dir": args.store,
+                "model": args.model or "auto"}
+    print(f"serving http://{args.host}:{args.port}/viewer (API under /v1, OpenAPI at /openapi.json)", file=sys.stderr)
+    run_simple(args.host, args.port, wsgi_app(settings), threaded=True)
+    return 0
+
+
 def cmd_collections(args) -> int:
     service = _service(args)
     if args.action == "list":
@@ -177,6 +194,7 @@ COMMANDS = {
     "collections": cmd_collections,
     "align": cmd_align,
     "rerank": cmd_rerank,
+    "serve": cmd_serve,
 }
 
 
@@ -245,6 +263,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     _store_args(p)
     _model_args(p)
+
+    p = sub.add_parser("serve", help="the HTTP API and viewer outside Dify (key from $CROSSMODAL_API_KEY)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8080)
+    _store_args(p)
+    p.add_argument("--model", default=None)
 
     p = sub.add_parser("collections", help="list, inspect or delete collections")
     p.add_argument("action", nargs="?", default="list", choices=["list", "info", "delete"])

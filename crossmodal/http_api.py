@@ -325,3 +325,28 @@ def _code(status: int) -> str:
 
 def _json(data: Any, status: int) -> Response:
     return Response(json.dumps(data, ensure_ascii=False), status=status, content_type="application/json")
+
+
+# -- outside Dify: the same routes as a WSGI app (``python -m crossmodal serve``, tests) ------------------------
+PATHS = {("POST", "/v1/embed"): "embed", ("POST", "/v1/ingest"): "ingest", ("POST", "/v1/search"): "search",
+         ("POST", "/v1/align"): "align", ("POST", "/v1/rerank"): "rerank", ("GET", "/v1/collections"): "collections",
+         ("GET", "/openapi.json"): "openapi", ("POST", "/retrieval"): "retrieval", ("GET", "/metrics"): "metrics",
+         ("GET", "/viewer"): "viewer"}
+
+
+def wsgi_app(settings: Mapping):
+    """A WSGI application serving every route with the given endpoint settings (api_key, store, model)."""
+
+    def app(environ, start_response):
+        request = Request(environ)
+        route = PATHS.get((request.method, request.path.rstrip("/") or "/"))
+        if route is None:
+            known = {p for _, p in PATHS}
+            status = 405 if request.path in known else 404
+            response = _json({"error": {"code": _code(status), "message": f"no route {request.method} {request.path}",
+                                        "param": None}}, status)
+        else:
+            response = respond(route, request, settings)
+        return response(environ, start_response)
+
+    return app
