@@ -106,7 +106,7 @@ def _add_eval(sub):
     p.add_argument("--out", default="reports", help="directory for eval.json and eval.png")
     p.add_argument("--pointing-n", type=int, default=500, help="scenes per pointing-game set (512 px; 0: skip)")
     p.add_argument("--small-n", type=int, default=200, help="2048-px small-object scenes (0: skip)")
-    p.add_argument("--rerank-n", type=int, default=500, help="two-object scenes for region reranking (0: skip)")
+    p.add_argument("--rerank-n", type=int, default=100, help="two-object scenes for region reranking (0: skip)")
 
 
 def _add_demo(sub):

@@ -54,7 +54,7 @@ def decode_image(data: bytes, *, param: str = "image", limit: int | None = None)
     _register_optional_plugins()
     limit = limit or max_pixels()
     if not data:
-        raise CrossmodalError("the file is empty (0 bytes); upload an image file", param=param)
+        raise CrossmodalError("the file is empty (0 bytes); upload an image file", param=param, status=422)
     if len(data) > MAX_IMAGE_BYTES:
         raise CrossmodalError(
             f"the file has {len(data)} bytes, more than the {MAX_IMAGE_BYTES} allowed", param=param, status=413

@@ -104,3 +104,19 @@ def test_options_are_checked(demo):
         align(demo, Image.new("RGB", (8000, 8000)), "x", AlignOptions(mode="tiled", tile_size=200, overlap=0.5))
     result = align(demo, image, ", ".join(f"thing {i}" for i in range(50)), AlignOptions(heatmap=False))
     assert len(result["phrases"]) == 16 and "50 phrases" in result["notes"][0]
+
+
+def test_match_probability_is_calibrated_on_fresh_pairs(demo, tmp_path):
+    """The bundled fit: true captions get high probabilities, false ones low (README: Brier and ECE)."""
+    from crossmodal.calibration import expected_calibration_error, labelled_scene_pairs
+    from crossmodal.service import Service
+    from crossmodal.settings import Settings
+
+    calibration = Service(Settings(data_dir=str(tmp_path))).calibration(demo)
+    assert calibration.source.startswith("Platt fit") and calibration.a > 0
+    pairs = labelled_scene_pairs(30, 870_000_000)
+    probabilities = np.array([align(demo, image, text, AlignOptions(mode="global", heatmap=False),
+                                    calibration)["match_probability"] for image, text, _ in pairs])
+    labels = np.array([truth for _, _, truth in pairs])
+    assert probabilities[labels].mean() > 0.7 and probabilities[~labels].mean() < 0.3
+    assert expected_calibration_error(labels.astype(int), probabilities) < 0.2

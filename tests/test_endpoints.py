@@ -140,3 +140,31 @@ def test_seed_call_shape_and_the_python_client(plugin, settings, monkeypatch):
 def test_bad_requests(plugin, settings, path, raw, status, needle):
     got, body = call(plugin, settings, "POST", path, raw_body=raw, headers={**AUTH, "Content-Type": "application/json"})
     assert got == status and needle in body["error"]["message"], body
+
+
+def test_a_collection_ingested_through_the_node_answers_retrieval(plugin, settings, tmp_path):
+    """Done-when of the endpoints issue: Ingest node -> External Knowledge API records Dify accepts."""
+    from stdio_harness import json_message
+
+    creds = {"data_dir": settings["data_dir"], "model": "demo-shapes", "default_collection": "notes"}
+    texts = "a red circle on the left\na small blue star\na large green square at the top"
+    assert json_message(plugin.invoke_tool("ingest", {"texts": texts, "tags": "kb"}, creds))["added"] == 3
+    status, answer = call(plugin, settings, "POST", "/retrieval",
+                          {"knowledge_id": "notes", "query": "a blue star", "retrieval_setting": {"top_k": 2}})
+    assert status == 200 and len(answer["records"]) == 2
+    first = answer["records"][0]
+    assert first["content"] == "a small blue star" and first["metadata"]["kind"] == "text"
+    assert isinstance(first["score"], float) and first["title"] and first["metadata"]["tags"] == ["kb"]
+
+
+def test_endpoints_against_the_hostile_corpus(plugin, settings):
+    from hostile_corpus import corpus
+
+    for name, (data, expectation) in corpus().items():
+        status, body = call(plugin, settings, "POST", "/v1/align",
+                            {"image": base64.b64encode(data).decode(), "text": "a red circle", "heatmap": False})
+        assert status in (200, 400, 413, 422), (name, status, body)
+        if expectation == "ok" and name != "one-pixel.png":
+            assert status == 200, (name, body)
+        elif not expectation.startswith("ok"):
+            assert status in (413, 422) and body["error"]["param"] == "image", (name, body)

@@ -1,14 +1,16 @@
 """Load through the stdio protocol, on loopback only: 50 concurrent searches and 5 concurrent ingests in one
-plugin process. Every answer is right and belongs to its own session, heartbeats never stop, memory stays
+plugin process, plus 20 searches through the HTTP endpoint at the same time. Every answer is right and belongs to its own session, heartbeats never stop, memory stays
 bounded."""
 
 import time
 
 import pytest
 
-from stdio_harness import PluginProcess, errors, json_message, tool_request
+import json
 
-SEARCHES, INGESTS, TEXTS_PER_INGEST = 50, 5, 20
+from stdio_harness import PluginProcess, endpoint_request, errors, http_response, json_message, tool_request
+
+SEARCHES, INGESTS, TEXTS_PER_INGEST, ENDPOINT_SEARCHES = 50, 5, 20, 20
 
 
 def _rss_mb(pid: int) -> float:
@@ -47,12 +49,22 @@ def test_concurrent_searches_and_ingests(plugin, tiny_clip_dir, tmp_path):
     for k, text in enumerate(stored):
         request = tool_request("search", {"query": text, "target": "text", "top_k": 1}, creds)
         sessions[plugin.send(request)] = ("search", k)
+    endpoint_settings = {"api_key": "k", "data_dir": creds["data_dir"], "model": creds["model"],
+                         "default_collection": "load"}
+    for k in range(ENDPOINT_SEARCHES):
+        request = endpoint_request(endpoint_settings, "POST", "/v1/search",
+                                   {"query": stored[k], "target": "text", "top_k": 1}, {"Authorization": "Bearer k"})
+        sessions[plugin.send(request)] = ("endpoint", k)
     answers = plugin.collect(list(sessions), timeout=300)
     seconds = time.monotonic() - started
 
     for sid, (kind, k) in sessions.items():
         messages = answers[sid]
         assert not errors(messages), errors(messages)
+        if kind == "endpoint":
+            status, _, body = http_response(messages)
+            assert status == 200 and json.loads(body)["results"][0]["payload"]["text"] == stored[k]
+            continue
         result = json_message(messages)
         if kind == "search":  # the stored twin of this session's own query, not another session's
             assert result["results"][0]["payload"]["text"] == stored[k]
