@@ -89,6 +89,9 @@ def json_object(value, param: str) -> dict:
         return {}
     if isinstance(value, dict):
         return value
+    if not isinstance(value, (str, bytes)):  # e.g. an array variable wired into the field
+        raise ToolInputError(f"{param}: must be a JSON object such as {{\"album\": \"2024\"}}, "
+                             f"not {type(value).__name__}")
     try:
         parsed = json.loads(value)
     except json.JSONDecodeError as exc:

@@ -168,3 +168,28 @@ def test_endpoints_against_the_hostile_corpus(plugin, settings):
             assert status == 200, (name, body)
         elif not expectation.startswith("ok"):
             assert status in (413, 422) and body["error"]["param"] == "image", (name, body)
+
+
+def test_multipart_ingest_and_the_corpus_through_ingest(plugin, settings):
+    """Multipart image files, and one JSON ingest of the whole hostile corpus: bad files rejected one by one."""
+    from hostile_corpus import corpus
+
+    boundary = "crossmodal-boundary"
+    _, png = _scene_png(882_000_000)
+    parts = b""
+    for k in range(2):
+        data = base64.b64decode(png) if k == 0 else base64.b64decode(_scene_png(882_000_001)[1])
+        parts += (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"m{k}.png\"\r\n"
+                  f"Content-Type: image/png\r\n\r\n").encode() + data + b"\r\n"
+    parts += f"--{boundary}\r\nContent-Disposition: form-data; name=\"collection\"\r\n\r\nmulti\r\n".encode()
+    parts += f"--{boundary}--\r\n".encode()
+    status, report = call(plugin, settings, "POST", "/v1/ingest", raw_body=parts,
+                          headers={**AUTH, "Content-Type": f"multipart/form-data; boundary={boundary}"})
+    assert status == 200 and report["added"] == 2 and report["collection"] == "multi", report
+
+    items = [{"image": base64.b64encode(data).decode(), "source": name} for name, (data, _) in corpus().items()]
+    status, report = call(plugin, settings, "POST", "/v1/ingest", {"collection": "hostile", "items": items})
+    assert status == 200, report
+    bad = {name for name, (_, expectation) in corpus().items() if not expectation.startswith("ok")}
+    assert bad <= {r["source"] for r in report["rejected"]}
+    assert report["added"] + len(report["rejected"]) == len(items)

@@ -138,3 +138,19 @@ def _url_property(scheme, rest):
         from crossmodal.urls import _refusal
 
         assert target.scheme in ("http", "https") and _refusal(target.address) is None
+
+
+@FUZZ
+@given(json_values | st.text(max_size=100))
+def test_tool_parameter_parsers(value):
+    """What the Dify tool handlers do to raw parameters: numbers, JSON objects, line and tag lists."""
+    from crossmodal.dify_adapter import ToolInputError, flag, json_object, number, tag_list, text_list
+
+    for parse in (lambda v: number(v, "top_k"), lambda v: json_object(v, "metadata")):
+        try:
+            parse(value)
+        except ToolInputError as exc:
+            assert str(exc).split(":")[0] in ("top_k", "metadata")
+    raw = value if isinstance(value, str) else json.dumps(value)
+    assert all(line.strip() for line in text_list(raw)) and all(tag.strip() for tag in tag_list(raw))
+    assert flag(value) in (True, False)
