@@ -66,6 +66,9 @@ def test_package_honours_difyignore(tmp_path):
     run("package", "--out", str(target))
     names = set(zipfile.ZipFile(target).namelist())
     assert {"manifest.yaml", "main.py", "provider/crossmodal.yaml", "tools/search.py", "_assets/icon.svg",
-            "crossmodal/service.py", "requirements.txt", "PRIVACY.md", "README.md"} <= names
-    assert not any(n.startswith(("tests/", ".git/", "benchmarks/", ".ci/")) for n in names)
+            "crossmodal/service.py", "requirements.txt", "PRIVACY.md", "README.md", "endpoints/crossmodal.yaml",
+            "endpoints/retrieval.py", "crossmodal/assets/viewer.html",
+            "crossmodal/assets/demo-shapes/crossmodal_calibration.json"} <= names
+    assert not any(n.startswith(("tests/", ".git/", "benchmarks/", ".ci/", ".hypothesis/", "test-artifacts/"))
+                   for n in names)
     assert not any("__pycache__" in n for n in names)
