@@ -20,6 +20,10 @@ MAX_IMAGE_BYTES = 50 * 1024 * 1024
 REFUSED_FORMATS = {"svg", "svg+xml"}
 
 
+# ISO-BMFF brands of HEIC/HEIF files (bytes 4-12): Pillow needs the pillow-heif plugin for them.
+HEIF_BRANDS = (b"ftypheic", b"ftypheix", b"ftyphevc", b"ftypmif1", b"ftypmsf1")
+
+
 def max_pixels() -> int:
     return int(os.environ.get("CROSSMODAL_MAX_PIXELS", DEFAULT_MAX_PIXELS))
 
@@ -68,7 +72,7 @@ def decode_image(data: bytes, *, param: str = "image", limit: int | None = None)
             width, height = probe.size
             fmt = (probe.format or "").lower()
     except UnidentifiedImageError:
-        if data[4:12] in (b"ftypheic", b"ftypheix", b"ftyphevc", b"ftypmif1", b"ftypmsf1"):
+        if data[4:12] in HEIF_BRANDS:
             raise CrossmodalError("HEIC/HEIF images need the pillow-heif plugin (pip install pillow-heif); "
                                   "or convert the image to JPEG", param=param, status=422) from None
         raise CrossmodalError(

@@ -289,7 +289,7 @@ def multi_positive_infonce(image_emb, text_emb, logit_scale, mask):
 def train(config: TrainConfig, progress=None) -> TrainReport:
     import torch
 
-    from crossmodal.models import load_encoder, model_identity
+    from crossmodal.models import cpu_has_bf16, load_encoder, model_identity
     from crossmodal.scenes import vocabulary_texts
     from crossmodal.tokenizer import train_tokenizer
 
@@ -313,7 +313,7 @@ def train(config: TrainConfig, progress=None) -> TrainReport:
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, config.warmup, config.steps))
-    use_bf16 = config.bf16 and _cpu_bf16_ok()
+    use_bf16 = config.bf16 and cpu_has_bf16()
     started = time.time()
     for step in range(1, config.steps + 1):
         images, captions, mask = data.batch(config.batch_size)
@@ -356,14 +356,6 @@ def _lr_factor(step: int, warmup: int, total: int) -> float:
         return (step + 1) / warmup
     return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
 
-
-def _cpu_bf16_ok() -> bool:
-    import torch
-
-    try:
-        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
 
 
 def save_checkpoint(model, processor, out: str, *, fp16: bool = True) -> Path:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urljoin, urlsplit
 
 from crossmodal.errors import CrossmodalError
+from crossmodal.images import HEIF_BRANDS
 
 MAX_REDIRECTS = 5
 CONNECT_TIMEOUT = 5.0
@@ -182,7 +183,9 @@ def sniff_image(data: bytes, url: str, param: str) -> str:
             return mime
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return "image/webp"
-    if data[4:12] in (b"ftypheic", b"ftypheix", b"ftypavif", b"ftypmif1"):
+    if data[4:12] == b"ftypavif":
+        return "image/avif"
+    if data[4:12] in HEIF_BRANDS:
         return "image/heif"
     head = data[:64].lstrip().lower()
     kind = "HTML" if head.startswith((b"<!doctype html", b"<html")) else ("SVG" if b"<svg" in data[:512].lower()

@@ -30,3 +30,38 @@ def tiny_chinese_clip_dir(tmp_path_factory) -> Path:
     from tiny_models import save_tiny_chinese_clip
 
     return save_tiny_chinese_clip(tmp_path_factory.mktemp("tiny-chinese-clip"))
+
+
+@pytest.fixture(scope="module")
+def plugin():
+    """``python -m main`` as Dify's daemon runs it, one process per test module."""
+    from stdio_harness import PluginProcess
+
+    process = PluginProcess(heartbeat_interval=0.25)
+    process.wait_ready()
+    yield process
+    process.close()
+    assert not process.non_json, f"stdout carried non-protocol lines: {process.non_json[:3]}"
+
+
+@pytest.fixture(scope="module")
+def file_server(tmp_path_factory):
+    """Dify's file server stand-in: a loopback HTTP server over a folder."""
+    import functools
+    import http.server
+    import threading
+
+    from stdio_harness import dify_file
+
+    root = tmp_path_factory.mktemp("files")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    handler.log_message = lambda *a, **k: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+
+    def publish(name: str, data: bytes) -> dict:
+        (root / name).write_bytes(data)
+        return dify_file(f"http://127.0.0.1:{server.server_port}/{name}", name, len(data))
+
+    yield publish
+    server.shutdown()

@@ -7,19 +7,10 @@ import json
 import pytest
 from PIL import Image
 
-from stdio_harness import PluginProcess, endpoint_request, http_response
+from stdio_harness import endpoint_request, http_response
 
 KEY = "endpoint-key-0123456789"
 AUTH = {"Authorization": f"Bearer {KEY}"}
-
-
-@pytest.fixture(scope="module")
-def plugin():
-    process = PluginProcess(heartbeat_interval=0.25)
-    process.wait_ready()
-    yield process
-    process.close()
-    assert not process.non_json
 
 
 @pytest.fixture()

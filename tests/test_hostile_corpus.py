@@ -5,26 +5,16 @@ file never sinks a batch."""
 import pytest
 
 from hostile_corpus import corpus
-from stdio_harness import PluginProcess, errors, json_message
-from test_stdio_plugin import file_server  # noqa: F401 - the loopback file server fixture
+from stdio_harness import errors, json_message
 
 CORPUS = corpus()
-
-
-@pytest.fixture(scope="module")
-def plugin():
-    process = PluginProcess(heartbeat_interval=0.25)
-    process.wait_ready()
-    yield process
-    process.close()
-    assert not process.non_json
 
 
 def _expect_ok(expectation: str) -> bool | None:
     return True if expectation == "ok" else (None if expectation.startswith("ok-or:") else False)
 
 
-def test_batch_nodes_sort_the_corpus_file_by_file(plugin, file_server, tiny_clip_dir, tmp_path):  # noqa: F811
+def test_batch_nodes_sort_the_corpus_file_by_file(plugin, file_server, tiny_clip_dir, tmp_path):
     creds = {"data_dir": str(tmp_path / "store"), "model": str(tiny_clip_dir), "default_collection": "hostile"}
     files = [file_server(name, data) for name, (data, _) in CORPUS.items()]
     report = json_message(plugin.invoke_tool("ingest", {"files": files}, creds))
@@ -44,7 +34,7 @@ def test_batch_nodes_sort_the_corpus_file_by_file(plugin, file_server, tiny_clip
 
 
 @pytest.mark.parametrize("name", list(CORPUS))
-def test_single_image_nodes(plugin, file_server, tiny_clip_dir, tmp_path, name):  # noqa: F811
+def test_single_image_nodes(plugin, file_server, tiny_clip_dir, tmp_path, name):
     data, expectation = CORPUS[name]
     creds = {"data_dir": str(tmp_path / "store"), "model": str(tiny_clip_dir), "default_collection": "h"}
     plugin.invoke_tool("ingest", {"texts": "a red circle"}, creds)

@@ -8,7 +8,7 @@ import pytest
 
 import json
 
-from stdio_harness import PluginProcess, endpoint_request, errors, http_response, json_message, tool_request
+from stdio_harness import endpoint_request, errors, http_response, json_message, tool_request
 
 SEARCHES, INGESTS, TEXTS_PER_INGEST, ENDPOINT_SEARCHES = 50, 5, 20, 20
 
@@ -18,15 +18,6 @@ def _rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return 0.0
-
-
-@pytest.fixture(scope="module")
-def plugin():
-    process = PluginProcess(heartbeat_interval=0.25)
-    process.wait_ready()
-    yield process
-    process.close()
-    assert not process.non_json
 
 
 def test_concurrent_searches_and_ingests(plugin, tiny_clip_dir, tmp_path):

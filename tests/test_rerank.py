@@ -9,7 +9,7 @@ from PIL import Image
 
 from crossmodal.errors import CrossmodalError
 from crossmodal.rerank import Candidate, pick_method
-from crossmodal.service import ImageInput, IngestItem, Service, parse_candidate_list
+from crossmodal.service import ImageInput, Service, parse_candidate_list
 from crossmodal.settings import Settings
 from tiny_models import save_tiny_blip_itm, save_tiny_cross_encoder
 

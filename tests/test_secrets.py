@@ -1,20 +1,10 @@
 """API keys and tokens never appear in outputs, errors or logs, whatever fails."""
 
-import pytest
-
-from stdio_harness import PluginProcess, errors, validate_request
+from stdio_harness import errors, validate_request
 
 STORE_KEY = "qdrant-secret-key-5e3f1a"
 HF_TOKEN = "hf_secretTokenValue9271"
 ENDPOINT_SECRET = "mirror-password-77"
-
-
-@pytest.fixture(scope="module")
-def plugin():
-    process = PluginProcess(heartbeat_interval=0.25)
-    process.wait_ready()
-    yield process
-    process.close()
 
 
 def test_secrets_stay_out_of_errors_outputs_and_logs(plugin, tmp_path, tiny_clip_dir):

@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import functools
-import http.server
 import io
-import threading
 import time
 
 import pytest
 from PIL import Image
 
 from stdio_harness import (
-    PluginProcess,
     blobs,
-    dify_file,
     errors,
     json_message,
     stream_messages,
@@ -22,32 +17,6 @@ from stdio_harness import (
     validate_request,
     variables,
 )
-
-
-@pytest.fixture(scope="module")
-def file_server(tmp_path_factory):
-    """Dify's file server stand-in: a loopback HTTP server over a folder."""
-    root = tmp_path_factory.mktemp("files")
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
-    handler.log_message = lambda *a, **k: None
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-
-    def publish(name: str, data: bytes) -> dict:
-        (root / name).write_bytes(data)
-        return dify_file(f"http://127.0.0.1:{server.server_port}/{name}", name, len(data))
-
-    yield publish
-    server.shutdown()
-
-
-@pytest.fixture(scope="module")
-def plugin():
-    process = PluginProcess(heartbeat_interval=0.25)
-    process.wait_ready()
-    yield process
-    process.close()
-    assert not process.non_json, f"stdout carried non-protocol lines: {process.non_json[:3]}"
 
 
 @pytest.fixture()
