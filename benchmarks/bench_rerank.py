@@ -16,21 +16,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.bench_ingest import save_vit_b32  # noqa: E402
-from benchmarks.common import save, table  # noqa: E402
+from benchmarks.common import matmul_peak_gflops, save, table  # noqa: E402
 
 SEQ_LEN = 64  # query + passage tokens per pair
-
-
-def matmul_peak_gflops(dtype=None, n: int = 2048, repeat: int = 10) -> float:
-    import torch
-
-    dtype = dtype or torch.float32
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    torch.mm(a, b)
-    started = time.perf_counter()
-    for _ in range(repeat):
-        torch.mm(a, b)
-    return 2 * n ** 3 * repeat / (time.perf_counter() - started) / 1e9
 
 
 def minilm_flops_per_pair(hidden=384, intermediate=1536, layers=6, seq=SEQ_LEN) -> float:

@@ -21,6 +21,18 @@ def machine() -> dict:
             "torch": torch.__version__}
 
 
+def matmul_peak_gflops(dtype=None, n: int = 2048, repeat: int = 10) -> float:
+    import torch
+
+    dtype = dtype or torch.float32
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    torch.mm(a, b)
+    started = time.perf_counter()
+    for _ in range(repeat):
+        torch.mm(a, b)
+    return 2 * n ** 3 * repeat / (time.perf_counter() - started) / 1e9
+
+
 def timed(fn, *args, repeat: int = 1, **kwargs):
     """(result of the last call, seconds per call)."""
     started = time.perf_counter()

@@ -23,8 +23,9 @@ def _store_args(p: argparse.ArgumentParser) -> None:
 def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="preset, hub id or local directory (default: auto)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
-                   help="bf16: autocast (fp16 on CUDA), used when it agrees with fp32 (cosine >= 0.999)")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "onnx", "int8"],
+                   help="bf16: autocast (fp16 on CUDA); onnx / int8: ONNX Runtime (export cached); each used when it "
+                        "agrees with fp32 (mean cosine >= 0.999), else the next one (int8 -> bf16 -> fp32)")
 
 
 def _service(args):

@@ -34,7 +34,11 @@ PRESETS: dict[str, str] = {
 }
 DEFAULT_MODEL = "clip-vit-base-patch32"
 SUPPORTED_TYPES = ("clip", "chinese_clip", "siglip", "siglip2")
-PRECISIONS = ("fp32", "bf16")
+# fp32; bf16 = half-precision autocast (bf16 on CPUs with bf16 units, fp16 on CUDA); onnx = ONNX Runtime fp32;
+# int8 = ONNX Runtime with dynamic int8 quantisation (crossmodal/acceleration.py).
+PRECISIONS = ("fp32", "bf16", "onnx", "int8")
+# When a precision is unavailable or disagrees with fp32, the next one is tried.
+PRECISION_FALLBACK = {"int8": "bf16", "bf16": "fp32", "onnx": "fp32"}
 PRECISION_AGREEMENT = 0.999
 HUB_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken"]
 
@@ -135,7 +139,7 @@ def pick_device(device: str | None) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
-        raise CrossmodalError("CUDA was asked for but no GPU is visible; choose cpu or auto", param="device")
+        return "cpu"  # get_encoder notes the fallback; a missing GPU never fails a node
     if device not in ("cpu", "cuda"):
         raise CrossmodalError(f"'{device}' is not one of auto, cpu, cuda", param="device")
     return device
@@ -171,6 +175,12 @@ class Encoder:
         self.precision = "fp32"  # see use_precision
         self.precision_note: str | None = None
         self.precision_agreement: float | None = None
+        self._onnx = None  # OnnxTowers when precision is onnx or int8
+        from crossmodal.batching import DynamicBatcher
+
+        # Concurrent sessions' query vectors share forward passes (crossmodal/batching.py).
+        self.text_queries = DynamicBatcher(self._text_query_batch, max_batch=2 * self.batch_size)
+        self.image_queries = DynamicBatcher(self._image_query_batch, max_batch=self.batch_size)
         self._lock = os_lock()  # torch modules are not re-entrant across threads for one model
 
     def _probe_dim(self) -> int:
@@ -215,6 +225,30 @@ class Encoder:
             chunks.append(self.image_features(pixels))
         return self._finish(chunks, normalize)
 
+    @property
+    def fast_preprocessor(self):
+        """The processor's recipe run faster for bulk ingest (crossmodal/preprocess.py); None when the
+        processor does something it does not reproduce."""
+        if not hasattr(self, "_fast_preprocessor"):
+            from crossmodal.preprocess import FastPreprocessor
+
+            self._fast_preprocessor = FastPreprocessor.from_processor(self.processor)
+        return self._fast_preprocessor
+
+    def query_text_vector(self, text: str) -> tuple[np.ndarray, bool]:
+        """One query's unit vector, computed in a batch with concurrent queries; (vector, truncated)."""
+        return self.text_queries.submit(text)
+
+    def query_image_vector(self, image) -> np.ndarray:
+        return self.image_queries.submit(self.preprocess([image])[0])
+
+    def _text_query_batch(self, texts: Sequence[str]) -> list:
+        encoded = self.encode_texts(list(texts))
+        return [(vector, i in encoded.truncated) for i, vector in enumerate(encoded.vectors)]
+
+    def _image_query_batch(self, pixels: Sequence) -> list:
+        return list(self.embed_pixels(self._torch.stack(list(pixels))))
+
     def preprocess(self, images: Sequence):
         """The model's own processor: PIL images -> normalised pixel tensor (N x 3 x S x S)."""
         return self.processor(images=list(images), return_tensors="pt")["pixel_values"]
@@ -246,6 +280,8 @@ class Encoder:
         return [len(x) for x in ids]
 
     def image_features(self, pixel_values):
+        if self._onnx is not None:
+            return self._onnx.image_features(pixel_values)
         with self._lock, self._torch.inference_mode(), self._autocast():
             out = self.model.get_image_features(pixel_values=pixel_values.to(self.device))
         return _pooled(out)
@@ -254,46 +290,72 @@ class Encoder:
         tokens = {k: v.to(self.device) for k, v in tokens.items() if k in ("input_ids", "attention_mask")}
         if self.model_type.startswith("siglip"):
             tokens.pop("attention_mask", None)  # SigLIP was trained without a text mask
+        if self._onnx is not None:
+            return self._onnx.text_features(tokens)
         with self._lock, self._torch.inference_mode(), self._autocast():
             out = self.model.get_text_features(**tokens)
         return _pooled(out)
 
     # -- precision -------------------------------------------------------------
     def _autocast(self):
-        if self.precision == "fp32":
+        if self.precision not in ("bf16", "fp16"):
             return contextlib.nullcontext()
         dtype = self._torch.bfloat16 if self.precision == "bf16" else self._torch.float16
         return self._torch.autocast(self.device, dtype=dtype)
 
     def use_precision(self, wanted: str) -> str:
-        """Run in ``wanted`` precision (bf16 autocast on CPUs with bf16 units; on CUDA, fp16) when its
-        embeddings agree with fp32 (mean cosine >= PRECISION_AGREEMENT on a calibration batch of generated
-        scenes and captions); otherwise stay in fp32 and say why in ``precision_note``."""
+        """Run in ``wanted`` precision when it is available here and its embeddings agree with fp32 (mean
+        cosine >= PRECISION_AGREEMENT on a calibration batch of generated scenes and captions); otherwise try
+        the next one (PRECISION_FALLBACK) and say why in ``precision_note``. Never raises for a precision
+        the machine cannot run."""
         wanted = (wanted or "fp32").lower()
         if wanted not in PRECISIONS:
             raise CrossmodalError(f"'{wanted}' is not one of {', '.join(PRECISIONS)}", param="precision")
+        self._set_runtime("fp32")
+        self.precision_note, self.precision_agreement = None, None
         if wanted == "fp32":
-            self.precision, self.precision_note = "fp32", None
-            return self.precision
-        target = "fp16" if self.device == "cuda" else "bf16"
-        if self.device == "cpu" and not cpu_has_bf16():
-            self.precision_note = "bf16 asked for, but this CPU has no bf16 support: running fp32"
-            self.precision = "fp32"
             return self.precision
         images, texts = _calibration_batch(self.image_size)
-        self.precision = "fp32"
         reference = np.vstack([self.encode_images(images), self.encode_texts(texts).vectors])
-        self.precision = target
-        trial = np.vstack([self.encode_images(images), self.encode_texts(texts).vectors])
-        agreement = float(np.mean(np.sum(reference * trial, axis=1)))
-        self.precision_agreement = round(agreement, 5)
-        if agreement < PRECISION_AGREEMENT:
-            self.precision = "fp32"
-            self.precision_note = (f"{target} embeddings agree with fp32 at mean cosine {agreement:.4f} "
-                                   f"(< {PRECISION_AGREEMENT}): running fp32")
-        else:
-            self.precision_note = None
+        notes = []
+        candidate = wanted
+        while candidate != "fp32":
+            problem = self._set_runtime(candidate, notes)
+            if problem is None:
+                trial = np.vstack([self.encode_images(images), self.encode_texts(texts).vectors])
+                agreement = float(np.mean(np.sum(reference * trial, axis=1)))
+                if agreement >= PRECISION_AGREEMENT:
+                    self.precision_agreement = round(agreement, 5)
+                    break
+                problem = f"its embeddings agree with fp32 at mean cosine {agreement:.4f} (< {PRECISION_AGREEMENT})"
+            notes.append(f"{candidate}: {problem}")
+            self._set_runtime("fp32")
+            candidate = PRECISION_FALLBACK[candidate]
+        if candidate != wanted:
+            notes.append(f"running {self.precision}")
+        self.precision_note = "; ".join(notes) or None
         return self.precision
+
+    def _set_runtime(self, precision: str, notes: list | None = None) -> str | None:
+        """Switch to ``precision``; returns why it cannot run here, or None."""
+        self._onnx = None
+        self.precision = "fp32"
+        if precision == "bf16" and self.device == "cpu" and not cpu_has_bf16():
+            return "this CPU has no bf16 support"
+        if precision in ("onnx", "int8"):
+            if self.device != "cpu":
+                return "ONNX Runtime runs on the CPU here; the GPU uses fp16 autocast (bf16) instead"
+            try:
+                from crossmodal.acceleration import load_towers
+
+                self._onnx, rebuilt = load_towers(self, precision)
+            except Exception as exc:  # noqa: BLE001 - an export failure falls back, it never fails the node
+                first_line = str(exc).splitlines()[0][:200] if str(exc) else ""
+                return f"the ONNX export failed ({type(exc).__name__}: {first_line})"
+            if rebuilt and notes is not None:
+                notes.append(rebuilt)
+        self.precision = "fp16" if precision == "bf16" and self.device == "cuda" else precision
+        return None
 
     def _finish(self, chunks, normalize: bool) -> np.ndarray:
         if not chunks:
@@ -339,6 +401,7 @@ def get_encoder(name: str | None = None, device: str | None = None, hub: HubOpti
                 precision: str = "fp32") -> Encoder:
     """One loaded encoder per (model, device, precision) per process, loaded on first use."""
     identity = model_identity(name)
+    asked_device = (device or "auto").lower()
     device = pick_device(device)
     key = (identity, device, precision)
     with _ENCODERS_LOCK:
@@ -349,6 +412,9 @@ def get_encoder(name: str | None = None, device: str | None = None, hub: HubOpti
             encoder = load_encoder(identity, device, hub)
             metrics.MODEL_LOAD.labels(model=identity).set(time.perf_counter() - started)
             encoder.use_precision(precision)
+            if asked_device == "cuda" and device == "cpu":
+                no_gpu = "CUDA was asked for but no GPU is visible: running on the CPU"
+                encoder.precision_note = "; ".join(filter(None, [no_gpu, encoder.precision_note]))
             _ENCODERS[key] = encoder
         return _ENCODERS[key]
 

@@ -44,6 +44,40 @@ def os_rlock():
     return threading.RLock()
 
 
+def os_queue():
+    """An unbounded FIFO whose blocking get() waits on a real OS lock (the C ``_queue.SimpleQueue``)."""
+    if gevent_patched():
+        from gevent import monkey
+
+        return monkey.get_original("queue", "SimpleQueue")()
+    import queue
+
+    return queue.SimpleQueue()
+
+
+def start_os_thread(fn: Callable[[], None]) -> None:
+    """Run ``fn`` in a new OS thread (not a greenlet, even under gevent's patching)."""
+    if gevent_patched():
+        from gevent import monkey
+
+        monkey.get_original("_thread", "start_new_thread")(fn, ())
+        return
+    import threading
+
+    threading.Thread(target=fn, daemon=True).start()
+
+
+def os_sleep(seconds: float) -> None:
+    if gevent_patched():
+        from gevent import monkey
+
+        monkey.get_original("time", "sleep")(seconds)
+        return
+    import time
+
+    time.sleep(seconds)
+
+
 def offload(fn: Callable[..., T], *args, **kwargs) -> T:
     if not gevent_patched():
         return fn(*args, **kwargs)

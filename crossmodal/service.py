@@ -4,6 +4,7 @@ calls one of these functions, and formats what comes back. Nothing here knows Di
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import io
 import json
@@ -21,6 +22,7 @@ from crossmodal.runtime import os_lock
 from crossmodal.errors import CrossmodalError, NotFoundError
 from crossmodal.images import DecodedImage, decode_image
 from crossmodal.models import Encoder, get_encoder, model_identity
+from crossmodal.pipeline import decode_workers, ordered_map
 from crossmodal.settings import Settings
 from crossmodal.store import Condition, Hit, StoredPoint, VectorStore, check_collection_name, open_store, parse_filter
 
@@ -84,6 +86,12 @@ class PreparedItem(NamedTuple):
     point_id: str
     decoded: DecodedImage | None  # None for a text item
     payload: dict[str, Any]
+    pixels: np.ndarray | None = None  # resized + cropped uint8 model input (FastPreprocessor), when prepared
+
+
+class Rejected(NamedTuple):
+    item: IngestItem
+    reason: str
 
 
 class Service:
@@ -173,9 +181,12 @@ class Service:
         report = {"collection": name, "model": encoder.identity, "added": 0, "duplicates": 0, "rejected": [],
                   "items": [], "warnings": []}
         seen: set[str] = set()
-        chunk: list[IngestItem] = []
-        for item in items:
-            chunk.append(item)
+        fast = encoder.fast_preprocessor
+        prepared = ordered_map(lambda item: prepare_or_reject(item, fast, keep_full=regions), items,
+                               workers=decode_workers(), window=2 * INGEST_CHUNK)
+        chunk: list[PreparedItem | Rejected] = []
+        for result in prepared:
+            chunk.append(result)
             if len(chunk) >= INGEST_CHUNK:
                 self._ingest_chunk(name, encoder, chunk, seen, report, regions)
                 progress and progress(len(chunk))
@@ -205,16 +216,15 @@ class Service:
             param="model",
         )
 
-    def _ingest_chunk(self, name: str, encoder: Encoder, chunk: list[IngestItem], seen: set, report: dict,
+    def _ingest_chunk(self, name: str, encoder: Encoder, chunk: list, seen: set, report: dict,
                       regions: bool = False):
         prepared: list[PreparedItem] = []
-        for item in chunk:
-            try:
-                prepared.append(prepare_item(item))
-            except CrossmodalError as exc:  # read and decode errors all arrive as this
-                reason = str(exc)
-                report["rejected"].append({"source": item.name, "reason": reason})
-                report["items"].append({"source": item.name, "status": "rejected", "reason": reason})
+        for result in chunk:
+            if isinstance(result, Rejected):
+                report["rejected"].append({"source": result.item.name, "reason": result.reason})
+                report["items"].append({"source": result.item.name, "status": "rejected", "reason": result.reason})
+            else:
+                prepared.append(result)
         existing = self.store.existing_ids(name, [p.point_id for p in prepared])
         fresh: list[PreparedItem] = []
         for p in prepared:
@@ -249,8 +259,13 @@ class Service:
         vectors = np.zeros((len(fresh), encoder.dim), dtype=np.float32)
         image_rows = [i for i, p in enumerate(fresh) if p.decoded is not None]
         text_rows = [i for i, p in enumerate(fresh) if p.decoded is None]
-        if image_rows:
-            vectors[image_rows] = encoder.encode_images([fresh[i].decoded.image for i in image_rows])
+        ready = [i for i in image_rows if fresh[i].pixels is not None]
+        others = [i for i in image_rows if fresh[i].pixels is None]
+        if ready:
+            pixels = encoder.fast_preprocessor.normalise([fresh[i].pixels for i in ready])
+            vectors[ready] = encoder.embed_pixels(pixels, batch_size=encoder.batch_size)
+        if others:
+            vectors[others] = encoder.encode_images([fresh[i].decoded.image for i in others])
         if text_rows:
             texts = [fresh[i].payload["text"] for i in text_rows]
             encoded = encoder.encode_texts(texts)
@@ -363,15 +378,15 @@ class Service:
     def _query_vector(self, encoder: Encoder, text, image, text_weight):
         warnings, parts, weights = [], [], []
         if text:
-            encoded = encoder.encode_texts([text])
-            parts.append(encoded.vectors[0])
+            vector, truncated = encoder.query_text_vector(text)
+            parts.append(vector)
             weights.append(text_weight if image is not None else 1.0)
-            if encoded.truncated:
+            if truncated:
                 warnings.append(truncation_warning(text, encoder))
         if image is not None:
             decoded = decode_image(read_input(image), param="image")
             warnings += decoded.notes
-            parts.append(encoder.encode_images([decoded.image])[0])
+            parts.append(encoder.query_image_vector(decoded.image))
             weights.append(1.0 - text_weight if text else 1.0)
         # Weighted sum of unit vectors: its cosine with x ranks by the weighted mean of the two cosines.
         fused = sum(w * p for w, p in zip(weights, parts))
@@ -584,8 +599,19 @@ def read_input(image: ImageInput) -> bytes:
         raise CrossmodalError(f"cannot read {image.source}: {exc}", param="image") from None
 
 
-def prepare_item(item: IngestItem) -> PreparedItem:
-    """Read and validate one item; its point id derives from its content."""
+def prepare_or_reject(item: IngestItem, fast=None, keep_full: bool = False) -> PreparedItem | Rejected:
+    try:
+        return prepare_item(item, fast, keep_full)
+    except CrossmodalError as exc:  # read and decode errors all arrive as this
+        return Rejected(item, str(exc))
+
+
+def prepare_item(item: IngestItem, fast=None, keep_full: bool = True) -> PreparedItem:
+    """Read and validate one item; its point id derives from its content.
+
+    With ``fast`` (a FastPreprocessor) the model input is made here too, so that worker threads do it;
+    unless ``keep_full``, a JPEG is then decoded only as large as the model input and the thumbnail need,
+    and the decoded picture is dropped once they are made."""
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
     tags = [str(t).strip() for t in item.tags if str(t).strip()]
     payload: dict[str, Any] = {"source": item.name, "caption": item.caption, "tags": tags,
@@ -596,13 +622,26 @@ def prepare_item(item: IngestItem) -> PreparedItem:
         payload.update(kind="text", text=text, sha256=digest, mime_type="text/plain")
         return PreparedItem(item, point_id(digest), None, payload)
     data = read_input(item.image)
-    decoded = decode_image(data, param=f"files[{item.name}]")
+    min_size = None if (fast is None or keep_full) else (lambda w, h: _draft_request(fast, w, h))
+    decoded = decode_image(data, param=f"files[{item.name}]", min_size=min_size)
     digest = hashlib.sha256(data).hexdigest()
     payload.update(kind="image", sha256=digest, width=decoded.width, height=decoded.height,
                    mime_type=decoded.mime_type, thumbnail=thumbnail_b64(decoded.image))
     if decoded.notes:
         payload["notes"] = decoded.notes
-    return PreparedItem(item, point_id(digest), decoded, payload)
+    pixels = fast.to_uint8(decoded.image) if fast is not None else None
+    if pixels is not None and not keep_full:
+        decoded = dataclasses.replace(decoded, image=None)
+    return PreparedItem(item, point_id(digest), decoded, payload, pixels)
+
+
+def _draft_request(fast, width: int, height: int) -> tuple[int, int]:
+    """What a drafted JPEG must still cover: the model's resize input (either orientation, since EXIF may
+    rotate it) and a full-size thumbnail."""
+    w1, h1 = fast.draft_request(width, height)
+    h2, w2 = fast.draft_request(height, width)
+    shrink = THUMBNAIL_SIDE / max(width, height)
+    return max(w1, w2, int(width * shrink)), max(h1, h2, int(height * shrink))
 
 
 def parse_candidate_list(raw) -> list:

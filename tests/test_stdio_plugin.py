@@ -114,7 +114,7 @@ def test_bad_input_is_a_clear_error(plugin, creds, tool, params, needle):
 
 
 def test_heartbeats_and_other_sessions_continue_during_a_slow_call(plugin, creds, file_server):
-    big = [file_server(f"big{i}.png", png((i, 2 * i, 3 * i), size=(2400, 2400))) for i in range(12)]
+    big = [file_server(f"big{i}.png", png((i, 2 * i, 3 * i), size=(2400, 2400))) for i in range(30)]
     slow = plugin.send(tool_request("ingest", {"files": big}, creds))
     time.sleep(0.3)
     quick = plugin.send(tool_request("collections", {"action": "list"}, creds))
@@ -127,7 +127,7 @@ def test_heartbeats_and_other_sessions_continue_during_a_slow_call(plugin, creds
         for sid, messages in got.items():
             results[sid] = messages
             done_order.append((sid, time.monotonic() - started))
-    assert not errors(results[slow]) and json_message(results[slow])["added"] == 12
+    assert not errors(results[slow]) and json_message(results[slow])["added"] == 30
     assert done_order[0][0] == quick, "a quick call waited behind the slow one: the loop was blocked"
     slow_seconds = dict(done_order)[slow]
     beats = [t for t in plugin.heartbeats[beats_before:]]
