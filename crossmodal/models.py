@@ -393,7 +393,7 @@ def l2_normalize(vectors: np.ndarray) -> np.ndarray:
     return (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
 
 
-_ENCODERS: dict[tuple[str, str, str], Encoder] = {}
+_ENCODERS: dict[tuple, Encoder] = {}
 _ENCODERS_LOCK = os_lock()
 
 
@@ -403,7 +403,8 @@ def get_encoder(name: str | None = None, device: str | None = None, hub: HubOpti
     identity = model_identity(name)
     asked_device = (device or "auto").lower()
     device = pick_device(device)
-    key = (identity, device, precision)
+    no_gpu = asked_device == "cuda" and device == "cpu"
+    key = (identity, device, precision, no_gpu)  # the fallback's note stays with those who asked for CUDA
     with _ENCODERS_LOCK:
         if key not in _ENCODERS:
             from crossmodal import metrics
@@ -412,9 +413,9 @@ def get_encoder(name: str | None = None, device: str | None = None, hub: HubOpti
             encoder = load_encoder(identity, device, hub)
             metrics.MODEL_LOAD.labels(model=identity).set(time.perf_counter() - started)
             encoder.use_precision(precision)
-            if asked_device == "cuda" and device == "cpu":
-                no_gpu = "CUDA was asked for but no GPU is visible: running on the CPU"
-                encoder.precision_note = "; ".join(filter(None, [no_gpu, encoder.precision_note]))
+            if no_gpu:
+                note = "CUDA was asked for but no GPU is visible: running on the CPU"
+                encoder.precision_note = "; ".join(filter(None, [note, encoder.precision_note]))
             _ENCODERS[key] = encoder
         return _ENCODERS[key]
 

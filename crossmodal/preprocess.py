@@ -15,6 +15,9 @@ import numpy as np
 from PIL import Image
 
 
+DRAFT_GAP = 1.5
+
+
 @dataclass(frozen=True)
 class FastPreprocessor:
     shortest_edge: int | None  # resize so the shorter side is this (aspect kept) ...
@@ -66,9 +69,11 @@ class FastPreprocessor:
         return (self.shortest_edge, new_long) if width <= height else (new_long, self.shortest_edge)
 
     def draft_request(self, width: int, height: int) -> tuple[int, int]:
-        """The smallest size the decoder may hand back: the resize's input must not be smaller than its output."""
+        """The smallest size the decoder may hand back: DRAFT_GAP times the resize's output, so that Pillow's
+        antialiasing resize still does the last reduction (decoding straight to the output size lost up to
+        0.006 cosine on the demo model; 1.5x keeps 0.99999)."""
         w, h = self.resized_size(width, height)
-        return max(w, 1), max(h, 1)
+        return max(int(w * DRAFT_GAP), 1), max(int(h * DRAFT_GAP), 1)
 
     def to_uint8(self, image: Image.Image) -> np.ndarray:
         """Resize and crop one RGB image: H x W x 3 uint8 (normalising waits for the batch)."""

@@ -140,7 +140,7 @@ class Service:
         if not images and not texts:
             raise CrossmodalError("give at least one image or one text", param="images")
         encoder, route = self.routed_encoder(asked=model, text=" ".join(texts))
-        items, rejected, warnings = [], [], []
+        items, rejected, warnings = [], [], precision_warnings(encoder)
         decoded = []
         for image in images:
             try:
@@ -159,8 +159,8 @@ class Service:
                 items.append({"kind": "text", "text": text, "vector": vec.tolist()})
                 if i in encoded.truncated:
                     warnings.append(truncation_warning(text, encoder))
-        return {"model": encoder.identity, "dimension": encoder.dim, "items": items, "rejected": rejected,
-                "warnings": warnings, "route": route.as_dict()}
+        return {"model": encoder.identity, "dimension": encoder.dim, "precision": encoder.precision, "items": items,
+                "rejected": rejected, "warnings": warnings, "route": route.as_dict()}
 
     # -- ingest --------------------------------------------------------------
     def ingest(
@@ -178,8 +178,8 @@ class Service:
         name = self._collection(collection)
         encoder = self._encoder_for_write(name, model)
         self.store.ensure_collection(name, encoder.identity, encoder.dim)
-        report = {"collection": name, "model": encoder.identity, "added": 0, "duplicates": 0, "rejected": [],
-                  "items": [], "warnings": []}
+        report = {"collection": name, "model": encoder.identity, "precision": encoder.precision, "added": 0,
+                  "duplicates": 0, "rejected": [], "items": [], "warnings": precision_warnings(encoder)}
         seen: set[str] = set()
         fast = encoder.fast_preprocessor
         prepared = ordered_map(lambda item: prepare_or_reject(item, fast, keep_full=regions), items,
@@ -327,7 +327,7 @@ class Service:
                 thumbnails[hit.id] = base64.b64decode(thumb)
             results.append(hit.as_dict())
         out = {"results": results, "model": encoder.identity, "collection": name, "query_kind": query_kind,
-               "target": target, "warnings": warnings, "route": route.as_dict()}
+               "target": target, "warnings": precision_warnings(encoder) + warnings, "route": route.as_dict()}
         if with_thumbnails:
             out["thumbnails"] = thumbnails
         return out
@@ -588,6 +588,11 @@ class Service:
 
 
 # -- helpers shared by the adapters ---------------------------------------------------
+def precision_warnings(encoder: Encoder) -> list[str]:
+    """A precision or device that fell back says so in every output that used it."""
+    return [encoder.precision_note] if encoder.precision_note else []
+
+
 def read_input(image: ImageInput) -> bytes:
     try:
         return image.read()

@@ -1,5 +1,6 @@
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# ONNX exports made by tests (and by the plugin processes they start) go to a throwaway cache.
+os.environ.setdefault("CROSSMODAL_ONNX_CACHE", tempfile.mkdtemp(prefix="crossmodal-test-onnx-"))
 
 from tiny_models import save_tiny_clip  # noqa: E402
 

@@ -239,3 +239,21 @@ def test_rerank_node_and_search_with_rerank(plugin, tmp_path, file_server):
     assert "needs image candidates" in error["message"]
     empty = json_message(plugin.invoke_tool("rerank", {"query": "x", "candidates": "[]"}, creds))
     assert empty["results"] == []
+
+
+def test_int8_precision_through_the_plugin(plugin, tmp_path, file_server):
+    """The precision credential reaches the encoder: int8 (ONNX Runtime) ingests and searches, and says so."""
+    from crossmodal.scenes import generate_scene
+
+    creds = {"data_dir": str(tmp_path / "store"), "model": "demo-shapes", "precision": "int8"}
+    files = []
+    for k, colour in enumerate(["red", "blue"]):
+        buf = io.BytesIO()
+        generate_scene(890_000_000 + k, 400, 300, 1).image.save(buf, "JPEG")
+        files.append(file_server(f"int8-{k}.jpg", buf.getvalue()))
+    messages = plugin.invoke_tool("ingest", {"files": files, "collection": "int8"}, creds)
+    assert not errors(messages)
+    report = json_message(messages)
+    assert report["precision"] == "int8" and report["added"] == 2 and report["warnings"] == []
+    messages = plugin.invoke_tool("search", {"query": "a circle", "collection": "int8"}, creds)
+    assert not errors(messages) and len(json_message(messages)["results"]) == 2

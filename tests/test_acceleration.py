@@ -1,0 +1,131 @@
+"""ONNX Runtime fp32 / int8 towers, their on-disk cache, and the precision fallback chain."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from crossmodal import acceleration
+from crossmodal.models import PRECISION_AGREEMENT, get_encoder, load_encoder
+from crossmodal.scenes import generate_scene
+
+
+@pytest.fixture()
+def onnx_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("CROSSMODAL_ONNX_CACHE", str(tmp_path / "onnx"))
+    return tmp_path / "onnx"
+
+
+@pytest.fixture(scope="module")
+def scenes():
+    images = [generate_scene(880_000_000 + k, 300, 260, 2).image for k in range(6)]
+    texts = ["a red circle", "a small blue star on the left", "一个红色圆形和一个蓝色星形", "a large green heart"]
+    return images, texts
+
+
+def _vectors(encoder, images, texts):
+    return np.vstack([encoder.encode_images(images), encoder.encode_texts(texts).vectors])
+
+
+@pytest.mark.parametrize("precision", ["onnx", "int8"])
+def test_onnx_runtimes_agree_with_fp32_and_are_cached(precision, onnx_cache, scenes):
+    encoder = load_encoder("demo-shapes")
+    reference = _vectors(encoder, *scenes)
+    assert encoder.use_precision(precision) == precision and encoder.precision_note is None
+    assert encoder.precision_agreement >= PRECISION_AGREEMENT
+    fresh = _vectors(encoder, *scenes)  # inputs other than the calibration batch
+    assert np.mean(np.sum(reference * fresh, axis=1)) >= PRECISION_AGREEMENT
+    (entry,) = [p for p in onnx_cache.iterdir() if p.name.startswith(f"demo-shapes-{precision}-")]
+    assert acceleration.verify(entry) is None
+    built = {p.name: p.stat().st_mtime_ns for p in entry.iterdir()}
+    again = load_encoder("demo-shapes")
+    assert again.use_precision(precision) == precision
+    assert {p.name: p.stat().st_mtime_ns for p in entry.iterdir()} == built, "the cached export was rebuilt"
+
+
+def test_int8_weights_are_smaller(onnx_cache):
+    encoder = load_encoder("demo-shapes")
+    encoder.use_precision("onnx")
+    encoder.use_precision("int8")
+    sizes = {p.name.split("-")[2]: (p / "vision.onnx").stat().st_size for p in onnx_cache.iterdir()}
+    assert sizes["int8"] < 0.5 * sizes["onnx"]
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "no-manifest", "missing-file"])
+def test_a_corrupt_cached_export_is_rebuilt_not_trusted(damage, onnx_cache, scenes):
+    encoder = load_encoder("demo-shapes")
+    reference = _vectors(encoder, *scenes)
+    encoder.use_precision("onnx")
+    (entry,) = list(onnx_cache.iterdir())
+    vision = entry / "vision.onnx"
+    if damage == "truncate":
+        vision.write_bytes(vision.read_bytes()[:1000])
+    elif damage == "garbage":
+        vision.write_bytes(b"\x00" * vision.stat().st_size)
+    elif damage == "no-manifest":
+        (entry / "manifest.json").unlink()
+    else:
+        vision.unlink()
+    assert acceleration.verify(entry) is not None
+    again = load_encoder("demo-shapes")
+    assert again.use_precision("onnx") == "onnx"
+    assert "corrupt" in again.precision_note and "rebuilt" in again.precision_note
+    assert acceleration.verify(entry) is None
+    assert np.mean(np.sum(reference * _vectors(again, *scenes), axis=1)) >= PRECISION_AGREEMENT
+
+
+def test_disagreement_falls_back_along_the_chain_and_says_so(onnx_cache, monkeypatch):
+    import crossmodal.models as models
+
+    monkeypatch.setattr(models, "PRECISION_AGREEMENT", 1.01)  # nothing but fp32 itself can pass
+    encoder = load_encoder("demo-shapes")
+    assert encoder.use_precision("int8") == "fp32"
+    note = encoder.precision_note
+    assert note.startswith("int8: its embeddings agree with fp32 at mean cosine")
+    assert "bf16:" in note and note.endswith("running fp32")
+
+
+def test_an_export_failure_falls_back_without_failing(onnx_cache, monkeypatch):
+    def broken(encoder, out):
+        raise RuntimeError("exporter exploded\nwith a long trace")
+
+    monkeypatch.setattr(acceleration, "export_towers", broken)
+    encoder = load_encoder("demo-shapes")
+    used = encoder.use_precision("int8")
+    assert "int8: the ONNX export failed (RuntimeError: exporter exploded)" in encoder.precision_note
+    assert used in ("bf16", "fp32") and "\n" not in encoder.precision_note
+    assert list(onnx_cache.iterdir()) == []  # the half-built staging directory was removed
+
+
+def test_bf16_on_a_cpu_without_bf16_falls_back(monkeypatch):
+    import crossmodal.models as models
+
+    monkeypatch.setattr(models, "cpu_has_bf16", lambda: False)
+    encoder = load_encoder("demo-shapes")
+    assert encoder.use_precision("bf16") == "fp32"
+    assert encoder.precision_note == "bf16: this CPU has no bf16 support; running fp32"
+
+
+def test_cuda_without_a_gpu_runs_on_the_cpu_with_a_note():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    encoder = get_encoder("demo-shapes", "cuda")
+    assert encoder.device == "cpu"
+    assert "no GPU is visible: running on the CPU" in encoder.precision_note
+    assert encoder.encode_images([Image.new("RGB", (40, 40), "red")]).shape == (1, encoder.dim)
+
+
+def test_every_output_says_when_precision_fell_back(tmp_path, monkeypatch):
+    import crossmodal.models as models
+    from crossmodal.service import IngestItem, Service
+    from crossmodal.settings import Settings
+
+    monkeypatch.setattr(models, "cpu_has_bf16", lambda: False)
+    monkeypatch.setattr(models, "_ENCODERS", {})
+    service = Service(Settings(data_dir=str(tmp_path / "store"), model="demo-shapes", precision="bf16"))
+    report = service.ingest([IngestItem(text="a red circle")], "c")
+    assert report["precision"] == "fp32" and "bf16: this CPU has no bf16 support" in report["warnings"][0]
+    found = service.search("a red circle", collection="c", target="text")
+    assert "bf16: this CPU has no bf16 support" in found["warnings"][0]
+    assert service.embed(texts=["a red circle"])["precision"] == "fp32"
