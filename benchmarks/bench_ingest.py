@@ -56,7 +56,7 @@ def image_flops(encoder) -> float:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    pixels = torch.zeros(1, 3, encoder.image_size, encoder.image_size)
+    pixels = torch.zeros(1, 3, encoder.image_size, encoder.image_size, device=encoder.device)
     with FlopCounterMode(display=False) as counter, torch.inference_mode():
         encoder.model.get_image_features(pixel_values=pixels)
     return float(counter.get_total_flops())

@@ -21,15 +21,20 @@ def machine() -> dict:
             "torch": torch.__version__}
 
 
-def matmul_peak_gflops(dtype=None, n: int = 2048, repeat: int = 10) -> float:
+def matmul_peak_gflops(dtype=None, n: int = 2048, repeat: int = 10, device: str = "cpu") -> float:
+    """Measured matrix-multiply throughput: the hardware limit the other figures are compared with."""
     import torch
 
     dtype = dtype or torch.float32
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
     torch.mm(a, b)
+    if device == "cuda":
+        torch.cuda.synchronize()
     started = time.perf_counter()
     for _ in range(repeat):
         torch.mm(a, b)
+    if device == "cuda":
+        torch.cuda.synchronize()
     return 2 * n ** 3 * repeat / (time.perf_counter() - started) / 1e9
 
 
