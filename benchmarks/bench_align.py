@@ -35,8 +35,12 @@ def main(argv=None) -> dict:
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args(argv)
 
+    import os
+
     from crossmodal.align import align
     from crossmodal.models import load_encoder
+
+    os.environ.setdefault("CROSSMODAL_ONNX_CACHE", str(Path(tempfile.gettempdir()) / "crossmodal-bench-onnx"))
     from crossmodal.scenes import generate_scene
 
     image = generate_scene(42, 2048, 2048, 2, size_range=(0.04, 0.05)).image
@@ -47,7 +51,7 @@ def main(argv=None) -> dict:
         naive_all_tiles(encoder, image)  # warm-up
         naive = statistics.median(naive_all_tiles(encoder, image) for _ in range(max(1, args.repeat // 2)))
         rows.append({"pass": "naive: 144 tiles of 224 px, fp32", "ms": round(naive * 1000), "speedup": 1.0})
-        for precision in ("fp32", "bf16"):
+        for precision in ("fp32", "bf16", "int8"):
             used = encoder.use_precision(precision)
             align(encoder, image, "a red circle and a blue star")  # warm-up
             runs = []

@@ -33,6 +33,7 @@ MAP_CELLS = 48  # cells along the longer side of the heat map
 TILED_ABOVE = 1024  # auto mode: images whose longer side exceeds this are tiled
 MAX_ASPECT_GLOBAL = 2.0  # auto mode: a global crop would hide too much of a longer image
 MAX_TILES = 64
+ALIGN_TILE_FRACTION = 3  # default tiles: a third of the shorter side (see default_tile_size)
 REFINED_TILES = 4  # tiles refined by occlusion in tiled mode (the best of each phrase, at most this many)
 PHRASE_SPLIT = re.compile(r"\s*(?:,|;|，|；|、|\band\b|和|与|以及)\s*", re.IGNORECASE)
 MODES = ("auto", "global", "tiled")
@@ -102,10 +103,11 @@ def _starts(length: int, tile: int, stride: int) -> list[int]:
     return starts
 
 
-def default_tile_size(width: int, height: int, model_input: int, overlap: float) -> int:
-    """A quarter of the shorter side (a 2048^2 image: 512-px tiles, 25 of them at 25 % overlap), never
-    below the model's input, grown until the tiles number at most MAX_TILES (panoramas)."""
-    tile = max(model_input, min(width, height) // 4)
+def default_tile_size(width: int, height: int, model_input: int, overlap: float, fraction: int = 4) -> int:
+    """A ``fraction`` of the shorter side, never below the model's input, grown until the tiles number at
+    most MAX_TILES (panoramas). Region retrieval uses quarters (2048^2: 512-px tiles, 25 at 25 % overlap),
+    the Align node thirds (683 px, 16 tiles: its occlusion refinement finds the object inside the tile)."""
+    tile = max(model_input, min(width, height) // fraction)
     while len(tile_boxes(width, height, tile, overlap)) > MAX_TILES:
         tile = int(tile * 1.25) + 1
     return tile
@@ -176,16 +178,31 @@ def occlusion_masks(side: int, window_frac: float = 0.25, stride_frac: float = 0
     return tile_boxes(side, side, window, 1 - stride_frac / window_frac)
 
 
-def occlusion_drops(encoder, pixels, phrase_vectors: np.ndarray, masks) -> tuple[np.ndarray, np.ndarray]:
+def occlusion_drops(encoder, pixels, phrase_vectors: np.ndarray, masks,
+                    reference: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Cosine of each phrase with the whole view, and how much it drops with each window hidden.
 
-    ``pixels`` is one normalised input (1 x 3 x S x S); hidden pixels are set to 0, the dataset mean."""
-    batch = pixels.repeat(len(masks) + 1, 1, 1, 1)
-    for k, (x0, y0, x1, y1) in enumerate(masks, start=1):
+    ``pixels`` is one normalised input (1 x 3 x S x S); hidden pixels are set to 0, the dataset mean.
+    ``reference``: the view's vector when already known (it is then not computed again)."""
+    batch = pixels.repeat(len(masks) + (reference is None), 1, 1, 1)
+    first = 1 if reference is None else 0
+    for k, (x0, y0, x1, y1) in enumerate(masks, start=first):
         batch[k, :, y0:y1, x0:x1] = 0
     vectors = encoder.embed_pixels(batch)
+    if reference is not None:
+        vectors = np.vstack([reference[None, :], vectors])
     cosines = phrase_vectors @ vectors.T  # phrases x (1 + masks)
     return cosines[:, 0], cosines[:, :1] - cosines[:, 1:]
+
+
+def _preprocess_crops(encoder, image, boxes):
+    """Model inputs for crops of ``image``: the encoder's fast preprocessing when it has one (the same
+    pixels as its processor, tests/test_preprocess.py), else the processor."""
+    crops = [image.crop(tuple(int(round(v)) for v in b)) for b in boxes]
+    fast = getattr(encoder, "fast_preprocessor", None)
+    if fast is None:
+        return encoder.preprocess(crops)
+    return fast.normalise([fast.to_uint8(c) for c in crops])
 
 
 def view_to_image(box, view, side_x: int, side_y: int):
@@ -248,19 +265,20 @@ def align(encoder, image, text: str, options: AlignOptions | None = None, calibr
         phrase_scores = [float(s) for s in phrase_global]
         tiles_used = 0
     else:
-        tile = int(options.tile_size or default_tile_size(width, height, encoder.image_size, options.overlap))
+        tile = int(options.tile_size or default_tile_size(width, height, encoder.image_size, options.overlap,
+                                                          ALIGN_TILE_FRACTION))
         tiles = tile_boxes(width, height, tile, options.overlap)
         if len(tiles) > MAX_TILES:
             raise CrossmodalError(f"{tile} px gives {len(tiles)} tiles (at most {MAX_TILES}); use larger tiles "
                                   "or leave tile_size empty", param="tile_size")
         clock = time.perf_counter()
-        tile_pixels = encoder.preprocess([image.crop(b) for b in tiles])
+        tile_pixels = _preprocess_crops(encoder, image, tiles)
         tile_vectors = encoder.embed_pixels(tile_pixels)
         timings["tiles_ms"] = _ms(clock)
         tile_scores = phrase_vectors @ tile_vectors.T  # phrases x tiles
         clock = time.perf_counter()
-        refined = (_refine_best_tiles(encoder, tile_pixels, tiles, tile_scores, phrase_vectors, width, height)
-                   if options.heatmap else {})
+        refined = (_refine_best_tiles(encoder, tile_pixels, tile_vectors, tiles, tile_scores, phrase_vectors,
+                                      width, height) if options.heatmap else {})
         timings["refine_ms"] = _ms(clock)
         for k, phrase in enumerate(phrases):
             best = int(np.argmax(tile_scores[k]))
@@ -305,8 +323,10 @@ def align(encoder, image, text: str, options: AlignOptions | None = None, calibr
     return result
 
 
-def _refine_best_tiles(encoder, tile_pixels, tiles, tile_scores, phrase_vectors, width: int, height: int) -> dict:
-    """Occlusion inside each phrase's best tile (at most REFINED_TILES distinct tiles)."""
+def _refine_best_tiles(encoder, tile_pixels, tile_vectors, tiles, tile_scores, phrase_vectors,
+                       width: int, height: int) -> dict:
+    """Occlusion inside each phrase's best tile (at most REFINED_TILES distinct tiles); the tile's own
+    vector is the unoccluded reference."""
     best_tiles = []
     for k in range(len(phrase_vectors)):
         best = int(np.argmax(tile_scores[k]))
@@ -314,11 +334,11 @@ def _refine_best_tiles(encoder, tile_pixels, tiles, tile_scores, phrase_vectors,
             best_tiles.append(best)
     out: dict = {}
     side = tile_pixels.shape[-1]
-    # Coarser windows than in global mode (a third, moved by a sixth: 25 masks): the tile is already a
-    # region, and the refinement must stay cheap.
-    masks = occlusion_masks(side, 1 / 3, 1 / 6)
+    # Coarser windows than in global mode (half the tile, moved by a quarter: 9 masks): the tile is already
+    # a region, and the refinement must stay cheap.
+    masks = occlusion_masks(side, 1 / 2, 1 / 4)
     for t in best_tiles[:REFINED_TILES]:
-        _, drops = occlusion_drops(encoder, tile_pixels[t : t + 1], phrase_vectors, masks)
+        _, drops = occlusion_drops(encoder, tile_pixels[t : t + 1], phrase_vectors, masks, tile_vectors[t])
         boxes = [view_to_image(m, tiles[t], side, side) for m in masks]
         out[("boxes", t)] = boxes
         for k in range(len(phrase_vectors)):

@@ -61,7 +61,7 @@ def test_large_image_is_tiled_and_finds_a_small_object(demo):
     scene = generate_scene(840_000_007, 2048, 2048, 1, size_range=(0.045, 0.05))
     obj = scene.objects[0]
     result = align(demo, scene.image, f"a {obj.color} {obj.shape}")
-    assert result["mode"] == "tiled" and result["tiles"] == 25
+    assert result["mode"] == "tiled" and result["tiles"] == 16
     x0, y0, x1, y1 = result["phrases"][0]["box"]
     assert x0 < obj.box[2] and obj.box[0] < x1 and y0 < obj.box[3] and obj.box[1] < y1
 
