@@ -136,3 +136,45 @@ def test_unreachable_server_fails_fast():
     with pytest.raises(StoreUnavailableError, match="cannot reach Qdrant"):
         RemoteStore(url="http://127.0.0.1:9").list_collections()
     assert time.monotonic() - started < 10
+
+
+def test_thumbnails_round_trip_on_both_backends(store):
+    import base64
+
+    store.create_collection("t", "m", 8)
+    thumb = base64.b64encode(b"\xff\xd8 jpeg bytes \xff\xd9").decode()
+    pts = points(3)
+    pts[0] = StoredPoint(pts[0].id, pts[0].vector, {"kind": "image", "thumbnail": thumb, "source": "a.jpg"})
+    store.upsert("t", pts)
+    hit = store.retrieve("t", [pts[0].id])[0]
+    assert hit.payload["thumbnail"] == thumb and hit.payload["source"] == "a.jpg"
+    top = store.query("t", pts[0].vector, 1)[0]
+    assert top.id == pts[0].id and top.payload["thumbnail"] == thumb
+
+
+def test_embedded_store_keeps_thumbnails_out_of_the_engine(tmp_path):
+    """The engine holds payloads in memory: thumbnails go to files beside the shard instead (memory stays
+    flat as a collection grows); collections written with thumbnails in the payload still serve them."""
+    import base64
+
+    import qdrant_edge as qe
+
+    from crossmodal.store.base import VECTOR_NAME
+
+    store = EdgeStore(str(tmp_path))
+    store.create_collection("t", "m", 8)
+    thumb = base64.b64encode(b"thumbnail bytes").decode()
+    (p,) = points(1)
+    store.upsert("t", [StoredPoint(p.id, p.vector, {"kind": "image", "thumbnail": thumb})])
+    shard = store._shard("t").shard
+    (raw,) = shard.retrieve([p.id], with_payload=True, with_vector=False)
+    assert "thumbnail" not in raw.payload
+    assert (tmp_path / "collections" / "t" / "thumbnails" / p.id[:2] / f"{p.id}.jpg").read_bytes() == b"thumbnail bytes"
+    assert store.retrieve("t", [p.id])[0].payload["thumbnail"] == thumb
+    old_id = "00000000-0000-0000-0000-00000000beef"
+    legacy = base64.b64encode(b"old layout").decode()
+    shard.update(qe.UpdateOperation.upsert_points(
+        [qe.Point(old_id, {VECTOR_NAME: p.vector}, {"kind": "image", "thumbnail": legacy})]))
+    assert store.retrieve("t", [old_id])[0].payload["thumbnail"] == legacy
+    assert store.retrieve("t", [p.id])[0].payload["thumbnail"] == thumb
+    assert store.delete_collection("t") and not (tmp_path / "collections" / "t").exists()
