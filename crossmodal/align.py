@@ -195,16 +195,6 @@ def occlusion_drops(encoder, pixels, phrase_vectors: np.ndarray, masks,
     return cosines[:, 0], cosines[:, :1] - cosines[:, 1:]
 
 
-def _preprocess_crops(encoder, image, boxes):
-    """Model inputs for crops of ``image``: the encoder's fast preprocessing when it has one (the same
-    pixels as its processor, tests/test_preprocess.py), else the processor."""
-    crops = [image.crop(tuple(int(round(v)) for v in b)) for b in boxes]
-    fast = getattr(encoder, "fast_preprocessor", None)
-    if fast is None:
-        return encoder.preprocess(crops)
-    return fast.normalise([fast.to_uint8(c) for c in crops])
-
-
 def view_to_image(box, view, side_x: int, side_y: int):
     """A box in the model's input pixels -> the same box in the input image's pixels."""
     vx0, vy0, vx1, vy1 = view
@@ -272,7 +262,7 @@ def align(encoder, image, text: str, options: AlignOptions | None = None, calibr
             raise CrossmodalError(f"{tile} px gives {len(tiles)} tiles (at most {MAX_TILES}); use larger tiles "
                                   "or leave tile_size empty", param="tile_size")
         clock = time.perf_counter()
-        tile_pixels = _preprocess_crops(encoder, image, tiles)
+        tile_pixels = encoder.preprocess([image.crop(b) for b in tiles])
         tile_vectors = encoder.embed_pixels(tile_pixels)
         timings["tiles_ms"] = _ms(clock)
         tile_scores = phrase_vectors @ tile_vectors.T  # phrases x tiles

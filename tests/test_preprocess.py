@@ -115,3 +115,13 @@ def test_ingest_stores_what_the_processor_path_gives(tmp_path):
         hit = service.store.query("jpegs", reference.tolist(), 1)[0]
         assert hit.payload["source"] == str(path) and hit.score >= 0.999
         assert (hit.payload["width"], hit.payload["height"]) == (1200, 900)
+
+
+def test_the_encoders_preprocess_is_its_processors(tiny_clip_dir):
+    """Every path that embeds PIL images (Embed, Search by image, Align, region rerank) goes through
+    Encoder.preprocess: the processor's pixels, whatever the mode and size."""
+    for encoder in (load_encoder("demo-shapes"), load_encoder(str(tiny_clip_dir))):
+        images = [generate_scene(k, w, h, 1).image for k, (w, h) in enumerate(SIZES)]
+        images += [images[1].convert("L"), images[2].convert("RGBA"), images[3].convert("P")]
+        reference = encoder.processor(images=images, return_tensors="pt")["pixel_values"].numpy()
+        assert np.abs(encoder.preprocess(images).numpy() - reference).max() < 1e-4
