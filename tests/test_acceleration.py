@@ -129,3 +129,16 @@ def test_every_output_says_when_precision_fell_back(tmp_path, monkeypatch):
     found = service.search("a red circle", collection="c", target="text")
     assert "bf16: this CPU has no bf16 support" in found["warnings"][0]
     assert service.embed(texts=["a red circle"])["precision"] == "fp32"
+
+
+@pytest.mark.parametrize("family", ["chinese_clip", "siglip"])
+def test_onnx_export_covers_the_other_families(family, onnx_cache, tiny_chinese_clip_dir, tmp_path):
+    from tiny_models import save_tiny_siglip
+
+    directory = tiny_chinese_clip_dir if family == "chinese_clip" else save_tiny_siglip(tmp_path / "siglip")
+    encoder = load_encoder(str(directory))
+    images = [generate_scene(k, 120, 90, 1).image for k in range(3)]
+    texts = ["a red circle", "红色圆形", "a small blue star on the left"]
+    reference = _vectors(encoder, images, texts)
+    assert encoder.use_precision("onnx") == "onnx", encoder.precision_note
+    assert np.allclose(_vectors(encoder, images, texts), reference, atol=1e-4)
