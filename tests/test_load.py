@@ -66,7 +66,10 @@ def test_concurrent_searches_and_ingests(plugin, tiny_clip_dir, tmp_path):
     assert final["count"] == SEARCHES + INGESTS * TEXTS_PER_INGEST
 
     beats = [t for t in plugin.heartbeats[beats_before:] if t <= started + seconds]
-    gaps = [b - a for a, b in zip([started, *beats], beats)]
-    assert beats and max(gaps) < 5.0, f"heartbeats paused {max(gaps or [seconds]):.1f} s under load"
+    # Gaps from the start through every heartbeat to the end: none may exceed 5 s (a load that ends within
+    # one heartbeat interval, as it can with batched queries, has no beat to show and no pause either).
+    window = [started, *beats, started + seconds]
+    gaps = [b - a for a, b in zip(window, window[1:])]
+    assert max(gaps) < 5.0, f"heartbeats paused {max(gaps):.1f} s under load"
     assert _rss_mb(plugin.proc.pid) - rss_before < 300, "memory grew by more than 300 MB under load"
     print(f"load: {len(sessions)} sessions in {seconds:.1f} s, max heartbeat gap {max(gaps):.2f} s")
