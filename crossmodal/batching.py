@@ -3,7 +3,6 @@
 Dify runs every session's search in its own worker thread. One query at a time leaves most of a forward
 pass's fixed cost unshared; here the first caller runs the model at once (no added latency when alone),
 and whoever arrives meanwhile waits and goes in one batch with the others as soon as the model is free.
-``window_s`` optionally holds a lone query a little longer to gather company (0: never).
 
 No background thread: the caller that finds the model free leads; when it is done it hands the lead to
 the oldest waiting caller.
@@ -13,7 +12,7 @@ from __future__ import annotations
 
 from typing import Callable, Generic, Sequence, TypeVar
 
-from crossmodal.runtime import os_lock, os_queue, os_sleep
+from crossmodal.runtime import os_lock, os_queue, unwrap
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -21,11 +20,9 @@ _LEAD = object()
 
 
 class DynamicBatcher(Generic[T, R]):
-    def __init__(self, run_batch: Callable[[Sequence[T]], Sequence[R]], *, max_batch: int = 64,
-                 window_s: float = 0.0):
+    def __init__(self, run_batch: Callable[[Sequence[T]], Sequence[R]], *, max_batch: int = 64):
         self.run_batch = run_batch
         self.max_batch = max_batch
-        self.window_s = window_s
         self._lock = os_lock()
         self._pending: list = []  # (item, slot) in arrival order
         self._busy = False
@@ -42,11 +39,9 @@ class DynamicBatcher(Generic[T, R]):
         if not lead:
             message = slot.get()
             if message is not _LEAD:
-                return _unwrap(message)
-        if self.window_s:
-            os_sleep(self.window_s)
+                return unwrap(message)
         self._run_once()
-        return _unwrap(slot.get())
+        return unwrap(slot.get())
 
     def _run_once(self) -> None:
         with self._lock:
@@ -66,9 +61,3 @@ class DynamicBatcher(Generic[T, R]):
             else:
                 self._busy = False
 
-
-def _unwrap(message):
-    ok, value = message
-    if ok:
-        return value
-    raise value

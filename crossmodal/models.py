@@ -7,6 +7,7 @@ loaded from the same directory, so embeddings are computed the way the model was
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import time
@@ -225,15 +226,13 @@ class Encoder:
             chunks.append(self.image_features(pixels))
         return self._finish(chunks, normalize)
 
-    @property
+    @functools.cached_property
     def fast_preprocessor(self):
-        """The processor's recipe run faster for bulk ingest (crossmodal/preprocess.py); None when the
-        processor does something it does not reproduce."""
-        if not hasattr(self, "_fast_preprocessor"):
-            from crossmodal.preprocess import FastPreprocessor
+        """The processor's recipe run faster (crossmodal/preprocess.py); None when the processor does
+        something it does not reproduce."""
+        from crossmodal.preprocess import FastPreprocessor
 
-            self._fast_preprocessor = FastPreprocessor.from_processor(self.processor)
-        return self._fast_preprocessor
+        return FastPreprocessor.from_processor(self.processor)
 
     def query_text_vector(self, text: str) -> tuple[np.ndarray, bool]:
         """One query's unit vector, computed in a batch with concurrent queries; (vector, truncated)."""

@@ -10,7 +10,7 @@ import os
 from collections import deque
 from typing import Callable, Iterable, Iterator, TypeVar
 
-from crossmodal.runtime import os_queue, start_os_thread
+from crossmodal.runtime import os_queue, start_os_thread, unwrap
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -53,9 +53,9 @@ def ordered_map(fn: Callable[[T], R], items: Iterable[T], *, workers: int, windo
         for item in source:
             pending.append(_submit(tasks, item))
             if len(pending) >= window:
-                yield _result(pending.popleft())
+                yield unwrap(pending.popleft().get())
         while pending:
-            yield _result(pending.popleft())
+            yield unwrap(pending.popleft().get())
     finally:
         for _ in range(workers):
             tasks.put(_STOP)
@@ -66,9 +66,3 @@ def _submit(tasks, item):
     tasks.put((item, slot))
     return slot
 
-
-def _result(slot):
-    ok, value = slot.get()
-    if ok:
-        return value
-    raise value

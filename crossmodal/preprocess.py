@@ -103,14 +103,6 @@ class FastPreprocessor:
         return (batch.float() * factor - offset).contiguous()
 
 
-def draft_decode(image: Image.Image, request: tuple[int, int]) -> Image.Image:
-    """Let the JPEG decoder scale down by 1/2, 1/4 or 1/8 while staying at least ``request``; other
-    formats are returned as they are."""
-    if image.format == "JPEG":
-        image.draft("RGB", request)
-    return image
-
-
 def _triple(values) -> tuple[float, float, float] | None:
     if values is None:
         return None

@@ -22,60 +22,43 @@ def gevent_patched() -> bool:
     return monkey.is_module_patched("threading")
 
 
+def _original(module: str, name: str):
+    """``module.name`` as it was before gevent's patching (the same object when nothing is patched)."""
+    if gevent_patched():
+        from gevent import monkey
+
+        return monkey.get_original(module, name)
+    import importlib
+
+    return getattr(importlib.import_module(module), name)
+
+
 def os_lock():
     """A lock between OS threads. Under gevent's patching ``threading.Lock`` is a greenlet lock; shared by
     the pool's worker threads, which run our work, contended acquires can hang for good."""
-    if gevent_patched():
-        from gevent import monkey
-
-        return monkey.get_original("_thread", "allocate_lock")()
-    import threading
-
-    return threading.Lock()
+    return _original("_thread", "allocate_lock")()
 
 
 def os_rlock():
-    if gevent_patched():
-        from gevent import monkey
-
-        return monkey.get_original("_thread", "RLock")()
-    import threading
-
-    return threading.RLock()
+    return _original("_thread", "RLock")()
 
 
 def os_queue():
     """An unbounded FIFO whose blocking get() waits on a real OS lock (the C ``_queue.SimpleQueue``)."""
-    if gevent_patched():
-        from gevent import monkey
-
-        return monkey.get_original("queue", "SimpleQueue")()
-    import queue
-
-    return queue.SimpleQueue()
+    return _original("queue", "SimpleQueue")()
 
 
 def start_os_thread(fn: Callable[[], None]) -> None:
     """Run ``fn`` in a new OS thread (not a greenlet, even under gevent's patching)."""
-    if gevent_patched():
-        from gevent import monkey
-
-        monkey.get_original("_thread", "start_new_thread")(fn, ())
-        return
-    import threading
-
-    threading.Thread(target=fn, daemon=True).start()
+    _original("_thread", "start_new_thread")(fn, ())
 
 
-def os_sleep(seconds: float) -> None:
-    if gevent_patched():
-        from gevent import monkey
-
-        monkey.get_original("time", "sleep")(seconds)
-        return
-    import time
-
-    time.sleep(seconds)
+def unwrap(outcome: tuple[bool, object]):
+    """The value of an (ok, value) outcome handed from another thread, or its exception, raised here."""
+    ok, value = outcome
+    if ok:
+        return value
+    raise value
 
 
 def offload(fn: Callable[..., T], *args, **kwargs) -> T:

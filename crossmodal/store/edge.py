@@ -260,6 +260,4 @@ def _write_bytes(path: Path, data: bytes) -> None:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(f".{uuid.uuid4().hex}.tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
+    _write_bytes(path, json.dumps(data, indent=2).encode())
