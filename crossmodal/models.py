@@ -7,7 +7,6 @@ loaded from the same directory, so embeddings are computed the way the model was
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import os
 import time
@@ -177,6 +176,12 @@ class Encoder:
         self.precision_note: str | None = None
         self.precision_agreement: float | None = None
         self._onnx = None  # OnnxTowers when precision is onnx or int8
+        from crossmodal.preprocess import FastPreprocessor
+
+        # The processor's recipe run faster (crossmodal/preprocess.py); None when it does something that
+        # FastPreprocessor does not reproduce. Made here, once: functools.cached_property would guard it with
+        # an RLock that gevent's patching turns into a greenlet lock, which hangs when worker threads contend.
+        self.fast_preprocessor = FastPreprocessor.from_processor(processor)
         from crossmodal.batching import DynamicBatcher
 
         # Concurrent sessions' query vectors share forward passes (crossmodal/batching.py).
@@ -225,14 +230,6 @@ class Encoder:
             pixels = self.preprocess(batch)
             chunks.append(self.image_features(pixels))
         return self._finish(chunks, normalize)
-
-    @functools.cached_property
-    def fast_preprocessor(self):
-        """The processor's recipe run faster (crossmodal/preprocess.py); None when the processor does
-        something it does not reproduce."""
-        from crossmodal.preprocess import FastPreprocessor
-
-        return FastPreprocessor.from_processor(self.processor)
 
     def query_text_vector(self, text: str) -> tuple[np.ndarray, bool]:
         """One query's unit vector, computed in a batch with concurrent queries; (vector, truncated)."""
