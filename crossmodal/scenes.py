@@ -240,13 +240,15 @@ def caption_specs(objects: list[SceneObject], *, size: bool, position: bool) -> 
 EN_PREFIXES = ("a ", "a ", "a photo of a ", "there is a ", "an image of a ")
 
 
-def sample_caption(objects: list[SceneObject], rng: random.Random, lang: str | None = None) -> tuple[str, list[dict]]:
-    """A random true caption for a scene and the attribute constraints it expresses (for training)."""
+def sample_caption(objects: list[SceneObject], rng: random.Random, lang: str | None = None, *,
+                   relative: bool = True) -> tuple[str, list[dict]]:
+    """A random true caption for a scene and the attribute constraints it expresses (for training).
+    ``relative=False`` (crops): size and position, which are relative to the whole scene, are never stated."""
     lang = lang or rng.choice(("en", "zh"))
     if len(objects) == 1 or rng.random() < 0.15:
         o = rng.choice(objects)
-        size, position = rng.random() < 0.7, rng.random() < 0.7
-        if len(objects) == 1 and rng.random() < 0.35:
+        size, position = relative and rng.random() < 0.7, relative and rng.random() < 0.7
+        if relative and len(objects) == 1 and rng.random() < 0.35:
             size = position = True  # the canonical, fullest form
         specs = caption_specs([o], size=size, position=position)
         if lang == "zh":
@@ -257,9 +259,49 @@ def sample_caption(objects: list[SceneObject], rng: random.Random, lang: str | N
         return prefix[:-2] + article(phrase) + " " + phrase if prefix.endswith("a ") else prefix + phrase, specs
     shuffled = objects[:]
     rng.shuffle(shuffled)
-    size = rng.random() < 0.3
+    size = relative and rng.random() < 0.3
     specs = caption_specs(shuffled, size=size, position=False)
     return join_phrases([o.phrase(lang, size=size) for o in shuffled], lang), specs
+
+
+UNKNOWN = "?"  # a crop's object: its size and position in the whole scene say nothing about the crop
+
+
+def crop_around(scene: Scene, rng: random.Random, tries: int = 8) -> tuple[Image.Image, list[SceneObject]] | None:
+    """A square crop (40-67 % of the shorter side, the size of Align's and region rerank's tiles) that holds
+    one object whole, and the objects it shows. Every other object is either at least 80 % inside (kept, with
+    unknown size and position) or at most 5 % inside, so that no caption is half true; None when no such
+    crop is found."""
+    width, height = scene.image.size
+    for _ in range(tries):
+        target = rng.choice(scene.objects)
+        tx0, ty0, tx1, ty1 = target.box
+        side = int(min(width, height) * rng.uniform(0.4, 0.67))
+        side = max(side, int(1.2 * (tx1 - tx0)))
+        if side > min(width, height):
+            continue
+        x0 = rng.randint(max(0, tx1 - side), min(tx0, width - side))
+        y0 = rng.randint(max(0, ty1 - side), min(ty0, height - side))
+        kept, clean = [], True
+        for o in scene.objects:
+            share = _inside_share(o.box, (x0, y0, x0 + side, y0 + side))
+            if share >= 0.8:
+                bx0, by0, bx1, by1 = o.box
+                box = (max(0, bx0 - x0), max(0, by0 - y0), min(side, bx1 - x0), min(side, by1 - y0))
+                kept.append(SceneObject(o.shape, o.color, UNKNOWN, UNKNOWN, box, o.angle))
+            elif share > 0.05:
+                clean = False
+                break
+        if clean:
+            return scene.image.crop((x0, y0, x0 + side, y0 + side)), kept
+    return None
+
+
+def _inside_share(box, window) -> float:
+    x0, y0, x1, y1 = box
+    ix = max(0, min(x1, window[2]) - max(x0, window[0]))
+    iy = max(0, min(y1, window[3]) - max(y0, window[1]))
+    return ix * iy / max(1, (x1 - x0) * (y1 - y0))
 
 
 def vocabulary_texts() -> list[str]:

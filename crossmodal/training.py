@@ -45,6 +45,8 @@ class TrainConfig:
     save_every: int = 0  # also write the checkpoint every N steps (0: only at the end)
     save_fp16: bool = True
     patch_size: int | None = None  # with init: re-cut the vision tower into finer patches (e.g. 16 -> 8)
+    image_size: int | None = None  # with init: show the vision tower larger images (e.g. 128 -> 160)
+    crops: bool = True  # generated data: also train on tile-sized crops captioned by colour and shape
 
 
 @dataclass
@@ -119,24 +121,48 @@ def resize_patches(model, patch_size: int) -> None:
     weight = conv.weight.data.float()  # (dim, 3, old, old)
     dim = weight.shape[0]
     new_weight = weight.reshape(dim, 3, patch_size, factor, patch_size, factor).sum(dim=(3, 5))
-    image_size = embeddings.image_size
     new_conv = torch.nn.Conv2d(3, dim, kernel_size=patch_size, stride=patch_size, bias=False)
     new_conv.weight.data.copy_(new_weight)
-    old_grid = image_size // old
-    new_grid = image_size // patch_size
+    embeddings.patch_embedding = new_conv
+    embeddings.patch_size = patch_size
+    _resize_positions(embeddings, embeddings.image_size // patch_size)
+    model.config.vision_config.patch_size = patch_size
+
+
+def resize_input(model, processor, image_size: int) -> None:
+    """Show a trained CLIP vision tower larger images (e.g. 128 -> 160 px): same patches, more of them, the
+    position table resized bicubically, and the processor set to the new size. Small objects then span more
+    patches, which is what tells a small hexagon from a small circle."""
+    embeddings = model.vision_model.embeddings
+    if image_size == embeddings.image_size:
+        return
+    if image_size % embeddings.patch_size:
+        raise CrossmodalError(f"image size {image_size} must be a multiple of the patch size "
+                              f"{embeddings.patch_size}", param="image_size")
+    embeddings.image_size = image_size
+    _resize_positions(embeddings, image_size // embeddings.patch_size)
+    model.config.vision_config.image_size = image_size
+    image_processor = processor.image_processor
+    image_processor.size = {"shortest_edge": image_size}
+    image_processor.crop_size = {"height": image_size, "width": image_size}
+
+
+def _resize_positions(embeddings, new_grid: int) -> None:
+    import torch
+    import torch.nn.functional as F
+
     table = embeddings.position_embedding.weight.data.float()
+    dim = table.shape[1]
+    old_grid = int(round((table.shape[0] - 1) ** 0.5))
     patches = table[1:].reshape(1, old_grid, old_grid, dim).permute(0, 3, 1, 2)
     patches = F.interpolate(patches, size=(new_grid, new_grid), mode="bicubic", align_corners=False)
     new_table = torch.cat([table[:1], patches.permute(0, 2, 3, 1).reshape(new_grid * new_grid, dim)])
-    embeddings.patch_embedding = new_conv
-    embeddings.patch_size = patch_size
     embeddings.num_patches = new_grid * new_grid
     embeddings.num_positions = embeddings.num_patches + 1
     embeddings.position_embedding = torch.nn.Embedding(embeddings.num_positions, dim)
     embeddings.position_embedding.weight.data.copy_(new_table)
     embeddings.register_buffer("position_ids", torch.arange(embeddings.num_positions).expand((1, -1)),
                                persistent=False)
-    model.config.vision_config.patch_size = patch_size
 
 
 def _sincos(positions, dim: int):
@@ -149,27 +175,46 @@ def _sincos(positions, dim: int):
 
 # -- data ---------------------------------------------------------------------------
 class GeneratedPairs:
-    """Scenes rendered once; every step draws fresh true captions for them."""
+    """Scenes rendered once; every step draws fresh true captions for them.
 
-    def __init__(self, n: int, seed: int, image_size: int, processor):
-        from crossmodal.scenes import generate_scene
+    Besides whole scenes, a crop of every other multi-object scene is rendered (one object whole, sized like
+    Align's and region rerank's tiles) and captioned by colour and shape only: the model then knows objects
+    seen at tile scale, which is the evidence region rerank and heat maps rely on."""
+
+    def __init__(self, n: int, seed: int, image_size: int, processor, crops: bool = True):
+        from crossmodal.scenes import crop_around, generate_scene
 
         self.rng = random.Random(seed)
-        self.objects, pixels = [], []
+        self.objects, self.relative, pixels = [], [], []
         mean, std = _norm_stats(processor)
+
+        def add(image, objects, relative):
+            small = image.resize((image_size, image_size), resample=3)  # bicubic, as the processor does
+            pixels.append(np.asarray(small, dtype=np.uint8))
+            self.objects.append(objects)
+            self.relative.append(relative)
+
         for k in range(n):
             scene = generate_scene(seed * 1_000_000 + k, width=self.rng.randint(224, 384))
-            small = scene.image.resize((image_size, image_size), resample=3)  # bicubic, as the processor does
-            pixels.append(np.asarray(small, dtype=np.uint8))
-            self.objects.append(scene.objects)
+            add(scene.image, scene.objects, True)
+            if crops and len(scene.objects) > 1 and k % 2 == 0:
+                crop = crop_around(scene, self.rng)
+                if crop is not None:
+                    add(*crop, False)
         self.pixels = np.stack(pixels)
         self.mean, self.std = mean, std
-        # Single-object scenes grouped by (colour, shape): batches mix in such groups, so that
-        # size and position are what tells the pairs apart (hard negatives).
+        # Hard negatives, mixed into every batch in small groups:
+        # single-object scenes sharing colour and shape (size and position tell them apart), and
+        # two-object scenes sharing both shapes (which colour goes with which shape tells them apart).
         self.groups: dict[tuple, list[int]] = {}
+        self.pair_groups: dict[tuple, list[int]] = {}
         for i, objects in enumerate(self.objects):
+            if not self.relative[i]:
+                continue
             if len(objects) == 1:
                 self.groups.setdefault((objects[0].color, objects[0].shape), []).append(i)
+            elif len(objects) == 2:
+                self.pair_groups.setdefault(tuple(sorted(o.shape for o in objects)), []).append(i)
 
     def __len__(self):
         return len(self.objects)
@@ -180,25 +225,29 @@ class GeneratedPairs:
         from crossmodal.scenes import scene_satisfies, sample_caption
 
         idx = self._indexes(size)
-        captions, specs = zip(*(sample_caption(self.objects[i], self.rng) for i in idx))
+        captions, specs = zip(*(sample_caption(self.objects[i], self.rng, relative=self.relative[i]) for i in idx))
         mask = np.array([[scene_satisfies(self.objects[j], s) for j in idx] for s in specs], dtype=np.float32)
         images = torch.from_numpy(self.pixels[idx]).permute(0, 3, 1, 2).float() / 255.0
         images = (images - self.mean) / self.std
         return images, list(captions), torch.from_numpy(mask)
 
-
     def _indexes(self, size: int, group: int = 4) -> list[int]:
-        """A third of the batch at random, a third in groups of scenes sharing colour and shape (size and
-        position tell them apart), a third in groups sharing colour only (shape tells them apart)."""
+        """A quarter of the batch at random, a quarter in groups of single-object scenes sharing colour and
+        shape, a sixth in groups sharing colour only (shape tells them apart), a third in groups of two-object
+        scenes with the same two shapes."""
         chosen: set[int] = set()
         keys = [k for k, v in self.groups.items() if len(v) >= group]
-        while keys and len(chosen) < size // 3:
+        while keys and len(chosen) < size // 4:
             chosen.update(self.rng.sample(self.groups[self.rng.choice(keys)], group))
         colours = sorted({colour for colour, _ in keys})
-        while keys and len(chosen) < 2 * size // 3:
+        while keys and len(chosen) < 5 * size // 12:
             colour = self.rng.choice(colours)
-            for shape_key in self.rng.sample([k for k in keys if k[0] == colour], 3):
+            same_colour = [k for k in keys if k[0] == colour]
+            for shape_key in self.rng.sample(same_colour, min(3, len(same_colour))):
                 chosen.update(self.rng.sample(self.groups[shape_key], 2))
+        pair_keys = [k for k, v in self.pair_groups.items() if len(v) >= group]
+        while pair_keys and len(chosen) < 3 * size // 4:
+            chosen.update(self.rng.sample(self.pair_groups[self.rng.choice(pair_keys)], group))
         while len(chosen) < size:
             chosen.add(self.rng.randrange(len(self)))
         return list(chosen)[:size]
@@ -301,6 +350,8 @@ def train(config: TrainConfig, progress=None) -> TrainReport:
         model, processor = encoder.model.float().train(), encoder.processor
         if config.patch_size:
             resize_patches(model, config.patch_size)
+        if config.image_size:
+            resize_input(model, processor, config.image_size)
     else:
         tokenizer = train_tokenizer(vocabulary_texts(), context_length=32)
         model, processor = build_demo_model(tokenizer)
@@ -308,7 +359,7 @@ def train(config: TrainConfig, progress=None) -> TrainReport:
         data = JsonlPairs(config.pairs, processor, config.seed, report)
     else:
         image_size = model.config.vision_config.image_size
-        data = GeneratedPairs(config.scenes, config.seed, image_size, processor)
+        data = GeneratedPairs(config.scenes, config.seed, image_size, processor, crops=config.crops)
         report.pairs = len(data)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -332,7 +383,7 @@ def train(config: TrainConfig, progress=None) -> TrainReport:
         schedule.step()
         with torch.no_grad():
             model.logit_scale.clamp_(0, math.log(100))
-        report.final_loss = float(loss)
+        report.final_loss = float(loss.detach())
         if step % config.log_every == 0 or step == config.steps:
             report.history.append((step, round(float(loss), 4)))
             logger.info("step %d loss %.4f scale %.1f", step, float(loss), float(model.logit_scale.exp()))

@@ -6,8 +6,11 @@ import pytest
 from crossmodal.scenes import (
     COLORS,
     SHAPES,
+    SIZES,
+    UNKNOWN,
     canonical_caption,
     caption_specs,
+    crop_around,
     generate_scene,
     sample_caption,
     scene_satisfies,
@@ -72,3 +75,39 @@ def test_relevance_by_attributes():
     assert scene_satisfies(scene.objects, caption_specs([o], size=True, position=True))
     other = "circle" if o.shape != "circle" else "star"
     assert not scene_satisfies(scene.objects, [{"shape": other, "color": o.color}])
+
+
+def test_crops_hold_whole_objects_and_cut_none_in_half():
+    rng = random.Random(1)
+    found = 0
+    for seed in range(60):
+        scene = generate_scene(seed, 360, 360, 3, rotate=False, background="flat")
+        crop = crop_around(scene, rng)
+        if crop is None:
+            continue
+        found += 1
+        image, objects = crop
+        assert image.size[0] == image.size[1] and 0.4 * 360 - 1 <= image.size[0] <= 360
+        assert objects, "a crop is made around an object"
+        for o in objects:
+            x0, y0, x1, y1 = o.box
+            assert 0 <= x0 < x1 <= image.size[0] and 0 <= y0 < y1 <= image.size[1]
+            assert image.getpixel(((x0 + x1) // 2, (y0 + y1) // 2)) == COLORS[o.color]
+            assert o.size == UNKNOWN and o.position == UNKNOWN
+        shown = {(o.color, o.shape) for o in objects}
+        assert len(shown) <= len(scene.objects)
+    assert found >= 40
+
+
+def test_crop_captions_name_colour_and_shape_only():
+    rng = random.Random(2)
+    scene = generate_scene(5, 400, 400, 2)
+    _, objects = crop_around(scene, rng)
+    for _ in range(50):
+        text, specs = sample_caption(objects, rng, "en", relative=False)
+        assert scene_satisfies(objects, specs)
+        assert all(set(spec) == {"shape", "color"} for spec in specs)
+        assert not any(size in text.split() for size in SIZES)
+    # A caption stating a size or a position is not taken as true of a crop.
+    o = objects[0]
+    assert not scene_satisfies(objects, [{"shape": o.shape, "color": o.color, "size": "small"}])

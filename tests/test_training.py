@@ -1,8 +1,10 @@
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from crossmodal.errors import CrossmodalError
 from crossmodal.training import JsonlPairs, TrainConfig, TrainReport, multi_positive_infonce, train
@@ -84,3 +86,45 @@ def test_new_demo_model_trains_on_generated_scenes(tmp_path):
     assert report.steps == 3 and math.isfinite(report.final_loss)
     assert (tmp_path / "demo" / "model.safetensors").stat().st_size < 5_000_000
     assert (tmp_path / "demo" / "tokenizer.json").is_file()
+
+
+def test_resize_input_shows_the_tower_larger_images_through_the_production_path(tmp_path, tiny_clip_dir):
+    import torch
+
+    from crossmodal.models import load_encoder
+    from crossmodal.training import resize_input, save_checkpoint
+
+    encoder = load_encoder(str(tiny_clip_dir))
+    model, processor = encoder.model.float(), encoder.processor
+    old = model.config.vision_config.image_size
+    patch = model.config.vision_config.patch_size
+    with pytest.raises(CrossmodalError) as err:
+        resize_input(model, processor, old + patch // 2 + 1)
+    assert err.value.param == "image_size"
+    new = old + 2 * patch
+    resize_input(model, processor, new)
+    assert model.vision_model.embeddings.position_embedding.weight.shape[0] == (new // patch) ** 2 + 1
+    save_checkpoint(model, processor, str(tmp_path / "bigger"), fp16=False)
+    bigger = load_encoder(str(tmp_path / "bigger"))
+    assert bigger.image_size == new
+    assert bigger.preprocess([Image.new("RGB", (300, 200), "red")]).shape[-1] == new
+    vectors = bigger.encode_images([Image.new("RGB", (300, 200), "red")])
+    assert np.isfinite(vectors).all() and abs(float(np.linalg.norm(vectors[0])) - 1) < 1e-4
+    assert torch.equal(model.vision_model.embeddings.position_ids[0, -1], torch.tensor((new // patch) ** 2))
+
+
+def test_generated_batches_mix_crops_and_two_object_hard_negatives():
+    from crossmodal.models import load_encoder, model_identity
+    from crossmodal.training import GeneratedPairs
+
+    processor = load_encoder(model_identity("demo-shapes")).processor
+    data = GeneratedPairs(400, 3, 32, processor)
+    crops = [i for i in range(len(data)) if not data.relative[i]]
+    assert len(crops) >= 40  # about one per two multi-object scenes
+    images, captions, mask = data.batch(96)
+    assert images.shape == (96, 3, 32, 32) and mask.shape == (96, 96)
+    assert all(mask[i, i] == 1 for i in range(96))  # every caption is true of its own image
+    chosen = data._indexes(96)
+    pairs = [i for i in chosen if data.relative[i] and len(data.objects[i]) == 2]
+    shape_pairs = [tuple(sorted(o.shape for o in data.objects[i])) for i in pairs]
+    assert max(shape_pairs.count(k) for k in set(shape_pairs)) >= 4  # groups sharing both shapes
