@@ -31,7 +31,8 @@ def cmd_eval(args) -> int:
 
     sets = tuple(args.sets.split(",")) if args.sets else ("single_en", "single_zh", "double_en", "double_zh")
     report = run_eval(args.model, n=args.n, pairs=args.pairs, out=args.out, sets=sets, pointing_n=args.pointing_n,
-                      small_n=args.small_n, rerank_n=args.rerank_n)
+                      small_n=args.small_n, rerank_n=args.rerank_n,
+                      rerank_gallery=args.rerank_gallery)
     print(json.dumps(report, indent=2, ensure_ascii=False))
     return 0
 
@@ -109,7 +110,8 @@ def _add_eval(sub):
     p.add_argument("--out", default="reports", help="directory for eval.json and eval.png")
     p.add_argument("--pointing-n", type=int, default=500, help="scenes per pointing-game set (512 px; 0: skip)")
     p.add_argument("--small-n", type=int, default=200, help="2048-px small-object scenes (0: skip)")
-    p.add_argument("--rerank-n", type=int, default=100, help="two-object scenes for region reranking (0: skip)")
+    p.add_argument("--rerank-n", type=int, default=100, help="two-object queries for region reranking (0: skip)")
+    p.add_argument("--rerank-gallery", type=int, default=1000, help="two-object scenes the reranked queries search")
 
 
 def _add_demo(sub):

@@ -209,8 +209,9 @@ def evaluate_small_objects(service, eval_set: EvalSet, model: str, collection: s
 
 
 def rerank_lift(service, eval_set: EvalSet, model: str, collection: str = "rerank", rerank_k: int = 20,
-                method: str = "region") -> dict:
-    """Text->image recall of the first stage and of the same first stage reranked (top ``rerank_k``)."""
+                method: str = "region", queries: int | None = None) -> dict:
+    """Text->image recall of the first stage and of the same first stage reranked (top ``rerank_k``).
+    Every image of the set is the gallery; the first ``queries`` captions (all by default) are asked."""
     from crossmodal.service import ImageInput, IngestItem
 
     items = [IngestItem(image=ImageInput.from_bytes(f"img-{i}", encode_png(im)), source=f"img-{i}")
@@ -218,21 +219,22 @@ def rerank_lift(service, eval_set: EvalSet, model: str, collection: str = "reran
     service.ingest(items, collection, model)
     ranks = {"first_stage": [], "reranked": []}
     started = time.perf_counter()
-    for q, text in enumerate(eval_set.queries):
+    asked = eval_set.queries[:queries] if queries else eval_set.queries
+    for q, text in enumerate(asked):
         first = service.search(text=text, collection=collection, top_k=rerank_k)
         second = service.rerank(text, first, method=method)
         for label, hits in (("first_stage", first["results"]), ("reranked", second["results"])):
             found = [int(h["payload"]["source"].split("-")[1]) for h in hits]
             ranks[label].append(_first_relevant(found, lambda i: eval_set.is_relevant(q, i)))
     seconds = time.perf_counter() - started
-    return {"queries": len(eval_set.queries), "candidates": rerank_k, "method": method,
+    return {"queries": len(asked), "gallery": len(eval_set.images), "candidates": rerank_k, "method": method,
             "first_stage": recall_at(ranks["first_stage"]), "reranked": recall_at(ranks["reranked"]),
-            "ms_per_query": round(1000 * seconds / max(1, len(eval_set.queries)), 1)}
+            "ms_per_query": round(1000 * seconds / max(1, len(asked)), 1)}
 
 
 def run_eval(model: str, n: int = 1000, pairs: str | None = None, out: str | None = None,
              sets=("single_en", "single_zh", "double_en", "double_zh"), pointing_n: int = 0,
-             small_n: int = 0, rerank_n: int = 0) -> dict:
+             small_n: int = 0, rerank_n: int = 0, rerank_gallery: int = 1000) -> dict:
     from crossmodal.service import Service
     from crossmodal.settings import Settings
 
@@ -248,8 +250,8 @@ def run_eval(model: str, n: int = 1000, pairs: str | None = None, out: str | Non
         if small_n and not pairs:
             report["small_objects"] = evaluate_small_objects(service, small_object_set(small_n), model)
         if rerank_n and not pairs:
-            double = scene_set("double", rerank_n, "en", seed=EVAL_SEED_BASE + 9_000_000)
-            report["region_rerank"] = rerank_lift(service, double, model)
+            double = scene_set("double", max(rerank_n, rerank_gallery), "en", seed=EVAL_SEED_BASE + 9_000_000)
+            report["region_rerank"] = rerank_lift(service, double, model, queries=rerank_n)
         service.store.close()
     if pointing_n and not pairs:
         report["pointing_game"] = run_pointing_game(model, pointing_n)
