@@ -108,7 +108,6 @@ def resize_patches(model, patch_size: int) -> None:
     embeddings are resized bicubically to the finer grid. Then the model sees every object at twice the
     number of tokens, which is what small shapes need."""
     import torch
-    import torch.nn.functional as F
 
     embeddings = model.vision_model.embeddings
     old = embeddings.patch_size

@@ -89,8 +89,6 @@ def test_new_demo_model_trains_on_generated_scenes(tmp_path):
 
 
 def test_resize_input_shows_the_tower_larger_images_through_the_production_path(tmp_path, tiny_clip_dir):
-    import torch
-
     from crossmodal.models import load_encoder
     from crossmodal.training import resize_input, save_checkpoint
 
