@@ -13,6 +13,7 @@ from crossmodal.scenes import article, canonical_caption, caption_specs, generat
 
 DEMO_SEED = 900_000_000
 GALLERY_SIZE = 60
+DEMO_COLLECTION = "demo"
 
 
 def build_gallery(n: int = GALLERY_SIZE):
@@ -36,7 +37,7 @@ def demo_queries(gallery) -> list[tuple[str, list[dict]]]:
     return queries
 
 
-def run_demo(model: str = "demo-shapes", store: str | None = None, collection: str = "demo",
+def run_demo(model: str = "demo-shapes", store: str | None = None, collection: str = DEMO_COLLECTION,
              out: str = "crossmodal-demo.html", top_k: int = 3) -> dict:
     from crossmodal.service import ImageInput, IngestItem, Service
     from crossmodal.settings import Settings
@@ -48,6 +49,7 @@ def run_demo(model: str = "demo-shapes", store: str | None = None, collection: s
                         caption=s.captions["en"][0], tags=[o.shape for o in s.objects],
                         metadata={"caption_zh": s.captions["zh"][0]})
              for k, s in enumerate(gallery)]
+    note = renew_stale_demo_collection(service, collection, model)
     report = service.ingest(items, collection, model)
     objects_by_source = {f"scene-{k:03d}.png": s.objects for k, s in enumerate(gallery)}
     rows = []
@@ -60,16 +62,38 @@ def run_demo(model: str = "demo-shapes", store: str | None = None, collection: s
                          "correct": scene_satisfies(objects_by_source.get(source, []), specs),
                          "thumbnail": result["thumbnails"].get(hit["id"])})
         rows.append({"query": text, "hits": hits})
-    summary = {"model": report["model"], "collection": collection, "added": report["added"],
+    summary = {"model": report["model"], "collection": collection, "added": report["added"], "note": note,
                "duplicates": report["duplicates"], "points": report["count"], "queries": rows,
                "seconds": round(time.perf_counter() - started, 1), "html": str(Path(out).resolve())}
     Path(out).write_text(render_html(summary), encoding="utf-8")
     return summary
 
 
+def renew_stale_demo_collection(service, collection: str, model: str) -> str | None:
+    """The demo's own collection, filled by earlier weights of the same model (a retrained or updated
+    demo-shapes), holds vectors the new text tower cannot be compared with: it is emptied and filled again.
+    Any other collection is the user's, and ingest refuses stale weights with an error instead."""
+    from crossmodal.errors import NotFoundError
+
+    if collection != DEMO_COLLECTION:
+        return None
+    encoder = service.encoder(model)
+    try:
+        info = service.store.get_collection(collection, with_count=False)
+    except NotFoundError:
+        return None
+    if info.model != encoder.identity or info.weights == encoder.weights:
+        return None
+    service.store.delete_collection(collection)
+    return (f"collection '{collection}' held vectors of other weights of {info.model} "
+            f"({info.weights or 'unrecorded'}, now {encoder.weights}): emptied and filled again")
+
+
 def format_table(summary: dict) -> str:
     lines = [f"model {summary['model']} · collection '{summary['collection']}' · {summary['added']} added, "
              f"{summary['duplicates']} duplicates, {summary['points']} points", ""]
+    if summary.get("note"):
+        lines[1:1] = [f"note: {summary['note']}"]
     for row in summary["queries"]:
         lines.append(f"query: {row['query']}")
         for rank, hit in enumerate(row["hits"], 1):

@@ -7,6 +7,7 @@ loaded from the same directory, so embeddings are computed the way the model was
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import time
@@ -154,11 +155,13 @@ class TextEncoding:
 class Encoder:
     """A dual encoder (CLIP, Chinese-CLIP, SigLIP) with its processor; outputs L2-normalised float32."""
 
-    def __init__(self, identity: str, model, processor, device: str, model_dir: Path | None = None):
+    def __init__(self, identity: str, model, processor, device: str, model_dir: Path | None = None,
+                 weights: str | None = None):
         import torch
 
         self.identity = identity
         self.model_dir = model_dir  # where its files are (a calibration fit may sit beside them)
+        self.weights = weights  # weights_fingerprint of model_dir; collections record it
         self.model = model.to(device).eval()
         self.processor = processor
         self.device = device
@@ -440,4 +443,37 @@ def load_encoder(identity: str, device: str = "cpu", hub: HubOptions | None = No
         model = AutoModel.from_pretrained(directory, dtype="float32")
         processor = AutoProcessor.from_pretrained(directory)
     logger.info("loaded %s (%s) on %s", identity, config.model_type, device)
-    return Encoder(identity, model, processor, device, model_dir=directory)
+    return Encoder(identity, model, processor, device, model_dir=directory, weights=weights_fingerprint(directory))
+
+
+def weights_fingerprint(directory: Path) -> str:
+    """A short hash of the files that decide a model's vectors (weights, configs, tokenizer), by content.
+
+    A collection records it, so that a model whose files were replaced under the same name is caught
+    before its vectors are mixed with the old ones. By content, not modification time, so that a fresh
+    copy of the same files (a new clone, a re-download) keeps it. Crossmodal's own files beside the
+    model (a calibration fit) and read-mes do not count: they do not change a vector."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(directory).iterdir()):
+        name = path.name
+        if not path.is_file() or name.startswith((".", "crossmodal_", "README")):
+            continue
+        digest.update(f"{name}\0{_file_sha256(path)}\0".encode())
+    return digest.hexdigest()[:16]
+
+
+_FILE_HASHES: dict[tuple, str] = {}
+
+
+def _file_sha256(path: Path) -> str:
+    """sha256 of a file, remembered per (path, size, mtime) for this process (a CLIP-base file: ~1 s)."""
+    resolved = path.resolve()
+    stat = resolved.stat()
+    key = (str(resolved), stat.st_size, stat.st_mtime_ns)
+    if key not in _FILE_HASHES:
+        digest = hashlib.sha256()
+        with open(resolved, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        _FILE_HASHES[key] = digest.hexdigest()
+    return _FILE_HASHES[key]

@@ -24,7 +24,8 @@ from crossmodal.images import DecodedImage, decode_image
 from crossmodal.models import Encoder, get_encoder, model_identity
 from crossmodal.pipeline import decode_workers, ordered_map
 from crossmodal.settings import Settings
-from crossmodal.store import Condition, Hit, StoredPoint, VectorStore, check_collection_name, open_store, parse_filter
+from crossmodal.store import (Condition, Hit, StoredPoint, VectorStore, check_collection_name, check_weights,
+                              open_store, parse_filter)
 
 if TYPE_CHECKING:
     from crossmodal.routing import Route
@@ -177,7 +178,7 @@ class Service:
         ``region_points``), so that searches with ``regions`` find small objects in large images."""
         name = self._collection(collection)
         encoder = self._encoder_for_write(name, model)
-        self.store.ensure_collection(name, encoder.identity, encoder.dim)
+        self.store.ensure_collection(name, encoder.identity, encoder.dim, encoder.weights)
         report = {"collection": name, "model": encoder.identity, "precision": encoder.precision, "added": 0,
                   "duplicates": 0, "rejected": [], "items": [], "warnings": precision_warnings(encoder)}
         seen: set[str] = set()
@@ -311,6 +312,7 @@ class Service:
         conditions = parse_filter(filter)
         info = self.store.get_collection(name, with_count=False)
         encoder, route = self.routed_encoder(asked=model, collection_model=self._model_for(info.model, model))
+        check_weights(info, encoder.weights)
         vector, warnings, query_kind = self._query_vector(encoder, text, image, float(text_weight))
         if regions and target != "image":
             raise CrossmodalError("region search finds images; set target to image", param="regions")

@@ -1,6 +1,7 @@
 """Vector stores: the embedded Qdrant engine (default) or a Qdrant server / cluster."""
 
-from crossmodal.store.base import CollectionInfo, Condition, Hit, StoredPoint, VectorStore, check_collection_name
+from crossmodal.store.base import (CollectionInfo, Condition, Hit, StoredPoint, VectorStore, check_collection_name,
+                                   check_weights)
 from crossmodal.store.filters import parse_filter
 
 
@@ -17,4 +18,4 @@ def open_store(url: str | None = None, api_key: str | None = None, data_dir: str
 
 
 __all__ = ["CollectionInfo", "Condition", "Hit", "StoredPoint", "VectorStore", "check_collection_name",
-           "open_store", "parse_filter"]
+           "check_weights", "open_store", "parse_filter"]

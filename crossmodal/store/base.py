@@ -23,10 +23,11 @@ class CollectionInfo:
     dim: int
     count: int = 0
     created_at: str | None = None
+    weights: str | None = None  # the model's weights_fingerprint when it was made; None: made before it was kept
 
     def as_dict(self) -> dict[str, Any]:
         return {"name": self.name, "model": self.model, "dimension": self.dim, "count": self.count,
-                "created_at": self.created_at}
+                "created_at": self.created_at, "weights": self.weights}
 
 
 @dataclass
@@ -75,7 +76,7 @@ class VectorStore(ABC):
     backend = "abstract"
 
     @abstractmethod
-    def create_collection(self, name: str, model: str, dim: int) -> CollectionInfo: ...
+    def create_collection(self, name: str, model: str, dim: int, weights: str | None = None) -> CollectionInfo: ...
 
     @abstractmethod
     def get_collection(self, name: str, with_count: bool = True) -> CollectionInfo:
@@ -118,13 +119,14 @@ class VectorStore(ABC):
     def close(self) -> None:
         """Release files and connections."""
 
-    def ensure_collection(self, name: str, model: str, dim: int) -> CollectionInfo:
-        """The collection, made on first use; a clear error if another model made it."""
+    def ensure_collection(self, name: str, model: str, dim: int, weights: str | None = None) -> CollectionInfo:
+        """The collection, made on first use; a clear error if another model, or other weights, made it."""
         try:
             info = self.get_collection(name, with_count=False)
         except NotFoundError:
-            return self.create_collection(name, model, dim)
+            return self.create_collection(name, model, dim, weights)
         check_model(info, model, dim)
+        check_weights(info, weights)
         return info
 
 
@@ -134,5 +136,18 @@ def check_model(info: CollectionInfo, model: str, dim: int) -> None:
             f"collection '{info.name}' was made with model '{info.model}' ({info.dim}-d); "
             f"it cannot take vectors of '{model}' ({dim}-d). Use model '{info.model}' (or 'auto'), "
             "or another collection",
+            param="model",
+        )
+
+
+def check_weights(info: CollectionInfo, weights: str | None) -> None:
+    """Same model name, other files (a retrained local model, replaced weights): the old vectors and the
+    new ones live in different spaces, so neither searching nor adding may mix them."""
+    if info.weights and weights and info.weights != weights:
+        raise CrossmodalError(
+            f"collection '{info.name}' holds vectors of '{info.model}' with weights {info.weights}, but the "
+            f"files of '{info.model}' now have weights {weights}: the model was replaced and the two sets of "
+            f"vectors are not comparable. Ingest into a new collection (or delete '{info.name}' and ingest "
+            "again), or restore the model files it was made with",
             param="model",
         )

@@ -1,7 +1,7 @@
 """The embedded store: Qdrant's own engine in-process (qdrant-edge), one shard per collection.
 
 Layout under the data directory:
-    collections/<name>/collection.json   model id, dimension, creation time
+    collections/<name>/collection.json   model id, weights fingerprint, dimension, creation time
     collections/<name>/shard/            Qdrant's WAL and segments
     collections/<name>/.lock             held while a process has the shard open
     collections/<name>/thumbnails/       each image's thumbnail (JPEG), named by point id
@@ -73,12 +73,13 @@ class EdgeStore(VectorStore):
     def _dir(self, name: str) -> Path:
         return self.root / "collections" / check_collection_name(name)
 
-    def create_collection(self, name: str, model: str, dim: int) -> CollectionInfo:
+    def create_collection(self, name: str, model: str, dim: int, weights: str | None = None) -> CollectionInfo:
         directory = self._dir(name)
         if (directory / META_FILE).exists():
             raise CrossmodalError(f"collection '{name}' already exists", param="collection")
         directory.mkdir(parents=True, exist_ok=True)
-        info = CollectionInfo(name, model, int(dim), 0, datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        info = CollectionInfo(name, model, int(dim), 0, datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                              weights)
         config = qe.EdgeConfig(
             vectors={VECTOR_NAME: qe.EdgeVectorParams(size=int(dim), distance=qe.Distance.Cosine)},
             optimizers=qe.EdgeOptimizersConfig(indexing_threshold=INDEXING_THRESHOLD),
@@ -92,7 +93,8 @@ class EdgeStore(VectorStore):
         with _OPEN_LOCK:
             _OPEN[str(directory)] = _OpenShard(shard, lock_fd)
         # The metadata file is written last and atomically: its presence marks a complete collection.
-        _write_json(directory / META_FILE, {"model": model, "dim": int(dim), "created_at": info.created_at})
+        _write_json(directory / META_FILE, {"model": model, "dim": int(dim), "created_at": info.created_at,
+                                            "weights": weights})
         return info
 
     def _meta(self, name: str) -> dict:
@@ -104,7 +106,8 @@ class EdgeStore(VectorStore):
     def get_collection(self, name: str, with_count: bool = True) -> CollectionInfo:
         meta = self._meta(name)
         count = self.count(name) if with_count else 0
-        return CollectionInfo(name, meta["model"], int(meta["dim"]), count, meta.get("created_at"))
+        return CollectionInfo(name, meta["model"], int(meta["dim"]), count, meta.get("created_at"),
+                              meta.get("weights"))
 
     def list_collections(self) -> list[CollectionInfo]:
         names = sorted(p.parent.name for p in (self.root / "collections").glob(f"*/{META_FILE}"))

@@ -59,7 +59,7 @@ class RemoteStore(VectorStore):
     def _exists(self, name: str) -> bool:
         return bool(self._call(self.client.collection_exists, check_collection_name(name)))
 
-    def create_collection(self, name: str, model: str, dim: int) -> CollectionInfo:
+    def create_collection(self, name: str, model: str, dim: int, weights: str | None = None) -> CollectionInfo:
         from qdrant_client import models
 
         if self._exists(name):
@@ -69,13 +69,14 @@ class RemoteStore(VectorStore):
             self.client.create_collection,
             name,
             vectors_config={VECTOR_NAME: models.VectorParams(size=int(dim), distance=models.Distance.COSINE)},
-            metadata={"crossmodal_model": model, "crossmodal_dim": int(dim), "created_at": created},
+            metadata={"crossmodal_model": model, "crossmodal_dim": int(dim), "created_at": created,
+                      "crossmodal_weights": weights},
         )
         for field in KEYWORD_FIELDS:
             self._call(self.client.create_payload_index, name, field, models.PayloadSchemaType.KEYWORD)
         for field in INTEGER_FIELDS:
             self._call(self.client.create_payload_index, name, field, models.PayloadSchemaType.INTEGER)
-        return CollectionInfo(name, model, int(dim), 0, created)
+        return CollectionInfo(name, model, int(dim), 0, created, weights)
 
     def get_collection(self, name: str, with_count: bool = True) -> CollectionInfo:
         try:
@@ -90,7 +91,7 @@ class RemoteStore(VectorStore):
             )
         count = self.count(name) if with_count else 0
         return CollectionInfo(name, meta["crossmodal_model"], int(meta["crossmodal_dim"]), count,
-                              meta.get("created_at"))
+                              meta.get("created_at"), meta.get("crossmodal_weights"))
 
     def list_collections(self) -> list[CollectionInfo]:
         names = sorted(c.name for c in self._call(self.client.get_collections).collections)
