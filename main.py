@@ -3,7 +3,7 @@ import logging
 from dify_plugin import DifyPluginEnv, Plugin
 from dify_plugin.config.logger_format import plugin_logger_handler
 
-from crossmodal.runtime import preload_libraries
+from crossmodal.runtime import preload_libraries, use_os_locks_in_shared_libraries
 
 # The core logs through the SDK's handler: stdout carries only protocol JSON.
 logging.getLogger("crossmodal").addHandler(plugin_logger_handler)
@@ -12,6 +12,9 @@ logging.getLogger("crossmodal").setLevel(logging.INFO)
 # Import torch / transformers / huggingface_hub here, on the main thread, before serving:
 # imported later inside a worker thread under gevent they fail (child watchers) and print to stdout.
 preload_libraries()
+# Logging is used from the loop and from worker threads at once: its locks must be OS locks, not the
+# greenlet locks gevent's patching makes (they can hang for good across threads).
+use_os_locks_in_shared_libraries()
 
 plugin = Plugin(DifyPluginEnv(MAX_REQUEST_TIMEOUT=600))
 

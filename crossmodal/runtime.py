@@ -9,6 +9,7 @@ Outside the plugin (CLI, tests) it simply calls the function.
 
 from __future__ import annotations
 
+import sys
 from typing import Callable, TypeVar
 
 T = TypeVar("T")
@@ -69,6 +70,38 @@ def offload(fn: Callable[..., T], *args, **kwargs) -> T:
     return gevent.get_hub().threadpool.spawn(fn, *args, **kwargs).get()
 
 
+def use_os_locks_in_shared_libraries() -> None:
+    """Give the locks that the loop and our worker threads both take real OS locks (see main.py).
+
+    Under gevent's patching, a ``threading.Lock``/``RLock`` made after the patch is a greenlet lock, and two
+    OS threads that contend for one (the loop's and a worker's, or two workers) can wait on it for good
+    (tests/test_runtime_locks.py shows it within seconds). Logging is imported after the patch, and both
+    sides take its locks on every log call: the module lock and each handler's. Each is held for one short
+    write, never across a switch of greenlets, so an OS lock costs the loop nothing. (tqdm's write lock,
+    taken by the progress bars transformers draws while a model loads, is a greenlet lock too, but it is
+    only ever taken after tqdm's multiprocessing lock, an OS semaphore, so it never sees contention.)
+    """
+    if not gevent_patched():
+        return
+    import logging
+
+    logging._lock = os_rlock()
+    for ref in list(logging._handlerList):
+        handler = ref()
+        if handler is not None:
+            handler.lock = os_rlock()
+    logging.Handler.createLock = _create_os_handler_lock
+
+
+def _create_os_handler_lock(handler) -> None:
+    import logging
+
+    handler.lock = os_rlock()
+    register = getattr(logging, "_register_at_fork_reinit_lock", None)  # private; 3.11-3.13 have it
+    if register is not None:
+        register(handler)
+
+
 def preload_libraries() -> None:
     """Import the heavy libraries once, on the main thread (see main.py).
 
@@ -76,7 +109,6 @@ def preload_libraries() -> None:
     httpcore2 (huggingface_hub's HTTP stack) imports it optionally: mark it absent so that
     httpcore2 takes its ImportError path.
     """
-    import sys
 
     if gevent_patched():
         sys.modules.setdefault("trio", None)
