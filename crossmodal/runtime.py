@@ -75,22 +75,35 @@ def use_os_locks_in_shared_libraries() -> None:
 
     Under gevent's patching, a ``threading.Lock``/``RLock`` made after the patch is a greenlet lock, and two
     OS threads that contend for one (the loop's and a worker's, or two workers) can wait on it for good
-    (tests/test_runtime_locks.py shows it within seconds). Logging is imported after the patch, and both
-    sides take its locks on every log call: the module lock and each handler's. Each is held for one short
-    write, never across a switch of greenlets, so an OS lock costs the loop nothing. (tqdm's write lock,
-    taken by the progress bars transformers draws while a model loads, is a greenlet lock too, but it is
-    only ever taken after tqdm's multiprocessing lock, an OS semaphore, so it never sees contention.)
+    (tests/test_runtime_locks.py shows both cases below within seconds):
+    - logging, imported after the patch: both sides take its module lock and a handler's on log calls;
+    - importlib's per-module locks, made by ``_thread.allocate_lock`` as each import starts: two sessions
+      whose handlers first import the same module at the same moment (a function-level import, a lazy
+      library module) met on one. importlib is given the unpatched ``_thread``.
+    These locks are held for one write or one import, never across a switch of greenlets, so OS locks cost
+    the loop nothing. (tqdm's write lock, taken by the progress bars transformers draws while a model
+    loads, is a greenlet lock too, but only ever taken after tqdm's multiprocessing lock, an OS semaphore,
+    so it never sees contention.)
     """
     if not gevent_patched():
         return
+    import importlib._bootstrap
     import logging
 
+    importlib._bootstrap._thread = _UnpatchedThreadModule()
     logging._lock = os_rlock()
     for ref in list(logging._handlerList):
         handler = ref()
         if handler is not None:
             handler.lock = os_rlock()
     logging.Handler.createLock = _create_os_handler_lock
+
+
+class _UnpatchedThreadModule:
+    """``_thread`` as it was before gevent's patching (allocate_lock, get_ident, RLock, ...)."""
+
+    def __getattr__(self, name: str):
+        return _original("_thread", name)
 
 
 def _create_os_handler_lock(handler) -> None:

@@ -1,9 +1,10 @@
 """Locks shared by gevent's loop and worker threads inside the plugin process.
 
-Under the SDK's gevent patching, a lock that logging makes after the patch is a greenlet lock; the
-loop and the pool's worker threads contending for it can wait for good (the cause of a rare hang of the load
-test). ``use_os_locks_in_shared_libraries`` (called by main.py) gives those libraries OS locks. Each check
-runs in a fresh interpreter patched exactly as the plugin is, and hammers the locks from both sides."""
+Under the SDK's gevent patching, the locks that logging and importlib make after the patch are greenlet
+locks; the loop and the pool's worker threads contending for one can wait for good (the cause of a rare
+hang of the load test: fifty searches whose handlers first imported the same module at once).
+``use_os_locks_in_shared_libraries`` (called by main.py) gives them OS locks. Each check runs in a fresh
+interpreter patched exactly as the plugin is, and hammers the locks from both sides."""
 
 import subprocess
 import sys
@@ -56,10 +57,41 @@ HAMMER = textwrap.dedent("""
 """)
 
 
-def hammer(mode: str, timeout: float) -> str:
-    result = subprocess.run([sys.executable, "-c", HAMMER, mode, str(timeout)], cwd=ROOT, capture_output=True,
-                            text=True, timeout=timeout + 60)
+FIRST_IMPORTS = textwrap.dedent("""
+    import os, sys
+    import dify_plugin  # noqa: F401
+    import importlib
+    import gevent
+    from crossmodal.runtime import use_os_locks_in_shared_libraries
+
+    if sys.argv[1] == "fixed":
+        use_os_locks_in_shared_libraries()
+    sys.path.insert(0, sys.argv[3])
+    pool = gevent.get_hub().threadpool
+
+    def first_import(k):
+        importlib.import_module(f"lazy_{k}")
+
+    for k in range(int(sys.argv[4])):  # six sessions at once import module k, never imported before
+        jobs = [gevent.spawn(lambda: pool.spawn(first_import, k).get()) for _ in range(6)]
+        if len(gevent.joinall(jobs, timeout=float(sys.argv[2]))) != len(jobs):
+            print("hung", flush=True)
+            os._exit(0)
+    print("finished", flush=True)
+    os._exit(0)
+""")
+
+
+def hammer(mode: str, timeout: float, script: str = HAMMER, *extra) -> str:
+    result = subprocess.run([sys.executable, "-c", script, mode, str(timeout), *map(str, extra)], cwd=ROOT,
+                            capture_output=True, text=True, timeout=timeout + 120)
     return result.stdout.strip() or result.stderr[-2000:]
+
+
+def lazy_modules(directory: Path, count: int) -> Path:
+    for k in range(count):
+        (directory / f"lazy_{k}.py").write_text("TOTAL = sum(range(300_000))  # an import that takes a few ms\n")
+    return directory
 
 
 def test_logging_and_progress_bars_from_loop_and_workers_never_hang():
@@ -72,6 +104,24 @@ def test_without_os_locks_the_same_load_hangs():
     outcomes = []
     for _ in range(3):
         outcomes.append(hammer("unfixed", 8))
+        if outcomes[-1] == "hung":
+            break
+    assert outcomes[-1] == "hung", outcomes
+
+
+MODULES = 400
+
+
+def test_sessions_importing_the_same_module_for_the_first_time_never_hang(tmp_path):
+    assert hammer("fixed", 30, FIRST_IMPORTS, lazy_modules(tmp_path, MODULES), MODULES) == "finished"
+
+
+def test_without_os_locks_first_imports_can_hang(tmp_path):
+    outcomes = []
+    for attempt in range(3):
+        directory = tmp_path / str(attempt)
+        directory.mkdir()
+        outcomes.append(hammer("unfixed", 8, FIRST_IMPORTS, lazy_modules(directory, MODULES), MODULES))
         if outcomes[-1] == "hung":
             break
     assert outcomes[-1] == "hung", outcomes
