@@ -1,9 +1,13 @@
 """Prometheus metrics (prometheus_client, text exposition format) for endpoints and nodes: requests and
-errors per route and node, latency histograms, model load time, points per collection."""
+errors per route and node, latency histograms, model load time, points per collection.
+
+Counters and histograms are updated on the gevent loop only (after the offloaded work returns), where the
+scrape also runs: their locks are never contended across OS threads. Values that worker threads produce
+(model load times, collection sizes) are read at scrape time by collectors."""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -13,17 +17,27 @@ REQUESTS = Counter("crossmodal_requests_total", "Requests by kind (endpoint / no
 ERRORS = Counter("crossmodal_errors_total", "Requests that ended in an error", ["kind", "name"], registry=REGISTRY)
 LATENCY = Histogram("crossmodal_request_seconds", "Request latency", ["kind", "name"], registry=REGISTRY,
                     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120))
-MODEL_LOAD = Gauge("crossmodal_model_load_seconds", "Seconds the last load of each model took", ["model"],
-                   registry=REGISTRY)
 
 
 def exposition(service) -> tuple[bytes, str]:
     """The registry plus a gauge of points per collection, read from the store at scrape time."""
     registry = CollectorRegistry()
-    for collector in (REQUESTS, ERRORS, LATENCY, MODEL_LOAD):
+    for collector in (REQUESTS, ERRORS, LATENCY):
         registry.register(collector)
+    registry.register(_ModelLoadCollector())
     registry.register(_PointsCollector(service))
     return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+class _ModelLoadCollector:
+    def collect(self):
+        from crossmodal.models import LOAD_SECONDS
+
+        family = GaugeMetricFamily("crossmodal_model_load_seconds", "Seconds the last load of each model took",
+                                   labels=["model"])
+        for model, seconds in list(LOAD_SECONDS.items()):
+            family.add_metric([model], seconds)
+        yield family
 
 
 class _PointsCollector:

@@ -398,6 +398,10 @@ def l2_normalize(vectors: np.ndarray) -> np.ndarray:
 
 
 _ENCODERS: dict[tuple, Encoder] = {}
+# Seconds the last load of each model took, read by the metrics scrape. A plain dict, not a prometheus
+# gauge set here: this runs in a worker thread, and the gauge's lock would be a greenlet lock shared with
+# the loop that scrapes (crossmodal/runtime.py).
+LOAD_SECONDS: dict[str, float] = {}
 _ENCODERS_LOCK = os_lock()
 
 
@@ -411,11 +415,9 @@ def get_encoder(name: str | None = None, device: str | None = None, hub: HubOpti
     key = (identity, device, precision, no_gpu)  # the fallback's note stays with those who asked for CUDA
     with _ENCODERS_LOCK:
         if key not in _ENCODERS:
-            from crossmodal import metrics
-
             started = time.perf_counter()
             encoder = load_encoder(identity, device, hub)
-            metrics.MODEL_LOAD.labels(model=identity).set(time.perf_counter() - started)
+            LOAD_SECONDS[identity] = time.perf_counter() - started
             encoder.use_precision(precision)
             if no_gpu:
                 note = "CUDA was asked for but no GPU is visible: running on the CPU"

@@ -95,7 +95,8 @@ def test_ingest_search_align_rerank_collections_and_retrieval(plugin, settings):
     assert status == 200
     assert b'crossmodal_collection_points{collection="kb"} 7.0' in text
     assert b'crossmodal_requests_total{kind="endpoint",name="search",status="200"}' in text
-    assert b"crossmodal_model_load_seconds" in text
+    load_lines = [line for line in text.splitlines() if line.startswith(b"crossmodal_model_load_seconds{")]
+    assert load_lines and all(float(line.split()[-1]) > 0 for line in load_lines)
 
 
 def test_seed_call_shape_and_the_python_client(plugin, settings, monkeypatch):
