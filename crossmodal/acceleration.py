@@ -90,13 +90,9 @@ def cache_key(encoder, kind: str) -> str:
     import torch
     import transformers
 
-    files = []
-    if encoder.model_dir is not None:
-        for path in sorted(Path(encoder.model_dir).iterdir()):
-            if path.is_file():
-                stat = path.stat()
-                files.append([path.name, stat.st_size, stat.st_mtime_ns])
-    identity = {"model": encoder.identity, "files": files, "kind": kind, "opset": ONNX_OPSET,
+    # The weights fingerprint is by content (crossmodal/models.py): new weights under the same name get a
+    # new export, a fresh copy of the same files reuses the cached one.
+    identity = {"model": encoder.identity, "weights": encoder.weights, "kind": kind, "opset": ONNX_OPSET,
                 "torch": torch.__version__, "transformers": transformers.__version__,
                 "onnxruntime": onnxruntime.__version__}
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:20]

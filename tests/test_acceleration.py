@@ -142,3 +142,20 @@ def test_onnx_export_covers_the_other_families(family, onnx_cache, tiny_chinese_
     reference = _vectors(encoder, images, texts)
     assert encoder.use_precision("onnx") == "onnx", encoder.precision_note
     assert np.allclose(_vectors(encoder, images, texts), reference, atol=1e-4)
+
+
+def test_the_export_follows_the_weights_not_the_files_times(onnx_cache, tiny_clip_dir, tmp_path):
+    """A model retrained in place gets a new export (never the old weights' towers); the same files
+    written again (a fresh clone, a re-download: new modification times) reuse the cached one."""
+    import os
+    import shutil
+
+    from tiny_models import save_tiny_clip
+
+    model_dir = shutil.copytree(tiny_clip_dir, tmp_path / "model")
+    before = acceleration.cache_key(load_encoder(str(model_dir)), "onnx")
+    for path in model_dir.iterdir():
+        os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
+    assert acceleration.cache_key(load_encoder(str(model_dir)), "onnx") == before
+    save_tiny_clip(model_dir, seed=1)
+    assert acceleration.cache_key(load_encoder(str(model_dir)), "onnx") != before
