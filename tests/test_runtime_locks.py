@@ -32,6 +32,7 @@ HAMMER = textwrap.dedent("""
     if sys.argv[1] == "fixed":
         use_os_locks_in_shared_libraries()
     made_after = quiet_logger("crossmodal.after")
+    sys.setswitchinterval(1e-5)  # threads interleave far more often, as on a loaded machine
 
     def in_worker(n):
         for i in range(n):
@@ -66,6 +67,7 @@ FIRST_IMPORTS = textwrap.dedent("""
 
     if sys.argv[1] == "fixed":
         use_os_locks_in_shared_libraries()
+    sys.setswitchinterval(1e-5)  # threads interleave far more often, as on a loaded machine
     sys.path.insert(0, sys.argv[3])
     pool = gevent.get_hub().threadpool
 
