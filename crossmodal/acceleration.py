@@ -196,8 +196,6 @@ def _uses_text_mask(encoder) -> bool:
 
 
 def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
+    """Read afresh each time (not models._file_sha256's memo): it must see an export damaged in place."""
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()

@@ -473,9 +473,6 @@ def _file_sha256(path: Path) -> str:
     stat = resolved.stat()
     key = (str(resolved), stat.st_size, stat.st_mtime_ns)
     if key not in _FILE_HASHES:
-        digest = hashlib.sha256()
         with open(resolved, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-        _FILE_HASHES[key] = digest.hexdigest()
+            _FILE_HASHES[key] = hashlib.file_digest(handle, "sha256").hexdigest()
     return _FILE_HASHES[key]
