@@ -14,7 +14,8 @@ def cmd_train(args) -> int:
     config = TrainConfig(out=args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                          scenes=args.scenes, init=args.init, pairs=args.pairs, bf16=not args.fp32,
                          save_every=args.save_every, patch_size=args.patch_size,
-                         image_size=args.image_size, crops=not args.no_crops)
+                         image_size=args.image_size, crops=not args.no_crops,
+                         vision_layers=args.vision_layers)
 
     def progress(step, loss):
         print(f"step {step}/{config.steps} loss {loss:.4f}", file=sys.stderr)
@@ -98,6 +99,8 @@ def _add_train(sub):
     p.add_argument("--fp32", action="store_true", help="no bf16 autocast")
     p.add_argument("--patch-size", type=int, help="with --init: re-cut the vision tower into finer patches (16 -> 8)")
     p.add_argument("--image-size", type=int, help="with --init: show the vision tower larger images (128 -> 160)")
+    p.add_argument("--vision-layers", type=int,
+                   help="with --init: deepen the vision tower to N layers (new layers start as identity)")
     p.add_argument("--no-crops", action="store_true", help="generated scenes only, no tile-sized crops")
 
 

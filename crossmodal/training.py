@@ -47,6 +47,7 @@ class TrainConfig:
     patch_size: int | None = None  # with init: re-cut the vision tower into finer patches (e.g. 16 -> 8)
     image_size: int | None = None  # with init: show the vision tower larger images (e.g. 128 -> 160)
     crops: bool = True  # generated data: also train on tile-sized crops captioned by colour and shape
+    vision_layers: int | None = None  # with init: grow the vision tower to this many layers (new ones start as identity)
 
 
 @dataclass
@@ -144,6 +145,29 @@ def resize_input(model, processor, image_size: int) -> None:
     image_processor = processor.image_processor
     image_processor.size = {"shortest_edge": image_size}
     image_processor.crop_size = {"height": image_size, "width": image_size}
+
+
+def grow_vision_layers(model, layers: int) -> None:
+    """Deepen a trained CLIP vision tower without changing what it computes: each new layer is appended
+    with its attention output and second MLP projection zeroed, so its residual branches add nothing until
+    training moves them. The model starts exactly where the trained one was and gains capacity."""
+    import copy
+
+    import torch
+
+    encoder = model.vision_model.encoder
+    have = len(encoder.layers)
+    if layers < have:
+        raise CrossmodalError(f"vision_layers {layers} is fewer than the model's {have}; "
+                              f"layers can be added, not removed", param="vision_layers")
+    for _ in range(layers - have):
+        layer = copy.deepcopy(encoder.layers[-1])  # trained q/k/v and fc1: useful features from the first step
+        with torch.no_grad():
+            for linear in (layer.self_attn.out_proj, layer.mlp.fc2):
+                linear.weight.zero_()
+                linear.bias.zero_()
+        encoder.layers.append(layer)
+    model.config.vision_config.num_hidden_layers = layers
 
 
 def _resize_positions(embeddings, new_grid: int) -> None:
@@ -351,6 +375,8 @@ def train(config: TrainConfig, progress=None) -> TrainReport:
             resize_patches(model, config.patch_size)
         if config.image_size:
             resize_input(model, processor, config.image_size)
+        if config.vision_layers:
+            grow_vision_layers(model, config.vision_layers)
     else:
         tokenizer = train_tokenizer(vocabulary_texts(), context_length=32)
         model, processor = build_demo_model(tokenizer)

@@ -111,6 +111,35 @@ def test_resize_input_shows_the_tower_larger_images_through_the_production_path(
     assert torch.equal(model.vision_model.embeddings.position_ids[0, -1], torch.tensor((new // patch) ** 2))
 
 
+def test_grown_vision_tower_computes_the_same_vectors_and_then_learns(tmp_path, tiny_clip_dir):
+    from crossmodal.models import load_encoder
+    from crossmodal.training import grow_vision_layers, save_checkpoint
+
+    encoder = load_encoder(str(tiny_clip_dir))
+    model = encoder.model.float()
+    images = [Image.new("RGB", (90, 70), "red"), Image.new("RGB", (64, 64), "blue")]
+    before = encoder.encode_images(images)
+    layers = model.config.vision_config.num_hidden_layers
+    with pytest.raises(CrossmodalError) as err:
+        grow_vision_layers(model, layers - 1)
+    assert err.value.param == "vision_layers"
+    grow_vision_layers(model, layers + 2)
+    save_checkpoint(model, encoder.processor, str(tmp_path / "deeper"), fp16=False)
+    deeper = load_encoder(str(tmp_path / "deeper"))
+    assert len(deeper.model.vision_model.encoder.layers) == layers + 2
+    np.testing.assert_allclose(deeper.encode_images(images), before, atol=1e-5)
+    # The new layers are not dead: their zeroed projections receive gradients.
+    pairs = tmp_path / "pairs.jsonl"
+    for i, colour in enumerate(("red", "blue", "green", "white")):
+        Image.new("RGB", (64, 64), colour).save(tmp_path / f"{i}.png")
+    pairs.write_text("\n".join(json.dumps({"image": f"{i}.png", "caption": f"a {c} picture"})
+                                for i, c in enumerate(("red", "blue", "green", "white"))))
+    train(TrainConfig(out=str(tmp_path / "trained"), init=str(tmp_path / "deeper"), pairs=str(pairs), steps=2,
+                      batch_size=4, warmup=1, lr=1e-2, save_fp16=False))
+    trained = load_encoder(str(tmp_path / "trained")).model
+    assert trained.vision_model.encoder.layers[-1].mlp.fc2.weight.abs().sum() > 0
+
+
 def test_generated_batches_mix_crops_and_two_object_hard_negatives():
     from crossmodal.models import load_encoder, model_identity
     from crossmodal.training import GeneratedPairs
