@@ -129,11 +129,11 @@ def test_grown_vision_tower_computes_the_same_vectors_and_then_learns(tmp_path, 
     assert len(deeper.model.vision_model.encoder.layers) == layers + 2
     np.testing.assert_allclose(deeper.encode_images(images), before, atol=1e-5)
     # The new layers are not dead: their zeroed projections receive gradients.
+    colours = ("red", "blue", "green", "white")
+    for colour in colours:
+        Image.new("RGB", (64, 64), colour).save(tmp_path / f"{colour}.png")
     pairs = tmp_path / "pairs.jsonl"
-    for i, colour in enumerate(("red", "blue", "green", "white")):
-        Image.new("RGB", (64, 64), colour).save(tmp_path / f"{i}.png")
-    pairs.write_text("\n".join(json.dumps({"image": f"{i}.png", "caption": f"a {c} picture"})
-                                for i, c in enumerate(("red", "blue", "green", "white"))))
+    pairs.write_text("\n".join(json.dumps({"image": f"{c}.png", "caption": f"a {c} picture"}) for c in colours))
     train(TrainConfig(out=str(tmp_path / "trained"), init=str(tmp_path / "deeper"), pairs=str(pairs), steps=2,
                       batch_size=4, warmup=1, lr=1e-2, save_fp16=False))
     trained = load_encoder(str(tmp_path / "trained")).model
