@@ -54,6 +54,9 @@ HAMMER = textwrap.dedent("""
     jobs += [gevent.spawn(on_loop, 4000) for _ in range(2)]
     done = gevent.joinall(jobs, timeout=float(sys.argv[2]))
     print("finished" if len(done) == len(jobs) else "hung", flush=True)
+    if len(done) != len(jobs):  # where every thread waits, for the failure message
+        import faulthandler
+        faulthandler.dump_traceback(all_threads=True)
     os._exit(0)
 """)
 
@@ -84,10 +87,15 @@ FIRST_IMPORTS = textwrap.dedent("""
 """)
 
 
-def hammer(mode: str, timeout: float, script: str = HAMMER, *extra) -> str:
+def hammer_with_stacks(mode: str, timeout: float, script: str = HAMMER, *extra) -> tuple[str, str]:
+    """The outcome ("finished", "hung" or the error) and stderr (a hung run's thread stacks)."""
     result = subprocess.run([sys.executable, "-c", script, mode, str(timeout), *map(str, extra)], cwd=ROOT,
                             capture_output=True, text=True, timeout=timeout + 120)
-    return result.stdout.strip() or result.stderr[-2000:]
+    return result.stdout.strip() or result.stderr[-2000:], result.stderr[-6000:]
+
+
+def hammer(mode: str, timeout: float, script: str = HAMMER, *extra) -> str:
+    return hammer_with_stacks(mode, timeout, script, *extra)[0]
 
 
 def lazy_modules(directory: Path, count: int) -> Path:
@@ -98,7 +106,8 @@ def lazy_modules(directory: Path, count: int) -> Path:
 
 def test_logging_and_progress_bars_from_loop_and_workers_never_hang():
     for _ in range(3):
-        assert hammer("fixed", 60) == "finished"
+        outcome, stacks = hammer_with_stacks("fixed", 60)
+        assert outcome == "finished", stacks
 
 
 def test_without_os_locks_the_same_load_hangs():
