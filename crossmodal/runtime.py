@@ -80,10 +80,11 @@ def use_os_locks_in_shared_libraries() -> None:
     - importlib's per-module locks, made by ``_thread.allocate_lock`` as each import starts: two sessions
       whose handlers first import the same module at the same moment (a function-level import, a lazy
       library module) met on one. importlib is given the unpatched ``_thread``.
+    - tqdm's class-level write lock (``TqdmDefaultWriteLock.th_lock``, made at tqdm's import): workers that
+      first draw a progress bar at once (transformers' bars while models load) all take it while the
+      shared write lock is created (a fresh-clone CI run hung there).
     These locks are held for one write or one import, never across a switch of greenlets, so OS locks cost
-    the loop nothing. (tqdm's write lock, taken by the progress bars transformers draws while a model
-    loads, is a greenlet lock too, but only ever taken after tqdm's multiprocessing lock, an OS semaphore,
-    so it never sees contention.)
+    the loop nothing.
     """
     if not gevent_patched():
         return
@@ -97,6 +98,11 @@ def use_os_locks_in_shared_libraries() -> None:
         if handler is not None:
             handler.lock = os_rlock()
     logging.Handler.createLock = _create_os_handler_lock
+    import tqdm.std
+
+    tqdm.std.TqdmDefaultWriteLock.th_lock = os_rlock()
+    if hasattr(tqdm.std.tqdm, "_lock"):  # made already (a bar drawn while preloading): remake it on the OS lock
+        tqdm.std.tqdm.set_lock(tqdm.std.TqdmDefaultWriteLock())
 
 
 class _UnpatchedThreadModule:
