@@ -61,6 +61,30 @@ HAMMER = textwrap.dedent("""
 """)
 
 
+TQDM_CLASS_LOCK = textwrap.dedent("""
+    import os, sys, time
+    import dify_plugin  # noqa: F401
+    import gevent
+    from tqdm.std import TqdmDefaultWriteLock
+    from crossmodal.runtime import use_os_locks_in_shared_libraries
+
+    if sys.argv[1] == "fixed":
+        use_os_locks_in_shared_libraries()
+    sys.setswitchinterval(1e-5)
+
+    def in_worker(n):
+        for _ in range(n):  # held a while, as the first get_lock holds it while it makes the process lock
+            with TqdmDefaultWriteLock.th_lock:
+                time.sleep(0.0002)
+
+    pool = gevent.get_hub().threadpool
+    jobs = [gevent.spawn(lambda: pool.spawn(in_worker, 500).get()) for _ in range(4)]
+    done = gevent.joinall(jobs, timeout=float(sys.argv[2]))
+    print("finished" if len(done) == len(jobs) else "hung", flush=True)
+    os._exit(0)
+""")
+
+
 FIRST_IMPORTS = textwrap.dedent("""
     import os, sys
     import dify_plugin  # noqa: F401
@@ -115,6 +139,22 @@ def test_without_os_locks_the_same_load_hangs():
     outcomes = []
     for _ in range(3):
         outcomes.append(hammer("unfixed", 8))
+        if outcomes[-1] == "hung":
+            break
+    assert outcomes[-1] == "hung", outcomes
+
+
+def test_workers_contending_for_tqdms_class_lock_never_hang():
+    """tqdm's class-level write lock, made at its import, is what four workers drawing their first progress
+    bars at once waited on for good in a fresh-clone CI run."""
+    assert hammer("fixed", 30, TQDM_CLASS_LOCK) == "finished"
+
+
+def test_without_os_locks_tqdms_class_lock_hangs():
+    """Its control: with the greenlet lock tqdm makes under the patch, the same contention hangs."""
+    outcomes = []
+    for _ in range(3):
+        outcomes.append(hammer("unfixed", 8, TQDM_CLASS_LOCK))
         if outcomes[-1] == "hung":
             break
     assert outcomes[-1] == "hung", outcomes
