@@ -4,7 +4,8 @@ Under the SDK's gevent patching, the locks that logging and importlib make after
 locks; the loop and the pool's worker threads contending for one can wait for good (the cause of a rare
 hang of the load test: fifty searches whose handlers first imported the same module at once).
 ``use_os_locks_in_shared_libraries`` (called by main.py) gives them OS locks. Each check runs in a fresh
-interpreter patched exactly as the plugin is, and hammers the locks from both sides."""
+interpreter patched exactly as the plugin is and hammers the locks; each has a control showing that the same
+load hangs without the fix, so the check can fail."""
 
 import subprocess
 import sys
