@@ -123,6 +123,16 @@ def hammer(mode: str, timeout: float, script: str = HAMMER, *extra) -> str:
     return hammer_with_stacks(mode, timeout, script, *extra)[0]
 
 
+def outcomes_until_hung(run_once, tries: int = 3) -> list[str]:
+    """For the controls: up to ``tries`` runs (``run_once(attempt)``), stopping at the first hang."""
+    outcomes = []
+    for attempt in range(tries):
+        outcomes.append(run_once(attempt))
+        if outcomes[-1] == "hung":
+            break
+    return outcomes
+
+
 def lazy_modules(directory: Path, count: int) -> Path:
     for k in range(count):
         (directory / f"lazy_{k}.py").write_text("TOTAL = sum(range(300_000))  # an import that takes a few ms\n")
@@ -137,11 +147,7 @@ def test_logging_and_progress_bars_from_loop_and_workers_never_hang():
 
 def test_without_os_locks_the_same_load_hangs():
     """The control: the hazard is real with these library versions, so the test above can fail."""
-    outcomes = []
-    for _ in range(3):
-        outcomes.append(hammer("unfixed", 8))
-        if outcomes[-1] == "hung":
-            break
+    outcomes = outcomes_until_hung(lambda attempt: hammer("unfixed", 8))
     assert outcomes[-1] == "hung", outcomes
 
 
@@ -153,11 +159,7 @@ def test_workers_contending_for_tqdms_class_lock_never_hang():
 
 def test_without_os_locks_tqdms_class_lock_hangs():
     """Its control: with the greenlet lock tqdm makes under the patch, the same contention hangs."""
-    outcomes = []
-    for _ in range(3):
-        outcomes.append(hammer("unfixed", 8, TQDM_CLASS_LOCK))
-        if outcomes[-1] == "hung":
-            break
+    outcomes = outcomes_until_hung(lambda attempt: hammer("unfixed", 8, TQDM_CLASS_LOCK))
     assert outcomes[-1] == "hung", outcomes
 
 
@@ -169,11 +171,10 @@ def test_sessions_importing_the_same_module_for_the_first_time_never_hang(tmp_pa
 
 
 def test_without_os_locks_first_imports_can_hang(tmp_path):
-    outcomes = []
-    for attempt in range(3):
+    def run_once(attempt):  # modules never imported before, every attempt
         directory = tmp_path / str(attempt)
         directory.mkdir()
-        outcomes.append(hammer("unfixed", 8, FIRST_IMPORTS, lazy_modules(directory, MODULES), MODULES))
-        if outcomes[-1] == "hung":
-            break
+        return hammer("unfixed", 8, FIRST_IMPORTS, lazy_modules(directory, MODULES), MODULES)
+
+    outcomes = outcomes_until_hung(run_once)
     assert outcomes[-1] == "hung", outcomes
