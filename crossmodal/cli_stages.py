@@ -11,11 +11,11 @@ from crossmodal.cli import EXTRA_COMMANDS
 def cmd_train(args) -> int:
     from crossmodal.training import TrainConfig, train
 
-    config = TrainConfig(out=args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+    config = TrainConfig(out=args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup, seed=args.seed,
                          scenes=args.scenes, init=args.init, pairs=args.pairs, bf16=not args.fp32,
                          save_every=args.save_every, patch_size=args.patch_size,
                          image_size=args.image_size, crops=not args.no_crops,
-                         vision_layers=args.vision_layers)
+                         vision_layers=args.vision_layers, shape_negatives=args.shape_negatives)
 
     def progress(step, loss):
         print(f"step {step}/{config.steps} loss {loss:.4f}", file=sys.stderr)
@@ -93,6 +93,7 @@ def _add_train(sub):
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--batch-size", type=int, default=192)
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--warmup", type=int, default=150, help="steps of linear learning-rate warm-up")
     p.add_argument("--scenes", type=int, default=20000, help="generated scenes (without --pairs)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--save-every", type=int, default=0)
@@ -102,6 +103,8 @@ def _add_train(sub):
     p.add_argument("--vision-layers", type=int,
                    help="with --init: deepen the vision tower to N layers (new layers start as identity)")
     p.add_argument("--no-crops", action="store_true", help="generated scenes only, no tile-sized crops")
+    p.add_argument("--shape-negatives", action="store_true",
+                   help="generated scenes: add each caption with one shape changed as a hard negative")
 
 
 def _add_eval(sub):

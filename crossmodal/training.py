@@ -16,7 +16,7 @@ import logging
 import math
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +47,7 @@ class TrainConfig:
     patch_size: int | None = None  # with init: re-cut the vision tower into finer patches (e.g. 16 -> 8)
     image_size: int | None = None  # with init: show the vision tower larger images (e.g. 128 -> 160)
     crops: bool = True  # generated data: also train on tile-sized crops captioned by colour and shape
+    shape_negatives: bool = False  # generated data: add each caption again with one shape changed, as a negative
     vision_layers: int | None = None  # with init: grow the vision tower to this many layers (new ones start as identity)
 
 
@@ -204,10 +205,12 @@ class GeneratedPairs:
     Align's and region rerank's tiles) and captioned by colour and shape only: the model then knows objects
     seen at tile scale, which is the evidence region rerank and heat maps rely on."""
 
-    def __init__(self, n: int, seed: int, image_size: int, processor, crops: bool = True):
+    def __init__(self, n: int, seed: int, image_size: int, processor, crops: bool = True,
+                 shape_negatives: bool = False):
         from crossmodal.scenes import crop_around, generate_scene
 
         self.rng = random.Random(seed)
+        self.shape_negatives = shape_negatives
         self.objects, self.relative, pixels = [], [], []
         mean, std = _norm_stats(processor)
 
@@ -243,33 +246,61 @@ class GeneratedPairs:
         return len(self.objects)
 
     def batch(self, size: int):
+        """Images, captions and mask[t, i] (caption t is true of image i). With shape negatives the captions
+        run on past the images: each scene's caption again, same words but one shape changed (NegCLIP's
+        hard negatives), so an image must tell its own caption from one that differs only in the shape."""
         import torch
 
-        from crossmodal.scenes import scene_satisfies, sample_caption
+        from crossmodal.scenes import sample_caption, scene_satisfies
 
         idx = self._indexes(size)
-        captions, specs = zip(*(sample_caption(self.objects[i], self.rng, relative=self.relative[i]) for i in idx))
-        mask = np.array([[scene_satisfies(self.objects[j], s) for j in idx] for s in specs], dtype=np.float32)
+        captions, specs, negatives, negative_specs = [], [], [], []
+        for i in idx:
+            state = self.rng.getstate()
+            caption, spec = sample_caption(self.objects[i], self.rng, relative=self.relative[i])
+            captions.append(caption)
+            specs.append(spec)
+            if self.shape_negatives:
+                negative, negative_spec = self._shape_negative(self.objects[i], self.relative[i], spec, state)
+                negatives.append(negative)
+                negative_specs.append(negative_spec)
+        mask = np.array([[scene_satisfies(self.objects[j], s) for j in idx] for s in specs + negative_specs],
+                        dtype=np.float32)
         images = torch.from_numpy(self.pixels[idx]).permute(0, 3, 1, 2).float() / 255.0
         images = (images - self.mean) / self.std
-        return images, list(captions), torch.from_numpy(mask)
+        return images, captions + negatives, torch.from_numpy(mask)
+
+    def _shape_negative(self, objects, relative: bool, spec, state) -> tuple[str, list[dict]]:
+        """The caption drawn from ``state``, redrawn with the same choices for the scene in which one named
+        object has another shape: the same template, order and words except that shape."""
+        from crossmodal.scenes import SHAPES, sample_caption
+
+        named = self.rng.choice(spec)
+        k = next(n for n, o in enumerate(objects) if o.shape == named["shape"] and o.color == named["color"])
+        swapped = list(objects)
+        swapped[k] = replace(objects[k], shape=self.rng.choice([s for s in SHAPES if s != named["shape"]]))
+        replay = random.Random()
+        replay.setstate(state)
+        return sample_caption(swapped, replay, relative=relative)
 
     def _indexes(self, size: int, group: int = 4) -> list[int]:
         """A quarter of the batch at random, a quarter in groups of single-object scenes sharing colour and
         shape, a sixth in groups sharing colour only (shape tells them apart), a third in groups of two-object
         scenes with the same two shapes."""
+        size = min(size, len(self))
         chosen: set[int] = set()
+        tries = 4 * size  # small data sets run out of unchosen group members: then random scenes fill up
         keys = [k for k, v in self.groups.items() if len(v) >= group]
-        while keys and len(chosen) < size // 4:
+        while keys and len(chosen) < size // 4 and (tries := tries - 1) > 0:
             chosen.update(self.rng.sample(self.groups[self.rng.choice(keys)], group))
         colours = sorted({colour for colour, _ in keys})
-        while keys and len(chosen) < 5 * size // 12:
+        while keys and len(chosen) < 5 * size // 12 and (tries := tries - 1) > 0:
             colour = self.rng.choice(colours)
             same_colour = [k for k in keys if k[0] == colour]
             for shape_key in self.rng.sample(same_colour, min(3, len(same_colour))):
                 chosen.update(self.rng.sample(self.groups[shape_key], 2))
         pair_keys = [k for k, v in self.pair_groups.items() if len(v) >= group]
-        while pair_keys and len(chosen) < 3 * size // 4:
+        while pair_keys and len(chosen) < 3 * size // 4 and (tries := tries - 1) > 0:
             chosen.update(self.rng.sample(self.pair_groups[self.rng.choice(pair_keys)], group))
         while len(chosen) < size:
             chosen.add(self.rng.randrange(len(self)))
@@ -347,13 +378,17 @@ def _norm_stats(processor):
 
 # -- loss and loop ------------------------------------------------------------------
 def multi_positive_infonce(image_emb, text_emb, logit_scale, mask):
-    """Symmetric InfoNCE; mask[i, j] = 1 where text i truly describes image j (diagonal included)."""
+    """Symmetric InfoNCE; mask[t, i] = 1 where text t truly describes image i (diagonal included).
+
+    There may be more texts than images (hard negatives after the paired captions): every text is a
+    candidate for every image, but only texts true of some image in the batch are text->image queries."""
     import torch.nn.functional as F
 
     logits = logit_scale.exp().clamp(max=100) * text_emb @ image_emb.t()
-    t2i_target = mask / mask.sum(1, keepdim=True)
+    queries = mask.sum(1) > 0
+    t2i_target = mask[queries] / mask[queries].sum(1, keepdim=True)
     i2t_target = (mask / mask.sum(0, keepdim=True)).t()
-    loss_t2i = -(t2i_target * F.log_softmax(logits, dim=1)).sum(1).mean()
+    loss_t2i = -(t2i_target * F.log_softmax(logits[queries], dim=1)).sum(1).mean()
     loss_i2t = -(i2t_target * F.log_softmax(logits.t(), dim=1)).sum(1).mean()
     return (loss_t2i + loss_i2t) / 2
 
@@ -384,7 +419,8 @@ def train(config: TrainConfig, progress=None) -> TrainReport:
         data = JsonlPairs(config.pairs, processor, config.seed, report)
     else:
         image_size = model.config.vision_config.image_size
-        data = GeneratedPairs(config.scenes, config.seed, image_size, processor, crops=config.crops)
+        data = GeneratedPairs(config.scenes, config.seed, image_size, processor, crops=config.crops,
+                              shape_negatives=config.shape_negatives)
         report.pairs = len(data)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)

@@ -155,3 +155,60 @@ def test_generated_batches_mix_crops_and_two_object_hard_negatives():
     pairs = [i for i in chosen if data.relative[i] and len(data.objects[i]) == 2]
     shape_pairs = [tuple(sorted(o.shape for o in data.objects[i])) for i in pairs]
     assert max(shape_pairs.count(k) for k in set(shape_pairs)) >= 4  # groups sharing both shapes
+
+
+def test_texts_past_the_images_are_negatives_only():
+    """Rows after the paired captions that are true of no image are not text->image queries (no target),
+    but every image must rank its caption above them: a negative close to an image raises the loss."""
+    scale = torch.tensor(math.log(100.0))
+    norm = torch.nn.functional.normalize
+    images = norm(torch.tensor([[1.0, 0, 0], [0, 1.0, 0]]), dim=-1)
+    captions = images.clone()
+    far, near = norm(torch.tensor([[0, 0, 1.0]]), dim=-1), norm(torch.tensor([[1.0, 0.1, 0]]), dim=-1)
+    mask = torch.tensor([[1.0, 0], [0, 1], [0, 0]])
+    paired_only = multi_positive_infonce(images, captions, scale, torch.eye(2))
+    with_far = multi_positive_infonce(images, torch.cat([captions, far]), scale, mask)
+    with_near = multi_positive_infonce(images, torch.cat([captions, near]), scale, mask)
+    assert torch.isfinite(with_near) and paired_only <= with_far < with_near
+    # Exactly CLIP's loss with the extra column: text->image over the paired rows, image->text over all.
+    texts = torch.cat([captions, near])
+    logits = 100.0 * texts @ images.t()
+    labels = torch.arange(2)
+    reference = (torch.nn.functional.cross_entropy(logits[:2], labels)
+                 + torch.nn.functional.cross_entropy(logits.t(), labels)) / 2
+    assert torch.allclose(with_near, reference, atol=1e-6)
+
+
+def test_shape_negatives_change_one_shape_word_and_are_false_of_their_image():
+    from crossmodal.models import load_encoder, model_identity
+    from crossmodal.scenes import SHAPES, ZH_SHAPES, scene_satisfies
+    from crossmodal.training import GeneratedPairs
+
+    processor = load_encoder(model_identity("demo-shapes")).processor
+    data = GeneratedPairs(400, 4, 32, processor, shape_negatives=True)
+    images, captions, mask = data.batch(48)
+    assert images.shape[0] == 48 and len(captions) == 96 and mask.shape == (96, 48)
+    assert all(mask[i, i] == 1 for i in range(48))
+    shape_words = set(SHAPES) | set(ZH_SHAPES.values())
+    false_of_own = 0
+    for k in range(48):
+        caption, negative = captions[k], captions[48 + k]
+        assert caption != negative
+        # Same template: the texts differ only where a shape word was replaced by another.
+        rest_caption, rest_negative = caption, negative
+        for word in sorted(shape_words, key=len, reverse=True):
+            rest_caption, rest_negative = rest_caption.replace(word, "#"), rest_negative.replace(word, "#")
+        assert rest_caption == rest_negative, (caption, negative)
+        false_of_own += mask[48 + k, k] == 0
+    assert false_of_own >= 44  # true only when the changed object's twin (same colour, new shape) is there
+
+
+def test_small_generated_sets_fill_batches_instead_of_hanging():
+    """Too few scenes to fill the hard-negative groups: random scenes fill the batch (this once looped forever)."""
+    from crossmodal.models import load_encoder, model_identity
+    from crossmodal.training import GeneratedPairs
+
+    data = GeneratedPairs(60, 77, 32, load_encoder(model_identity("demo-shapes")).processor)
+    images, captions, mask = data.batch(16)
+    assert images.shape[0] == 16 and len(set(data._indexes(16))) == 16
+    assert data.batch(10_000)[0].shape[0] == len(data)
