@@ -11,8 +11,9 @@ from crossmodal.cli import EXTRA_COMMANDS
 def cmd_train(args) -> int:
     from crossmodal.training import TrainConfig, train
 
-    config = TrainConfig(out=args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup, seed=args.seed,
-                         scenes=args.scenes, init=args.init, pairs=args.pairs, bf16=not args.fp32,
+    config = TrainConfig(out=args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                         warmup=args.warmup, seed=args.seed, scenes=args.scenes, init=args.init,
+                         pairs=args.pairs, bf16=not args.fp32,
                          save_every=args.save_every, patch_size=args.patch_size,
                          image_size=args.image_size, crops=not args.no_crops,
                          vision_layers=args.vision_layers, shape_negatives=args.shape_negatives)

@@ -273,10 +273,10 @@ class GeneratedPairs:
     def _shape_negative(self, objects, relative: bool, spec, state) -> tuple[str, list[dict]]:
         """The caption drawn from ``state``, redrawn with the same choices for the scene in which one named
         object has another shape: the same template, order and words except that shape."""
-        from crossmodal.scenes import SHAPES, sample_caption
+        from crossmodal.scenes import SHAPES, object_matches, sample_caption
 
         named = self.rng.choice(spec)
-        k = next(n for n, o in enumerate(objects) if o.shape == named["shape"] and o.color == named["color"])
+        k = next(n for n, o in enumerate(objects) if object_matches(o, named))
         swapped = list(objects)
         swapped[k] = replace(objects[k], shape=self.rng.choice([s for s in SHAPES if s != named["shape"]]))
         replay = random.Random()

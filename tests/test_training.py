@@ -181,7 +181,7 @@ def test_texts_past_the_images_are_negatives_only():
 
 def test_shape_negatives_change_one_shape_word_and_are_false_of_their_image():
     from crossmodal.models import load_encoder, model_identity
-    from crossmodal.scenes import SHAPES, ZH_SHAPES, scene_satisfies
+    from crossmodal.scenes import SHAPES, ZH_SHAPES
     from crossmodal.training import GeneratedPairs
 
     processor = load_encoder(model_identity("demo-shapes")).processor
