@@ -444,12 +444,12 @@ def train(config: TrainConfig, progress=None) -> TrainReport:
         schedule.step()
         with torch.no_grad():
             model.logit_scale.clamp_(0, math.log(100))
-        report.final_loss = float(loss.detach())
+        report.final_loss = loss.item()
         if step % config.log_every == 0 or step == config.steps:
-            report.history.append((step, round(float(loss), 4)))
-            logger.info("step %d loss %.4f scale %.1f", step, float(loss), float(model.logit_scale.exp()))
+            report.history.append((step, round(report.final_loss, 4)))
+            logger.info("step %d loss %.4f scale %.1f", step, report.final_loss, model.logit_scale.exp().item())
             if progress:
-                progress(step, float(loss))
+                progress(step, report.final_loss)
         if config.save_every and step % config.save_every == 0 and step < config.steps:
             save_checkpoint(model, processor, config.out, fp16=config.save_fp16)
             model.train()
