@@ -116,7 +116,7 @@ def test_empty_unknown_and_unloadable(tmp_path):
 
 def test_region_rerank_through_search_reorders_the_first_stage(tmp_path):
     """Two-object captions through Search + Rerank(region), measured by the eval harness. Whether it lifts R@1
-    depends on the model and the gallery (README, Evaluation: +6 points with run 5 over 1,000 scenes)."""
+    depends on the model and the gallery (README, Evaluation: +6 points with run 5, none with run 10)."""
     from crossmodal.evaluation import rerank_lift, scene_set
 
     report = rerank_lift(Service(Settings(data_dir=str(tmp_path), model="demo-shapes")),
