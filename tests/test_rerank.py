@@ -145,3 +145,31 @@ def test_blip2_itm_head_through_the_same_path(tmp_path):
     expected = torch.softmax(logits, dim=-1)[:, 1].numpy()
     assert [r["payload"]["source"] for r in result["results"]] == [f"{colours[i]}.png" for i in np.argsort(-expected)]
     assert result["model"] == str(blip2)
+
+
+def test_region_views_are_half_side_tiles_even_below_the_model_input():
+    from crossmodal.rerank import region_views
+
+    for side in (224, 512):  # the demo model reads 160 px: 112-px tiles are upscaled, not floored at 160
+        views = region_views(Image.new("RGB", (side, side)))
+        assert views[0].size == (side, side) and len(views) == 10
+        assert {v.size for v in views[1:]} == {(side // 2, side // 2)}
+    wide = region_views(Image.new("RGB", (400, 40)))  # thin images: tiles clipped, the whole width covered
+    assert all(v.size[1] <= 40 for v in wide) and len(wide) > 1
+
+
+def test_region_score_is_the_weakest_phrases_best_view(tmp_path):
+    from crossmodal.align import split_phrases
+    from crossmodal.rerank import region_scores, region_views
+    from crossmodal.scenes import generate_scene
+
+    encoder = Service(Settings(data_dir=str(tmp_path), model="demo-shapes")).encoder()
+    query = "a red circle and a blue star"
+    candidates = [Candidate(str(k), image=generate_scene(870_000_000 + k, 320, 320, 2).image) for k in range(3)]
+    scores, per_phrase = region_scores(encoder, query, candidates)
+    phrase_vectors = encoder.encode_texts(split_phrases(query)[0]).vectors
+    for candidate, score, bests in zip(candidates, scores, per_phrase):
+        views = encoder.encode_images(region_views(candidate.image))
+        expected = (phrase_vectors @ views.T).max(axis=1)
+        assert bests == pytest.approx(expected.tolist(), abs=1e-4)
+        assert score == pytest.approx(expected.min(), abs=1e-4) and score < expected.mean()
