@@ -103,11 +103,12 @@ def _starts(length: int, tile: int, stride: int) -> list[int]:
     return starts
 
 
-def default_tile_size(width: int, height: int, model_input: int, overlap: float, fraction: int = 4) -> int:
-    """A ``fraction`` of the shorter side, never below the model's input, grown until the tiles number at
-    most MAX_TILES (panoramas). Region retrieval uses quarters (2048^2: 512-px tiles, 25 at 25 % overlap),
-    the Align node thirds (683 px, 16 tiles: its occlusion refinement finds the object inside the tile)."""
-    tile = max(model_input, min(width, height) // fraction)
+def default_tile_size(width: int, height: int, min_tile: int, overlap: float, fraction: int = 4) -> int:
+    """A ``fraction`` of the shorter side, never below ``min_tile``, grown until the tiles number at most
+    MAX_TILES (panoramas). Region retrieval uses quarters (2048^2: 512-px tiles, 25 at 25 % overlap) and the
+    Align node thirds (683 px, 16 tiles: its occlusion refinement finds the object inside the tile), both
+    floored at the model's input; region rerank uses halves floored at 16 px."""
+    tile = max(min_tile, min(width, height) // fraction)
     while len(tile_boxes(width, height, tile, overlap)) > MAX_TILES:
         tile = int(tile * 1.25) + 1
     return tile

@@ -164,7 +164,6 @@ def region_views(image) -> list:
     from crossmodal.align import default_tile_size, tile_boxes
 
     width, height = image.size
-    # Floored at MIN_REGION_TILE, not the model input; grown like Align's tiles on panoramas (at most 64).
     tile = default_tile_size(width, height, MIN_REGION_TILE, 0.5, fraction=2)
     boxes = tile_boxes(width, height, tile, 0.5)
     return [image] + [image.crop(b) for b in boxes if b != (0, 0, width, height)]
