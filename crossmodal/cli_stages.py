@@ -16,7 +16,9 @@ def cmd_train(args) -> int:
                          pairs=args.pairs, bf16=not args.fp32,
                          save_every=args.save_every, patch_size=args.patch_size,
                          image_size=args.image_size, crops=not args.no_crops,
-                         vision_layers=args.vision_layers, shape_negatives=args.shape_negatives)
+                         vision_layers=args.vision_layers,
+                         shape_negatives=args.shape_negatives or args.mine_negatives,
+                         mine_negatives=args.mine_negatives)
 
     def progress(step, loss):
         print(f"step {step}/{config.steps} loss {loss:.4f}", file=sys.stderr)
@@ -106,6 +108,9 @@ def _add_train(sub):
     p.add_argument("--no-crops", action="store_true", help="generated scenes only, no tile-sized crops")
     p.add_argument("--shape-negatives", action="store_true",
                    help="generated scenes: add each caption with one shape changed as a hard negative")
+    p.add_argument("--mine-negatives", action="store_true",
+                   help="generated scenes: of each caption's one-shape swaps, add the one the model puts closest "
+                        "to the image (implies --shape-negatives)")
 
 
 def _add_eval(sub):

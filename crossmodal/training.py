@@ -48,6 +48,7 @@ class TrainConfig:
     image_size: int | None = None  # with init: show the vision tower larger images (e.g. 128 -> 160)
     crops: bool = True  # generated data: also train on tile-sized crops captioned by colour and shape
     shape_negatives: bool = False  # generated data: add each caption again with one shape changed, as a negative
+    mine_negatives: bool = False  # with shape_negatives: the swap the model finds closest to the image, not a random one
     vision_layers: int | None = None  # with init: grow the vision tower to this many layers (new ones start as identity)
 
 
@@ -266,22 +267,58 @@ class GeneratedPairs:
                 negative_specs.append(negative_spec)
         mask = np.array([[scene_satisfies(self.objects[j], s) for j in idx] for s in specs + negative_specs],
                         dtype=np.float32)
-        images = torch.from_numpy(self.pixels[idx]).permute(0, 3, 1, 2).float() / 255.0
-        images = (images - self.mean) / self.std
-        return images, captions + negatives, torch.from_numpy(mask)
+        return self._pixels(idx), captions + negatives, torch.from_numpy(mask)
+
+    def batch_with_swaps(self, size: int) -> "SwapBatch":
+        """Like ``batch`` without negatives; instead, per caption, every caption that differs from it only in one
+        named object's shape and is false of its scene, for the trainer to choose from (``SwapBatch.add``)."""
+        from crossmodal.scenes import SHAPES, object_matches, sample_caption, scene_satisfies
+
+        idx = self._indexes(size)
+        captions, specs, swaps = [], [], []
+        for i in idx:
+            state = self.rng.getstate()
+            caption, spec = sample_caption(self.objects[i], self.rng, relative=self.relative[i])
+            captions.append(caption)
+            specs.append(spec)
+            options = []
+            for named in spec:
+                k = next(n for n, o in enumerate(self.objects[i]) if object_matches(o, named))
+                for shape in SHAPES:
+                    if shape != named["shape"]:
+                        text, swapped_spec = self._swapped_caption(self.objects[i], k, shape, self.relative[i], state)
+                        if not scene_satisfies(self.objects[i], swapped_spec):
+                            options.append((text, swapped_spec))
+            swaps.append(options)
+        scenes = [self.objects[j] for j in idx]
+        mask = np.array([[scene_satisfies(objects, s) for objects in scenes] for s in specs], dtype=np.float32)
+        return SwapBatch(self._pixels(idx), captions, mask, swaps, scenes)
 
     def _shape_negative(self, objects, relative: bool, spec, state) -> tuple[str, list[dict]]:
         """The caption drawn from ``state``, redrawn with the same choices for the scene in which one named
         object has another shape: the same template, order and words except that shape."""
-        from crossmodal.scenes import SHAPES, object_matches, sample_caption
+        from crossmodal.scenes import SHAPES, object_matches
 
         named = self.rng.choice(spec)
         k = next(n for n, o in enumerate(objects) if object_matches(o, named))
+        shape = self.rng.choice([s for s in SHAPES if s != named["shape"]])
+        return self._swapped_caption(objects, k, shape, relative, state)
+
+    @staticmethod
+    def _swapped_caption(objects, k: int, shape: str, relative: bool, state) -> tuple[str, list[dict]]:
+        from crossmodal.scenes import sample_caption
+
         swapped = list(objects)
-        swapped[k] = replace(objects[k], shape=self.rng.choice([s for s in SHAPES if s != named["shape"]]))
+        swapped[k] = replace(objects[k], shape=shape)
         replay = random.Random()
         replay.setstate(state)
         return sample_caption(swapped, replay, relative=relative)
+
+    def _pixels(self, idx):
+        import torch
+
+        images = torch.from_numpy(self.pixels[idx]).permute(0, 3, 1, 2).float() / 255.0
+        return (images - self.mean) / self.std
 
     def _indexes(self, size: int, group: int = 4) -> list[int]:
         """A quarter of the batch at random, a quarter in groups of single-object scenes sharing colour and
@@ -305,6 +342,52 @@ class GeneratedPairs:
         while len(chosen) < size:
             chosen.add(self.rng.randrange(len(self)))
         return list(chosen)[:size]
+
+
+@dataclass
+class SwapBatch:
+    """A generated batch whose hard negatives are still to be chosen, one per caption, among its ``swaps``."""
+
+    images: object  # normalised pixels, (n, 3, side, side)
+    captions: list[str]  # caption t is drawn for image t
+    mask: np.ndarray  # mask[t, i]: caption t is true of image i
+    swaps: list[list[tuple[str, list[dict]]]]  # per caption: (text, constraints) of each one-shape swap
+    scenes: list  # per image: its objects
+
+    def add(self, chosen: list[int | None]):
+        """Images, captions followed by the chosen swap of each caption (None: none), and the mask over both."""
+        import torch
+
+        from crossmodal.scenes import scene_satisfies
+
+        picked = [self.swaps[t][c] for t, c in enumerate(chosen) if c is not None]
+        rows = [[scene_satisfies(objects, spec) for objects in self.scenes] for _, spec in picked]
+        mask = np.concatenate([self.mask, np.array(rows, dtype=np.float32).reshape(len(rows), len(self.scenes))])
+        return self.images, self.captions + [text for text, _ in picked], torch.from_numpy(mask)
+
+
+def closest_swaps(model, tokenizer, image_emb, swaps, bf16: bool = False) -> list[int | None]:
+    """For each image t, the index of the swap in ``swaps[t]`` whose text the model puts closest to it: the
+    hardest one-shape negative now (mined with the current weights, without gradient)."""
+    import torch
+
+    texts = [text for options in swaps for text, _ in options]
+    if not texts:
+        return [None] * len(swaps)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        tokens = tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
+        text_emb = _features(model.get_text_features(input_ids=tokens["input_ids"],
+                                                     attention_mask=tokens["attention_mask"]))
+    text_emb = torch.nn.functional.normalize(text_emb.float(), dim=-1)
+    chosen, start = [], 0
+    for t, options in enumerate(swaps):
+        if not options:
+            chosen.append(None)
+            continue
+        sims = text_emb[start : start + len(options)] @ image_emb[t].float()
+        chosen.append(int(sims.argmax()))
+        start += len(options)
+    return chosen
 
 
 class JsonlPairs:
@@ -400,6 +483,9 @@ def train(config: TrainConfig, progress=None) -> TrainReport:
     from crossmodal.scenes import vocabulary_texts
     from crossmodal.tokenizer import train_tokenizer
 
+    if config.mine_negatives and config.pairs:
+        raise CrossmodalError("mined shape negatives need generated scenes: drop --mine-negatives or --pairs",
+                              param="mine_negatives")
     torch.manual_seed(config.seed)
     random.seed(config.seed)
     report = TrainReport()
@@ -426,15 +512,21 @@ def train(config: TrainConfig, progress=None) -> TrainReport:
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, config.warmup, config.steps))
     use_bf16 = config.bf16 and cpu_has_bf16()
+    mine = config.mine_negatives
     started = time.time()
     for step in range(1, config.steps + 1):
-        images, captions, mask = data.batch(config.batch_size)
-        tokens = processor.tokenizer(captions, padding=True, truncation=True, return_tensors="pt")
+        mined = mine and data.batch_with_swaps(config.batch_size)
+        images, captions, mask = (mined.images, None, None) if mined else data.batch(config.batch_size)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
             image_emb = _features(model.get_image_features(pixel_values=images))
+        image_emb = torch.nn.functional.normalize(image_emb.float(), dim=-1)
+        if mined:  # the swaps are chosen with this step's image vectors, so the vision tower runs once
+            chosen = closest_swaps(model, processor.tokenizer, image_emb.detach(), mined.swaps, use_bf16)
+            images, captions, mask = mined.add(chosen)
+        tokens = processor.tokenizer(captions, padding=True, truncation=True, return_tensors="pt")
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
             text_emb = _features(model.get_text_features(input_ids=tokens["input_ids"],
                                                          attention_mask=tokens["attention_mask"]))
-        image_emb = torch.nn.functional.normalize(image_emb.float(), dim=-1)
         text_emb = torch.nn.functional.normalize(text_emb.float(), dim=-1)
         loss = multi_positive_infonce(image_emb, text_emb, model.logit_scale, mask)
         optimizer.zero_grad(set_to_none=True)

@@ -203,6 +203,56 @@ def test_shape_negatives_change_one_shape_word_and_are_false_of_their_image():
     assert false_of_own >= 44  # true only when the changed object's twin (same colour, new shape) is there
 
 
+def test_mined_negatives_are_the_one_shape_swap_the_model_puts_closest_to_each_image():
+    from crossmodal.models import load_encoder, model_identity
+    from crossmodal.scenes import SHAPES, ZH_SHAPES, scene_satisfies
+    from crossmodal.training import GeneratedPairs, _features, closest_swaps
+
+    encoder = load_encoder(model_identity("demo-shapes"))
+    model, tokenizer = encoder.model.float().eval(), encoder.processor.tokenizer
+    data = GeneratedPairs(300, 5, 160, encoder.processor)
+    batch = data.batch_with_swaps(24)
+    shape_words = sorted(set(SHAPES) | set(ZH_SHAPES.values()), key=len, reverse=True)
+
+    def without_shapes(text):
+        for word in shape_words:
+            text = text.replace(word, "#")
+        return text
+
+    for t, options in enumerate(batch.swaps):
+        assert options, batch.captions[t]
+        for text, spec in options:  # same words but one shape, and never true of the caption's own scene
+            assert text != batch.captions[t] and without_shapes(text) == without_shapes(batch.captions[t])
+            assert not scene_satisfies(batch.scenes[t], spec)
+    with torch.no_grad():
+        image_emb = torch.nn.functional.normalize(_features(model.get_image_features(pixel_values=batch.images)),
+                                                  dim=-1)
+    chosen = closest_swaps(model, tokenizer, image_emb, batch.swaps)
+    for t in (0, 7, 23):  # the reference: every swap encoded on its own
+        texts = [text for text, _ in batch.swaps[t]]
+        vectors = torch.from_numpy(encoder.encode_texts(texts).vectors)
+        assert chosen[t] == int((vectors @ image_emb[t]).argmax()), t
+    images, captions, mask = batch.add(chosen)
+    assert len(captions) == 48 and mask.shape == (48, 24) and captions[24:] == [
+        batch.swaps[t][c][0] for t, c in enumerate(chosen)]
+    assert all(mask[24 + t, t] == 0 for t in range(24)) and all(mask[t, t] == 1 for t in range(24))
+
+
+def test_mined_negatives_with_user_pairs_are_a_clear_error(tmp_path, tiny_clip_dir):
+    with pytest.raises(CrossmodalError, match="mine_negatives|mined"):
+        train(TrainConfig(out=str(tmp_path / "out"), init=str(tiny_clip_dir), pairs=str(write_pairs(tmp_path)),
+                          mine_negatives=True))
+
+
+def test_training_with_mined_negatives_runs_through_the_cli_flag(tmp_path):
+    from crossmodal.cli import main
+
+    out = tmp_path / "mined"
+    assert main(["train", "--init", "demo-shapes", "--out", str(out), "--steps", "2", "--warmup", "1",
+                 "--lr", "1e-5", "--scenes", "40", "--batch-size", "16", "--mine-negatives"]) == 0
+    assert (out / "model.safetensors").is_file()
+
+
 def test_small_generated_sets_fill_batches_instead_of_hanging():
     """Too few scenes to fill the hard-negative groups: random scenes fill the batch (this once looped forever)."""
     from crossmodal.models import load_encoder, model_identity
