@@ -48,7 +48,7 @@ class TrainConfig:
     image_size: int | None = None  # with init: show the vision tower larger images (e.g. 128 -> 160)
     crops: bool = True  # generated data: also train on tile-sized crops captioned by colour and shape
     shape_negatives: bool = False  # generated data: add each caption again with one shape changed, as a negative
-    mine_negatives: bool = False  # with shape_negatives: the swap the model finds closest to the image, not a random one
+    mine_negatives: bool = False  # generated data: add each caption's one-shape swap the model finds closest
     vision_layers: int | None = None  # with init: grow the vision tower to this many layers (new ones start as identity)
 
 
@@ -512,17 +512,19 @@ def train(config: TrainConfig, progress=None) -> TrainReport:
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, config.warmup, config.steps))
     use_bf16 = config.bf16 and cpu_has_bf16()
-    mine = config.mine_negatives
     started = time.time()
     for step in range(1, config.steps + 1):
-        mined = mine and data.batch_with_swaps(config.batch_size)
-        images, captions, mask = (mined.images, None, None) if mined else data.batch(config.batch_size)
+        if config.mine_negatives:
+            pending = data.batch_with_swaps(config.batch_size)
+            images = pending.images
+        else:
+            images, captions, mask = data.batch(config.batch_size)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
             image_emb = _features(model.get_image_features(pixel_values=images))
         image_emb = torch.nn.functional.normalize(image_emb.float(), dim=-1)
-        if mined:  # the swaps are chosen with this step's image vectors, so the vision tower runs once
-            chosen = closest_swaps(model, processor.tokenizer, image_emb.detach(), mined.swaps, use_bf16)
-            images, captions, mask = mined.add(chosen)
+        if config.mine_negatives:  # chosen with this step's image vectors, so the vision tower runs once
+            chosen = closest_swaps(model, processor.tokenizer, image_emb.detach(), pending.swaps, use_bf16)
+            images, captions, mask = pending.add(chosen)
         tokens = processor.tokenizer(captions, padding=True, truncation=True, return_tensors="pt")
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
             text_emb = _features(model.get_text_features(input_ids=tokens["input_ids"],
