@@ -30,6 +30,14 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_average(args) -> int:
+    from crossmodal.training import average_checkpoints
+
+    out = average_checkpoints(args.checkpoints, args.out)
+    print(json.dumps({"out": str(out), "averaged": args.checkpoints}, ensure_ascii=False))
+    return 0
+
+
 def cmd_eval(args) -> int:
     from crossmodal.evaluation import run_eval
 
@@ -113,6 +121,12 @@ def _add_train(sub):
                         "to the image (implies --shape-negatives)")
 
 
+def _add_average(sub):
+    p = sub.add_parser("average", help="uniform weight average of checkpoints fine-tuned from one start (model soup)")
+    p.add_argument("checkpoints", nargs="+", help="presets, hub ids or directories of the same architecture")
+    p.add_argument("--out", required=True, help="directory for the averaged checkpoint (fp16)")
+
+
 def _add_eval(sub):
     p = sub.add_parser("eval", help="Recall@K and latency through the store; JSON report and PNG chart")
     p.add_argument("--model", default="demo-shapes")
@@ -152,4 +166,4 @@ def _add_package(sub):
     p.add_argument("--out", help="output file (default: NAME-VERSION.difypkg in the folder)")
 
 
-EXTRA_COMMANDS.update(calibrate=(cmd_calibrate, _add_calibrate), package=(cmd_package, _add_package), train=(cmd_train, _add_train), eval=(cmd_eval, _add_eval), demo=(cmd_demo, _add_demo))
+EXTRA_COMMANDS.update(calibrate=(cmd_calibrate, _add_calibrate), package=(cmd_package, _add_package), train=(cmd_train, _add_train), average=(cmd_average, _add_average), eval=(cmd_eval, _add_eval), demo=(cmd_demo, _add_demo))

@@ -564,6 +564,33 @@ def _lr_factor(step: int, warmup: int, total: int) -> float:
 
 
 
+def average_checkpoints(sources: list[str], out: str, *, fp16: bool = True) -> Path:
+    """A uniform weight average of checkpoints fine-tuned from one start ("model soup", Wortsman et al. 2022),
+    written with the first one's processor. Each is loaded through the production path; their parameters must
+    have the same names and shapes."""
+    import torch
+
+    from crossmodal.models import load_encoder, model_identity
+
+    if len(sources) < 2:
+        raise CrossmodalError("averaging needs at least two checkpoints", param="checkpoints")
+    first = load_encoder(model_identity(sources[0]), "cpu")
+    model = first.model.float()
+    total = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
+    for source in sources[1:]:
+        state = load_encoder(model_identity(source), "cpu").model.float().state_dict()
+        mismatched = [n for n in total if n not in state or state[n].shape != total[n].shape]
+        if mismatched or len(state) != len(total):
+            raise CrossmodalError(f"{source} is not the same architecture as {sources[0]} "
+                                  f"(differs at {(mismatched or sorted(set(state) - set(total)))[:3]})",
+                                  param="checkpoints")
+        for name in total:
+            total[name] += state[name]
+    with torch.no_grad():
+        model.load_state_dict({name: tensor / len(sources) for name, tensor in total.items()})
+    return save_checkpoint(model, first.processor, out, fp16=fp16)
+
+
 def save_checkpoint(model, processor, out: str, *, fp16: bool = True) -> Path:
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -253,6 +253,32 @@ def test_training_with_mined_negatives_runs_through_the_cli_flag(tmp_path):
     assert (out / "model.safetensors").is_file()
 
 
+def test_averaged_checkpoints_hold_the_mean_of_each_parameter_and_load_through_the_production_path(tmp_path):
+    from crossmodal.models import load_encoder
+    from crossmodal.training import average_checkpoints
+    from tiny_models import save_tiny_clip
+
+    a, b = save_tiny_clip(tmp_path / "a", seed=1), save_tiny_clip(tmp_path / "b", seed=2)
+    out = average_checkpoints([str(a), str(b)], str(tmp_path / "soup"), fp16=False)
+    state_a, state_b = (load_encoder(str(d)).model.float().state_dict() for d in (a, b))
+    soup = load_encoder(str(out))
+    for name, tensor in soup.model.float().state_dict().items():
+        assert torch.allclose(tensor, (state_a[name] + state_b[name]) / 2, atol=1e-6), name
+    assert not torch.equal(state_a["visual_projection.weight"], state_b["visual_projection.weight"])  # seeds differ
+    assert soup.encode_texts(["a red circle"]).vectors.shape == (1, 16)
+
+
+def test_averaging_needs_two_checkpoints_of_one_architecture(tmp_path, tiny_clip_dir):
+    from crossmodal.training import average_checkpoints
+    from tiny_models import save_tiny_clip
+
+    other = save_tiny_clip(tmp_path / "wider", projection_dim=24)
+    with pytest.raises(CrossmodalError, match="not the same architecture"):
+        average_checkpoints([str(tiny_clip_dir), str(other)], str(tmp_path / "soup"))
+    with pytest.raises(CrossmodalError, match="at least two"):
+        average_checkpoints([str(tiny_clip_dir)], str(tmp_path / "soup"))
+
+
 def test_small_generated_sets_fill_batches_instead_of_hanging():
     """Too few scenes to fill the hard-negative groups: random scenes fill the batch (this once looped forever)."""
     from crossmodal.models import load_encoder, model_identity
