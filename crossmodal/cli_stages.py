@@ -166,4 +166,6 @@ def _add_package(sub):
     p.add_argument("--out", help="output file (default: NAME-VERSION.difypkg in the folder)")
 
 
-EXTRA_COMMANDS.update(calibrate=(cmd_calibrate, _add_calibrate), package=(cmd_package, _add_package), train=(cmd_train, _add_train), average=(cmd_average, _add_average), eval=(cmd_eval, _add_eval), demo=(cmd_demo, _add_demo))
+EXTRA_COMMANDS.update(calibrate=(cmd_calibrate, _add_calibrate), package=(cmd_package, _add_package),
+                      train=(cmd_train, _add_train), average=(cmd_average, _add_average),
+                      eval=(cmd_eval, _add_eval), demo=(cmd_demo, _add_demo))
