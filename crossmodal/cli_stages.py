@@ -17,8 +17,7 @@ def cmd_train(args) -> int:
                          save_every=args.save_every, patch_size=args.patch_size,
                          image_size=args.image_size, crops=not args.no_crops,
                          vision_layers=args.vision_layers,
-                         shape_negatives=args.shape_negatives or args.mine_negatives,
-                         mine_negatives=args.mine_negatives)
+                         shape_negatives=args.shape_negatives, mine_negatives=args.mine_negatives)
 
     def progress(step, loss):
         print(f"step {step}/{config.steps} loss {loss:.4f}", file=sys.stderr)
@@ -117,8 +116,8 @@ def _add_train(sub):
     p.add_argument("--shape-negatives", action="store_true",
                    help="generated scenes: add each caption with one shape changed as a hard negative")
     p.add_argument("--mine-negatives", action="store_true",
-                   help="generated scenes: of each caption's one-shape swaps, add the one the model puts closest "
-                        "to the image (implies --shape-negatives)")
+                   help="generated scenes: like --shape-negatives, but of each caption's one-shape swaps add the "
+                        "one the model puts closest to the image, not a random one")
 
 
 def _add_average(sub):

@@ -252,7 +252,7 @@ class GeneratedPairs:
         hard negatives), so an image must tell its own caption from one that differs only in the shape."""
         import torch
 
-        from crossmodal.scenes import sample_caption, scene_satisfies
+        from crossmodal.scenes import sample_caption
 
         idx = self._indexes(size)
         captions, specs, negatives, negative_specs = [], [], [], []
@@ -265,8 +265,7 @@ class GeneratedPairs:
                 negative, negative_spec = self._shape_negative(self.objects[i], self.relative[i], spec, state)
                 negatives.append(negative)
                 negative_specs.append(negative_spec)
-        mask = np.array([[scene_satisfies(self.objects[j], s) for j in idx] for s in specs + negative_specs],
-                        dtype=np.float32)
+        mask = truth_mask(specs + negative_specs, [self.objects[j] for j in idx])
         return self._pixels(idx), captions + negatives, torch.from_numpy(mask)
 
     def batch_with_swaps(self, size: int) -> "SwapBatch":
@@ -291,8 +290,7 @@ class GeneratedPairs:
                             options.append((text, swapped_spec))
             swaps.append(options)
         scenes = [self.objects[j] for j in idx]
-        mask = np.array([[scene_satisfies(objects, s) for objects in scenes] for s in specs], dtype=np.float32)
-        return SwapBatch(self._pixels(idx), captions, mask, swaps, scenes)
+        return SwapBatch(self._pixels(idx), captions, truth_mask(specs, scenes), swaps, scenes)
 
     def _shape_negative(self, objects, relative: bool, spec, state) -> tuple[str, list[dict]]:
         """The caption drawn from ``state``, redrawn with the same choices for the scene in which one named
@@ -344,6 +342,14 @@ class GeneratedPairs:
         return list(chosen)[:size]
 
 
+def truth_mask(specs: list[list[dict]], scenes: list) -> np.ndarray:
+    """mask[t, i] = 1 where the caption constraints ``specs[t]`` hold in scene i (shape (len(specs), len(scenes)))."""
+    from crossmodal.scenes import scene_satisfies
+
+    rows = [[scene_satisfies(objects, spec) for objects in scenes] for spec in specs]
+    return np.array(rows, dtype=np.float32).reshape(len(specs), len(scenes))
+
+
 @dataclass
 class SwapBatch:
     """A generated batch whose hard negatives are still to be chosen, one per caption, among its ``swaps``."""
@@ -358,11 +364,8 @@ class SwapBatch:
         """Images, captions followed by the chosen swap of each caption (None: none), and the mask over both."""
         import torch
 
-        from crossmodal.scenes import scene_satisfies
-
         picked = [self.swaps[t][c] for t, c in enumerate(chosen) if c is not None]
-        rows = [[scene_satisfies(objects, spec) for objects in self.scenes] for _, spec in picked]
-        mask = np.concatenate([self.mask, np.array(rows, dtype=np.float32).reshape(len(rows), len(self.scenes))])
+        mask = np.concatenate([self.mask, truth_mask([spec for _, spec in picked], self.scenes)])
         return self.images, self.captions + [text for text, _ in picked], torch.from_numpy(mask)
 
 
