@@ -16,7 +16,7 @@ def cmd_train(args) -> int:
                          pairs=args.pairs, bf16=not args.fp32,
                          save_every=args.save_every, patch_size=args.patch_size,
                          image_size=args.image_size, crops=not args.no_crops,
-                         vision_layers=args.vision_layers,
+                         vision_layers=args.vision_layers, text_mlp=args.text_mlp,
                          shape_negatives=args.shape_negatives, mine_negatives=args.mine_negatives)
 
     def progress(step, loss):
@@ -112,6 +112,9 @@ def _add_train(sub):
     p.add_argument("--image-size", type=int, help="with --init: show the vision tower larger images (128 -> 160)")
     p.add_argument("--vision-layers", type=int,
                    help="with --init: deepen the vision tower to N layers (new layers start as identity)")
+    p.add_argument("--text-mlp", type=int,
+                   help="with --init: keep N hidden units in each text MLP (the most used), e.g. to pay for "
+                        "a vision layer within a size cap")
     p.add_argument("--no-crops", action="store_true", help="generated scenes only, no tile-sized crops")
     p.add_argument("--shape-negatives", action="store_true",
                    help="generated scenes: add each caption with one shape changed as a hard negative")

@@ -50,6 +50,7 @@ class TrainConfig:
     shape_negatives: bool = False  # generated data: add each caption again with one shape changed, as a negative
     mine_negatives: bool = False  # generated data: add each caption's one-shape swap the model finds closest
     vision_layers: int | None = None  # with init: grow the vision tower to this many layers (new ones start as identity)
+    text_mlp: int | None = None  # with init: keep this many hidden units in each text MLP (frees bytes for vision)
 
 
 @dataclass
@@ -170,6 +171,32 @@ def grow_vision_layers(model, layers: int) -> None:
                 linear.bias.zero_()
         encoder.layers.append(layer)
     model.config.vision_config.num_hidden_layers = layers
+
+
+def prune_text_mlp(model, width: int) -> None:
+    """Narrow every text-tower MLP to ``width`` hidden units, keeping in each layer the units that carry the
+    most (|fc1 row| x |fc2 column|: a unit's input weight times what it writes back). The demo model's bytes are
+    capped, and the text tower reads captions of a 73-word vocabulary: its width pays for vision layers."""
+    import torch
+
+    layers = model.text_model.encoder.layers
+    have = layers[0].mlp.fc1.out_features
+    if not 0 < width <= have:
+        raise CrossmodalError(f"text_mlp {width} must be between 1 and the model's {have} hidden units; "
+                              f"units can be removed, not added", param="text_mlp")
+    for layer in layers:
+        fc1, fc2 = layer.mlp.fc1, layer.mlp.fc2
+        with torch.no_grad():
+            weight = fc1.weight.float().norm(dim=1) * fc2.weight.float().norm(dim=0)
+            keep = weight.topk(width).indices.sort().values
+            narrow1 = torch.nn.Linear(fc1.in_features, width, dtype=fc1.weight.dtype)
+            narrow1.weight.copy_(fc1.weight[keep])
+            narrow1.bias.copy_(fc1.bias[keep])
+            narrow2 = torch.nn.Linear(width, fc2.out_features, dtype=fc2.weight.dtype)
+            narrow2.weight.copy_(fc2.weight[:, keep])
+            narrow2.bias.copy_(fc2.bias)
+        layer.mlp.fc1, layer.mlp.fc2 = narrow1, narrow2
+    model.config.text_config.intermediate_size = width
 
 
 def _resize_positions(embeddings, new_grid: int) -> None:
@@ -501,6 +528,8 @@ def train(config: TrainConfig, progress=None) -> TrainReport:
             resize_input(model, processor, config.image_size)
         if config.vision_layers:
             grow_vision_layers(model, config.vision_layers)
+        if config.text_mlp:
+            prune_text_mlp(model, config.text_mlp)
     else:
         tokenizer = train_tokenizer(vocabulary_texts(), context_length=32)
         model, processor = build_demo_model(tokenizer)

@@ -140,6 +140,35 @@ def test_grown_vision_tower_computes_the_same_vectors_and_then_learns(tmp_path, 
     assert trained.vision_model.encoder.layers[-1].mlp.fc2.weight.abs().sum() > 0
 
 
+def test_pruned_text_mlp_keeps_the_units_that_carry_the_text(tmp_path, tiny_clip_dir):
+    from crossmodal.models import load_encoder
+    from crossmodal.training import prune_text_mlp, save_checkpoint
+
+    encoder = load_encoder(str(tiny_clip_dir))
+    model = encoder.model.float()
+    have = model.config.text_config.intermediate_size
+    keep = have // 2
+    # Silence every other unit: what it writes back is zero, so the text vectors are the kept units' alone.
+    with torch.no_grad():
+        for layer in model.text_model.encoder.layers:
+            layer.mlp.fc2.weight[:, 1::2] = 0
+    texts = ["a red circle", "a blue star on the left"]
+    before = encoder.encode_texts(texts).vectors
+    for bad in (0, have + 1):
+        with pytest.raises(CrossmodalError) as err:
+            prune_text_mlp(model, bad)
+        assert err.value.param == "text_mlp"
+    prune_text_mlp(model, keep)
+    save_checkpoint(model, encoder.processor, str(tmp_path / "narrow"), fp16=False)
+    narrow = load_encoder(str(tmp_path / "narrow"))
+    assert narrow.model.config.text_config.intermediate_size == keep
+    assert all(layer.mlp.fc1.out_features == keep for layer in narrow.model.text_model.encoder.layers)
+    np.testing.assert_allclose(narrow.encode_texts(texts).vectors, before, atol=1e-5)
+    # A narrower tower still computes something else when live units go.
+    prune_text_mlp(narrow.model.float(), keep // 2)
+    assert not np.allclose(narrow.encode_texts(texts).vectors, before, atol=1e-3)
+
+
 def test_generated_batches_mix_crops_and_two_object_hard_negatives():
     from crossmodal.models import load_encoder, model_identity
     from crossmodal.training import GeneratedPairs
