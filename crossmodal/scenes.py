@@ -297,6 +297,23 @@ def crop_around(scene: Scene, rng: random.Random, tries: int = 8) -> tuple[Image
     return None
 
 
+def window_around(boxes: list[tuple], k: int, side: int, image_side: int, rng: random.Random,
+                  tries: int = 8) -> tuple[int, int] | None:
+    """The top-left corner of a ``side``-px square inside a square image that holds box ``k`` whole and at most
+    5 % of any other box; None when none is found (the object is larger than the window, or crowded)."""
+    x0, y0, x1, y1 = boxes[k]
+    lo_x, hi_x = max(0, math.ceil(x1) - side), min(int(x0), image_side - side)
+    lo_y, hi_y = max(0, math.ceil(y1) - side), min(int(y0), image_side - side)
+    if lo_x > hi_x or lo_y > hi_y:
+        return None
+    for _ in range(tries):
+        wx, wy = rng.randint(lo_x, hi_x), rng.randint(lo_y, hi_y)
+        window = (wx, wy, wx + side, wy + side)
+        if all(_inside_share(b, window) <= 0.05 for n, b in enumerate(boxes) if n != k):
+            return wx, wy
+    return None
+
+
 def _inside_share(box, window) -> float:
     x0, y0, x1, y1 = box
     ix = max(0, min(x1, window[2]) - max(x0, window[0]))

@@ -26,6 +26,7 @@ from crossmodal.errors import CrossmodalError
 logger = logging.getLogger(__name__)
 
 DEMO_IMAGE_SIZE = 128
+SHAPE_WINDOW = 80  # px of the model's input: 10 x 10 patches of 8, about a quarter of a 160-px step's cost
 
 
 @dataclass
@@ -51,6 +52,7 @@ class TrainConfig:
     mine_negatives: bool = False  # generated data: add each caption's one-shape swap the model finds closest
     vision_layers: int | None = None  # with init: grow the vision tower to this many layers (new ones start as identity)
     text_mlp: int | None = None  # with init: keep this many hidden units in each text MLP (frees bytes for vision)
+    shape_crops: int = 0  # generated data: also N object windows a step at the scenes' own scale, vs every colour-shape
 
 
 @dataclass
@@ -239,7 +241,7 @@ class GeneratedPairs:
 
         self.rng = random.Random(seed)
         self.shape_negatives = shape_negatives
-        self.objects, self.relative, pixels = [], [], []
+        self.objects, self.relative, self.scales, pixels = [], [], [], []
         mean, std = _norm_stats(processor)
 
         def add(image, objects, relative):
@@ -247,6 +249,7 @@ class GeneratedPairs:
             pixels.append(np.asarray(small, dtype=np.uint8))
             self.objects.append(objects)
             self.relative.append(relative)
+            self.scales.append(image_size / image.width)
 
         for k in range(n):
             scene = generate_scene(seed * 1_000_000 + k, width=self.rng.randint(224, 384))
@@ -340,10 +343,41 @@ class GeneratedPairs:
         return sample_caption(swapped, replay, relative=relative)
 
     def _pixels(self, idx):
+        return self._normalise(self.pixels[idx])
+
+    def _normalise(self, pixels: np.ndarray):
         import torch
 
-        images = torch.from_numpy(self.pixels[idx]).permute(0, 3, 1, 2).float() / 255.0
+        images = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255.0
         return (images - self.mean) / self.std
+
+    def object_windows(self, size: int, side: int = SHAPE_WINDOW):
+        """``size`` windows of ``side`` px cut from the scenes as the model sees them (no rescaling, so each object
+        keeps its own pixel scale), each holding one object whole and no more than 5 % of any other, with the
+        index of that object's colour-shape phrase in ``shape_phrases()``."""
+        keys = {key: n for n, key in enumerate(shape_phrase_keys())}
+        cuts = self.window_cuts(size, side)
+        pixels = np.stack([self.pixels[i, y0:y0 + side, x0:x0 + side] for i, _, x0, y0 in cuts])
+        labels = [keys[(self.objects[i][k].color, self.objects[i][k].shape)] for i, k, _, _ in cuts]
+        return self._normalise(pixels), labels
+
+    def window_cuts(self, size: int, side: int = SHAPE_WINDOW) -> list[tuple[int, int, int, int]]:
+        """(scene, object, x0, y0) of ``size`` windows; objects too large or too crowded are drawn again."""
+        from crossmodal.scenes import window_around
+
+        if not hasattr(self, "_window_targets"):
+            self._window_targets = [(i, k) for i, objects in enumerate(self.objects) if self.relative[i]
+                                    for k in range(len(objects))]
+        cuts = []
+        for _ in range(20 * size):
+            if len(cuts) == size:
+                return cuts
+            i, k = self.rng.choice(self._window_targets)
+            boxes = [tuple(v * self.scales[i] for v in o.box) for o in self.objects[i]]
+            window = window_around(boxes, k, side, self.pixels.shape[1], self.rng)
+            if window is not None:
+                cuts.append((i, k, *window))
+        raise CrossmodalError(f"too few objects fit {side}-px windows in these scenes", param="shape_crops")
 
     def _indexes(self, size: int, group: int = 4) -> list[int]:
         """A quarter of the batch at random, a quarter in groups of single-object scenes sharing colour and
@@ -367,6 +401,21 @@ class GeneratedPairs:
         while len(chosen) < size:
             chosen.add(self.rng.randrange(len(self)))
         return list(chosen)[:size]
+
+
+def shape_phrase_keys() -> list[tuple[str, str]]:
+    from crossmodal.scenes import COLORS, SHAPES
+
+    return [(colour, shape) for colour in COLORS for shape in SHAPES]
+
+
+def shape_phrases(lang: str) -> list[str]:
+    """Every colour-shape phrase ("a red circle", "红色圆形"), in ``shape_phrase_keys()`` order."""
+    from crossmodal.scenes import ZH_COLORS, ZH_SHAPES, article
+
+    if lang == "zh":
+        return [ZH_COLORS[c] + ZH_SHAPES[s] for c, s in shape_phrase_keys()]
+    return [f"{article(c)} {c} {s}" for c, s in shape_phrase_keys()]
 
 
 def truth_mask(specs: list[list[dict]], scenes: list) -> np.ndarray:
@@ -513,6 +562,8 @@ def train(config: TrainConfig, progress=None) -> TrainReport:
     from crossmodal.scenes import vocabulary_texts
     from crossmodal.tokenizer import train_tokenizer
 
+    if config.shape_crops and config.pairs:
+        raise CrossmodalError("object windows need generated scenes: drop --shape-crops or --pairs", param="shape_crops")
     if config.mine_negatives and config.pairs:
         raise CrossmodalError("mined shape negatives need generated scenes: drop --mine-negatives or --pairs",
                               param="mine_negatives")
@@ -563,6 +614,8 @@ def train(config: TrainConfig, progress=None) -> TrainReport:
                                                          attention_mask=tokens["attention_mask"]))
         text_emb = torch.nn.functional.normalize(text_emb.float(), dim=-1)
         loss = multi_positive_infonce(image_emb, text_emb, model.logit_scale, mask)
+        if config.shape_crops:
+            loss = loss + shape_window_loss(model, processor.tokenizer, data, config.shape_crops, use_bf16)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -583,6 +636,28 @@ def train(config: TrainConfig, progress=None) -> TrainReport:
     report.seconds = round(time.time() - started, 1)
     save_checkpoint(model, processor, config.out, fp16=config.save_fp16)
     return report
+
+
+def shape_window_loss(model, tokenizer, data: "GeneratedPairs", size: int, bf16: bool):
+    """Object windows at the scenes' own pixel scale against every colour-shape phrase, in English and Chinese:
+    each window has all five other shapes of its colour as negatives at once, and a window costs about a quarter
+    of a scene (fewer patches; the position table is interpolated to the window's grid)."""
+    import torch
+
+    images, labels = data.object_windows(size)
+    phrases = shape_phrases("en") + shape_phrases("zh")
+    n = len(phrases) // 2
+    mask = torch.zeros(len(phrases), len(labels))
+    for column, label in enumerate(labels):
+        mask[label, column] = mask[n + label, column] = 1
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        image_emb = _features(model.get_image_features(pixel_values=images, interpolate_pos_encoding=True))
+        tokens = tokenizer(phrases, padding=True, return_tensors="pt")
+        text_emb = _features(model.get_text_features(input_ids=tokens["input_ids"],
+                                                     attention_mask=tokens["attention_mask"]))
+    image_emb = torch.nn.functional.normalize(image_emb.float(), dim=-1)
+    text_emb = torch.nn.functional.normalize(text_emb.float(), dim=-1)
+    return multi_positive_infonce(image_emb, text_emb, model.logit_scale, mask)
 
 
 def _features(output):

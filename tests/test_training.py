@@ -1,5 +1,6 @@
 import json
 import math
+import random
 
 import numpy as np
 import pytest
@@ -317,3 +318,59 @@ def test_small_generated_sets_fill_batches_instead_of_hanging():
     images, captions, mask = data.batch(16)
     assert images.shape[0] == 16 and len(set(data._indexes(16))) == 16
     assert data.batch(10_000)[0].shape[0] == len(data)
+
+
+def test_object_windows_hold_one_whole_object_at_the_scale_the_model_sees_it():
+    from crossmodal.models import load_encoder, model_identity
+    from crossmodal.scenes import _inside_share, window_around
+    from crossmodal.training import GeneratedPairs, shape_phrase_keys, shape_phrases
+
+    data = GeneratedPairs(150, 7, 160, load_encoder(model_identity("demo-shapes")).processor)
+    cuts = data.window_cuts(60, 80)
+    assert len(cuts) == 60 and len({(i, k) for i, k, _, _ in cuts}) > 40
+    for i, k, x0, y0 in cuts:
+        assert data.relative[i] and 0 <= x0 <= 80 and 0 <= y0 <= 80
+        boxes = [tuple(v * data.scales[i] for v in o.box) for o in data.objects[i]]
+        window = (x0, y0, x0 + 80, y0 + 80)
+        assert _inside_share(boxes[k], window) == 1.0
+        assert all(_inside_share(b, window) <= 0.05 for n, b in enumerate(boxes) if n != k)
+    images, labels = data.object_windows(8, 80)
+    assert images.shape == (8, 3, 80, 80)
+    keys = shape_phrase_keys()
+    assert len(keys) == 48 and shape_phrases("en")[keys.index(("orange", "star"))] == "an orange star"
+    assert shape_phrases("zh")[keys.index(("red", "circle"))] == "红色圆形"
+    # An object larger than the window, or one the window cannot hold without another: no window.
+    assert window_around([(0, 0, 90, 90)], 0, 80, 160, random.Random(0)) is None
+    assert window_around([(10, 10, 40, 40), (45, 10, 75, 40)], 0, 80, 80, random.Random(0)) is None
+    assert window_around([(10, 10, 40, 40), (120, 120, 150, 150)], 0, 80, 160, random.Random(0)) is not None
+
+
+def test_shape_window_loss_is_lower_for_the_true_phrases_and_trains_through_the_cli_flag(tmp_path):
+    from crossmodal.cli import main
+    from crossmodal.models import load_encoder, model_identity
+    from crossmodal.training import GeneratedPairs, shape_window_loss
+
+    encoder = load_encoder(model_identity("demo-shapes"))
+    model = encoder.model.float().eval()
+    data = GeneratedPairs(200, 8, 160, encoder.processor)
+    images, labels = data.object_windows(64)
+
+    class Fixed:  # the same windows, labelled truly or by another object's phrase
+        def __init__(self, labels):
+            self.labels = labels
+
+        def object_windows(self, size):
+            return images, self.labels
+
+    shuffled = labels[1:] + labels[:1]
+    with torch.no_grad():
+        true_loss = shape_window_loss(model, encoder.processor.tokenizer, Fixed(labels), 64, False)
+        wrong_loss = shape_window_loss(model, encoder.processor.tokenizer, Fixed(shuffled), 64, False)
+    assert math.isfinite(true_loss.item()) and true_loss < wrong_loss - 1.0
+    out = tmp_path / "windows"
+    assert main(["train", "--init", "demo-shapes", "--out", str(out), "--steps", "2", "--warmup", "1",
+                 "--lr", "1e-5", "--scenes", "40", "--batch-size", "16", "--shape-crops", "16"]) == 0
+    assert (out / "model.safetensors").is_file()
+    with pytest.raises(CrossmodalError, match="shape"):
+        train(TrainConfig(out=str(tmp_path / "x"), init="demo-shapes", pairs=str(write_pairs(tmp_path)),
+                          shape_crops=8))
