@@ -18,7 +18,7 @@ def cmd_train(args) -> int:
                          image_size=args.image_size, crops=not args.no_crops,
                          vision_layers=args.vision_layers, text_mlp=args.text_mlp,
                          shape_negatives=args.shape_negatives, mine_negatives=args.mine_negatives,
-                         shape_crops=args.shape_crops)
+                         shape_crops=args.shape_crops, scene_side=args.scene_side)
 
     def progress(step, loss):
         print(f"step {step}/{config.steps} loss {loss:.4f}", file=sys.stderr)
@@ -117,6 +117,9 @@ def _add_train(sub):
                    help="with --init: keep N hidden units in each text MLP (the most used), e.g. to pay for "
                         "a vision layer within a size cap")
     p.add_argument("--no-crops", action="store_true", help="generated scenes only, no tile-sized crops")
+    p.add_argument("--scene-side", type=int, default=384,
+                   help="generated scenes: the largest side, in px, before downscaling to the model input "
+                        "(scenes are 224..N; the evaluation sets are 224..512)")
     p.add_argument("--shape-crops", type=int, default=0,
                    help="generated scenes: also train on N object windows a step, cut at the scenes' own scale and "
                         "scored against every colour-shape phrase (about a quarter of a scene's cost each)")

@@ -52,6 +52,7 @@ class TrainConfig:
     mine_negatives: bool = False  # generated data: add each caption's one-shape swap the model finds closest
     vision_layers: int | None = None  # with init: grow the vision tower to this many layers (new ones start as identity)
     text_mlp: int | None = None  # with init: keep this many hidden units in each text MLP (frees bytes for vision)
+    scene_side: int = 384  # generated data: scenes are 224..scene_side px square before downscaling (eval: 224..512)
     shape_crops: int = 0  # generated data: also N object windows a step at the scenes' own scale, vs every colour-shape
 
 
@@ -236,7 +237,7 @@ class GeneratedPairs:
     seen at tile scale, which is the evidence region rerank and heat maps rely on."""
 
     def __init__(self, n: int, seed: int, image_size: int, processor, crops: bool = True,
-                 shape_negatives: bool = False):
+                 shape_negatives: bool = False, max_side: int = 384):
         from crossmodal.scenes import crop_around, generate_scene
 
         self.rng = random.Random(seed)
@@ -252,7 +253,7 @@ class GeneratedPairs:
             self.scales.append(image_size / image.width)
 
         for k in range(n):
-            scene = generate_scene(seed * 1_000_000 + k, width=self.rng.randint(224, 384))
+            scene = generate_scene(seed * 1_000_000 + k, width=self.rng.randint(224, max_side))
             add(scene.image, scene.objects, True)
             if crops and len(scene.objects) > 1 and k % 2 == 0:
                 crop = crop_around(scene, self.rng)
@@ -562,6 +563,9 @@ def train(config: TrainConfig, progress=None) -> TrainReport:
     from crossmodal.scenes import vocabulary_texts
     from crossmodal.tokenizer import train_tokenizer
 
+    if config.scene_side < 224:
+        raise CrossmodalError(f"{config.scene_side} px is below the smallest generated scene (224 px); give 224 or more",
+                              param="scene_side")
     if config.shape_crops and config.pairs:
         raise CrossmodalError("object windows need generated scenes: drop --shape-crops or --pairs", param="shape_crops")
     if config.mine_negatives and config.pairs:
@@ -589,7 +593,7 @@ def train(config: TrainConfig, progress=None) -> TrainReport:
     else:
         image_size = model.config.vision_config.image_size
         data = GeneratedPairs(config.scenes, config.seed, image_size, processor, crops=config.crops,
-                              shape_negatives=config.shape_negatives)
+                              shape_negatives=config.shape_negatives, max_side=config.scene_side)
         report.pairs = len(data)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)

@@ -374,3 +374,17 @@ def test_shape_window_loss_is_lower_for_the_true_phrases_and_trains_through_the_
     with pytest.raises(CrossmodalError, match="shape"):
         train(TrainConfig(out=str(tmp_path / "x"), init="demo-shapes", pairs=str(write_pairs(tmp_path)),
                           shape_crops=8))
+
+
+def test_scene_side_sets_the_largest_generated_scene_and_is_checked(tmp_path):
+    from crossmodal.models import load_encoder, model_identity
+    from crossmodal.training import GeneratedPairs
+
+    processor = load_encoder(model_identity("demo-shapes")).processor
+    sides = [round(32 / scale) for scale in GeneratedPairs(60, 4, 32, processor, crops=False, max_side=512).scales]
+    assert min(sides) >= 224 and max(sides) <= 512 and max(sides) > 384  # beyond the default range
+    default = [round(32 / scale) for scale in GeneratedPairs(60, 4, 32, processor, crops=False).scales]
+    assert max(default) <= 384
+    with pytest.raises(CrossmodalError) as err:
+        train(TrainConfig(out=str(tmp_path / "x"), scene_side=200))
+    assert err.value.param == "scene_side"
