@@ -26,6 +26,7 @@ from crossmodal.errors import CrossmodalError
 logger = logging.getLogger(__name__)
 
 DEMO_IMAGE_SIZE = 128
+MIN_SCENE_SIDE, DEFAULT_SCENE_SIDE = 224, 384  # generated training scenes, px before downscaling
 SHAPE_WINDOW = 80  # px of the model's input: 10 x 10 patches of 8, about a quarter of a 160-px step's cost
 
 
@@ -52,7 +53,7 @@ class TrainConfig:
     mine_negatives: bool = False  # generated data: add each caption's one-shape swap the model finds closest
     vision_layers: int | None = None  # with init: grow the vision tower to this many layers (new ones start as identity)
     text_mlp: int | None = None  # with init: keep this many hidden units in each text MLP (frees bytes for vision)
-    scene_side: int = 384  # generated data: scenes are 224..scene_side px square before downscaling (eval: 224..512)
+    scene_side: int = DEFAULT_SCENE_SIDE  # generated data: scenes are 224..scene_side px square before downscaling (eval: 224..512)
     shape_crops: int = 0  # generated data: also N object windows a step at the scenes' own scale, vs every colour-shape
 
 
@@ -237,7 +238,7 @@ class GeneratedPairs:
     seen at tile scale, which is the evidence region rerank and heat maps rely on."""
 
     def __init__(self, n: int, seed: int, image_size: int, processor, crops: bool = True,
-                 shape_negatives: bool = False, max_side: int = 384):
+                 shape_negatives: bool = False, max_side: int = DEFAULT_SCENE_SIDE):
         from crossmodal.scenes import crop_around, generate_scene
 
         self.rng = random.Random(seed)
@@ -253,13 +254,15 @@ class GeneratedPairs:
             self.scales.append(image_size / image.width)
 
         for k in range(n):
-            scene = generate_scene(seed * 1_000_000 + k, width=self.rng.randint(224, max_side))
+            scene = generate_scene(seed * 1_000_000 + k, width=self.rng.randint(MIN_SCENE_SIDE, max_side))
             add(scene.image, scene.objects, True)
             if crops and len(scene.objects) > 1 and k % 2 == 0:
                 crop = crop_around(scene, self.rng)
                 if crop is not None:
                     add(*crop, False)
         self.pixels = np.stack(pixels)
+        self.window_targets = [(i, k) for i, objects in enumerate(self.objects) if self.relative[i]
+                               for k in range(len(objects))]  # (scene, object) pairs a shape window may hold
         self.mean, self.std = mean, std
         # Hard negatives, mixed into every batch in small groups:
         # single-object scenes sharing colour and shape (size and position tell them apart), and
@@ -366,14 +369,11 @@ class GeneratedPairs:
         """(scene, object, x0, y0) of ``size`` windows; objects too large or too crowded are drawn again."""
         from crossmodal.scenes import window_around
 
-        if not hasattr(self, "_window_targets"):
-            self._window_targets = [(i, k) for i, objects in enumerate(self.objects) if self.relative[i]
-                                    for k in range(len(objects))]
         cuts = []
         for _ in range(20 * size):
             if len(cuts) == size:
                 return cuts
-            i, k = self.rng.choice(self._window_targets)
+            i, k = self.rng.choice(self.window_targets)
             boxes = [tuple(v * self.scales[i] for v in o.box) for o in self.objects[i]]
             window = window_around(boxes, k, side, self.pixels.shape[1], self.rng)
             if window is not None:
@@ -411,12 +411,13 @@ def shape_phrase_keys() -> list[tuple[str, str]]:
 
 
 def shape_phrases(lang: str) -> list[str]:
-    """Every colour-shape phrase ("a red circle", "红色圆形"), in ``shape_phrase_keys()`` order."""
-    from crossmodal.scenes import ZH_COLORS, ZH_SHAPES, article
+    """Every colour-shape phrase ("a red circle", "红色圆形"), in ``shape_phrase_keys()`` order, worded as the
+    scene captions word them."""
+    from crossmodal.scenes import UNKNOWN, SceneObject, article
 
-    if lang == "zh":
-        return [ZH_COLORS[c] + ZH_SHAPES[s] for c, s in shape_phrase_keys()]
-    return [f"{article(c)} {c} {s}" for c, s in shape_phrase_keys()]
+    bare = [SceneObject(shape, colour, UNKNOWN, UNKNOWN, (0, 0, 0, 0), 0.0).phrase(lang, size=False)
+            for colour, shape in shape_phrase_keys()]
+    return bare if lang == "zh" else [f"{article(text)} {text}" for text in bare]
 
 
 def truth_mask(specs: list[list[dict]], scenes: list) -> np.ndarray:
@@ -563,9 +564,9 @@ def train(config: TrainConfig, progress=None) -> TrainReport:
     from crossmodal.scenes import vocabulary_texts
     from crossmodal.tokenizer import train_tokenizer
 
-    if config.scene_side < 224:
-        raise CrossmodalError(f"{config.scene_side} px is below the smallest generated scene (224 px); give 224 or more",
-                              param="scene_side")
+    if config.scene_side < MIN_SCENE_SIDE:
+        raise CrossmodalError(f"{config.scene_side} px is below the smallest generated scene ({MIN_SCENE_SIDE} px); "
+                              f"give {MIN_SCENE_SIDE} or more", param="scene_side")
     if config.shape_crops and config.pairs:
         raise CrossmodalError("object windows need generated scenes: drop --shape-crops or --pairs", param="shape_crops")
     if config.mine_negatives and config.pairs:
