@@ -97,17 +97,22 @@ def cmd_demo(args) -> int:
 
 
 def _add_train(sub):
+    from dataclasses import fields
+
+    from crossmodal.training import MIN_SCENE_SIDE, TrainConfig  # light: torch loads when training starts
+
+    default = {f.name: f.default for f in fields(TrainConfig)}  # one source for the defaults
     p = sub.add_parser("train", help="contrastive (InfoNCE) training: the demo model or fine-tuning on your pairs")
     p.add_argument("--out", required=True, help="directory for the checkpoint (save_pretrained format)")
     p.add_argument("--init", help="checkpoint to fine-tune (preset, hub id or directory); default: a new demo model")
     p.add_argument("--pairs", help='JSONL of {"image": path, "caption": text}; default: generated scenes')
-    p.add_argument("--steps", type=int, default=3000)
-    p.add_argument("--batch-size", type=int, default=192)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--warmup", type=int, default=150, help="steps of linear learning-rate warm-up")
-    p.add_argument("--scenes", type=int, default=20000, help="generated scenes (without --pairs)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--save-every", type=int, default=0)
+    p.add_argument("--steps", type=int, default=default["steps"])
+    p.add_argument("--batch-size", type=int, default=default["batch_size"])
+    p.add_argument("--lr", type=float, default=default["lr"])
+    p.add_argument("--warmup", type=int, default=default["warmup"], help="steps of linear learning-rate warm-up")
+    p.add_argument("--scenes", type=int, default=default["scenes"], help="generated scenes (without --pairs)")
+    p.add_argument("--seed", type=int, default=default["seed"])
+    p.add_argument("--save-every", type=int, default=default["save_every"])
     p.add_argument("--fp32", action="store_true", help="no bf16 autocast")
     p.add_argument("--patch-size", type=int, help="with --init: re-cut the vision tower into finer patches (16 -> 8)")
     p.add_argument("--image-size", type=int, help="with --init: show the vision tower larger images (128 -> 160)")
@@ -117,10 +122,10 @@ def _add_train(sub):
                    help="with --init: keep N hidden units in each text MLP (the most used), e.g. to pay for "
                         "a vision layer within a size cap")
     p.add_argument("--no-crops", action="store_true", help="generated scenes only, no tile-sized crops")
-    p.add_argument("--scene-side", type=int, default=384,
+    p.add_argument("--scene-side", type=int, default=default["scene_side"],
                    help="generated scenes: the largest side, in px, before downscaling to the model input "
-                        "(scenes are 224..N; the evaluation sets are 224..512)")
-    p.add_argument("--shape-crops", type=int, default=0,
+                        f"(scenes are {MIN_SCENE_SIDE}..N; the evaluation sets are 224..512)")
+    p.add_argument("--shape-crops", type=int, default=default["shape_crops"],
                    help="generated scenes: also train on N object windows a step, cut at the scenes' own scale and "
                         "scored against every colour-shape phrase (about a quarter of a scene's cost each)")
     p.add_argument("--shape-negatives", action="store_true",
