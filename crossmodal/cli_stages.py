@@ -168,18 +168,39 @@ def cmd_package(args) -> int:
 
     from crossmodal.packaging import build_package
 
-    target = build_package(args.root, args.out)
+    target = build_package(args.root, args.out, private_key=args.sign, category=args.category)
     count = len(zipfile.ZipFile(target).namelist())
-    print(f"{target} ({target.stat().st_size} bytes, {count} files)")
+    signed = f", signed as {args.category}" if args.sign else ""
+    print(f"{target} ({target.stat().st_size} bytes, {count} files{signed})")
     return 0
 
 
 def _add_package(sub):
-    p = sub.add_parser("package", help="build the .difypkg (honours .difyignore)")
+    p = sub.add_parser("package", help="build the .difypkg (honours .difyignore and .gitignore)")
     p.add_argument("--root", default=".", help="plugin folder (default: current directory)")
     p.add_argument("--out", help="output file (default: NAME-VERSION.difypkg in the folder)")
+    p.add_argument("--sign", metavar="KEY.private.pem",
+                   help="sign with this RSA key so that Dify's third-party signature check accepts it (see keygen)")
+    p.add_argument("--category", default="community", choices=["community", "partner", "langgenius"],
+                   help="the authorized category recorded in the signature")
+
+
+def cmd_keygen(args) -> int:
+    from crossmodal.packaging import generate_key_pair
+
+    private, public = generate_key_pair(args.name, args.bits)
+    print(f"{private} (keep it secret; package --sign {private})\n{public} (give it to Dify: "
+          f"THIRD_PARTY_SIGNATURE_VERIFICATION_PUBLIC_KEYS)")
+    return 0
+
+
+def _add_keygen(sub):
+    p = sub.add_parser("keygen", help="make an RSA key pair for signing packages (NAME.private.pem, NAME.public.pem)")
+    p.add_argument("name", help="file name prefix, e.g. crossmodal")
+    p.add_argument("--bits", type=int, default=4096)
 
 
 EXTRA_COMMANDS.update(calibrate=(cmd_calibrate, _add_calibrate), package=(cmd_package, _add_package),
+                      keygen=(cmd_keygen, _add_keygen),
                       train=(cmd_train, _add_train), average=(cmd_average, _add_average),
                       eval=(cmd_eval, _add_eval), demo=(cmd_demo, _add_demo))

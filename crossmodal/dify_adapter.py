@@ -11,6 +11,9 @@ import logging
 import time
 import traceback
 from typing import Any, Callable
+from urllib.parse import urlsplit
+
+import httpx
 
 from crossmodal.errors import CrossmodalError, redact
 from crossmodal.runtime import offload
@@ -49,23 +52,45 @@ def call(fn: Callable[..., Any], *args, **kwargs) -> Any:
             metrics.ERRORS.labels(kind="node", name=name).inc()
 
 
+FILES_URL_FIX = ("Dify gave the plugin a file URL without a host ('{url}'): set FILES_URL (or INTERNAL_FILES_URL) "
+                 "on Dify's api and plugin_daemon services to an address the plugin can reach, for example "
+                 "FILES_URL=http://api:5001 in docker/.env, then restart them (see the README, 'Running it in Dify')")
+# Each file is fetched by the SDK with this total time-out (its HTTPX_TIMEOUT, in seconds).
+SDK_DOWNLOAD_TIMEOUT = 5
+# A tool message is one stdout line; the daemon kills the plugin on a line over 5 MiB (the envelope and
+# JSON escaping need the rest).
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+
+
 def file_inputs(value) -> list[ImageInput]:
     """Dify File objects (one or a list) -> ImageInputs. Downloads happen here, on the loop
-    (I/O yields to other sessions); a failed download becomes that item's error, not the batch's."""
+    (I/O yields to other sessions); a failed or slow download becomes that item's error, not the batch's.
+    Relative file URLs (Dify's FILES_URL unset) fail every file the same way: one error for the node."""
     if value is None or value == "":
         return []
     files = value if isinstance(value, list) else [value]
+    for file in files:
+        url = str(getattr(file, "url", "") or "")
+        if url and urlsplit(url).scheme not in ("http", "https"):
+            raise ToolInputError(FILES_URL_FIX.format(url=url[:80]))
     inputs = []
     for index, file in enumerate(files):
         name = getattr(file, "filename", None) or f"file-{index + 1}"
         try:
             data = file.blob
         except Exception as exc:  # noqa: BLE001 - reported per item
-            error = CrossmodalError(f"cannot download the file from Dify's file server ({exc})", param=name)
+            error = CrossmodalError(download_failure(exc), param=name)
             inputs.append(ImageInput(name, _raiser(error)))
             continue
         inputs.append(ImageInput.from_bytes(name, data))
     return inputs
+
+
+def download_failure(exc: Exception) -> str:
+    if isinstance(exc, (httpx.TimeoutException, TimeoutError)) or isinstance(exc.__cause__, httpx.TimeoutException):
+        return (f"Dify's file server did not deliver the file within the SDK's {SDK_DOWNLOAD_TIMEOUT} s download "
+                "limit; the other files went on. Retry, or use smaller files")
+    return f"cannot download the file from Dify's file server ({exc})"
 
 
 def _raiser(error: Exception):
@@ -73,6 +98,28 @@ def _raiser(error: Exception):
         raise error
 
     return read
+
+
+def variable_message(tool, name: str, value):
+    """A variable message, refused with a clear error where its one stdout line would pass the daemon's limit."""
+    size = len(json.dumps(value, ensure_ascii=False).encode())
+    if size > MAX_MESSAGE_BYTES:
+        raise ToolInputError(f"{name}: the output would be {size / 2**20:.1f} MiB, over the {MAX_MESSAGE_BYTES // 2**20} "
+                             "MiB one Dify message can carry; give fewer items per call (split the list)")
+    return tool.create_variable_message(name, value)
+
+
+def for_llm(result: dict) -> dict:
+    """The JSON message (what an agent's LLM reads): vectors and heat-map grids left out, since the node's
+    variables carry them for the workflow."""
+    out = dict(result)
+    if isinstance(out.get("items"), list):
+        out["items"] = [{k: v for k, v in item.items() if k != "vector"} if isinstance(item, dict) else item
+                        for item in out["items"]]
+    heat = out.get("attention_map")
+    if isinstance(heat, dict) and "values" in heat:
+        out["attention_map"] = {k: v for k, v in heat.items() if k != "values"}
+    return out
 
 
 def text_list(value: str | None) -> list[str]:

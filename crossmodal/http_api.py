@@ -28,6 +28,9 @@ from crossmodal.settings import Settings
 logger = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 10 * 1024 * 1024
+# Dify's plugin SDK writes a non-streamed endpoint body as one hex line on stdout, and the daemon kills the
+# plugin on a line over 5 MiB: bodies larger than one chunk go out as a stream of chunks (a line each).
+STREAM_CHUNK_BYTES = 512 * 1024
 VIEWER_PAGE = Path(__file__).resolve().parent / "assets" / "viewer.html"
 
 
@@ -324,7 +327,15 @@ def _code(status: int) -> str:
 
 
 def _json(data: Any, status: int) -> Response:
-    return Response(json.dumps(data, ensure_ascii=False), status=status, content_type="application/json")
+    body = json.dumps(data, ensure_ascii=False).encode()
+    if len(body) <= STREAM_CHUNK_BYTES:
+        return Response(body, status=status, content_type="application/json")
+    return Response(_chunks(body), status=status, content_type="application/json")
+
+
+def _chunks(body: bytes):
+    for start in range(0, len(body), STREAM_CHUNK_BYTES):
+        yield body[start:start + STREAM_CHUNK_BYTES]
 
 
 # -- outside Dify: the same routes as a WSGI app (``python -m crossmodal serve``, tests) ------------------------

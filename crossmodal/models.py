@@ -20,6 +20,7 @@ import numpy as np
 
 from crossmodal.runtime import os_lock
 from crossmodal.errors import CrossmodalError, redact
+from crossmodal.locations import model_cache_dir
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ class HubOptions:
             endpoint=os.environ.get("HF_ENDPOINT") or None,
             token=os.environ.get("HF_TOKEN") or None,
             offline=os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"),
-            cache_dir=os.environ.get("HF_HOME") and str(Path(os.environ["HF_HOME"]) / "hub") or None,
+            cache_dir=model_cache_dir(),
         )
 
 

@@ -11,6 +11,14 @@ MAX_OVERLAY_BYTES = 2 * 1024 * 1024
 OVERLAY_SIDE = 1024  # longer side of the overlay; large inputs are shown downscaled
 HEAT_ALPHA = 0.5
 BOX_COLOURS = ["#00e5ff", "#ffea00", "#ff4081", "#76ff03", "#ffffff", "#ff9100"]
+# The "jet" colour map's segment points (matplotlib's _cm._jet_data), so that the plugin needs no matplotlib
+# at run time; tests/test_align_core.py checks jet_colours against matplotlib's own map.
+JET_SEGMENTS = {
+    "red": ((0.0, 0.0), (0.35, 0.0), (0.66, 1.0), (0.89, 1.0), (1.0, 0.5)),
+    "green": ((0.0, 0.0), (0.125, 0.0), (0.375, 1.0), (0.64, 1.0), (0.91, 0.0), (1.0, 0.0)),
+    "blue": ((0.0, 0.5), (0.11, 1.0), (0.34, 1.0), (0.65, 0.0), (1.0, 0.0)),
+}
+JET_LEVELS = 256
 
 
 def render_overlay(image: Image.Image, result: dict, side: int = OVERLAY_SIDE) -> bytes:
@@ -22,9 +30,15 @@ def render_overlay(image: Image.Image, result: dict, side: int = OVERLAY_SIDE) -
         side = int(side * 0.7)
 
 
-def draw_overlay(image: Image.Image, result: dict, side: int) -> bytes:
-    import matplotlib
+def jet_colours(grid: np.ndarray) -> np.ndarray:
+    """RGB in [0, 1] for values in [0, 1], as matplotlib's 256-level "jet" map gives them."""
+    levels = np.linspace(0.0, 1.0, JET_LEVELS)
+    lut = np.stack([np.interp(levels, *zip(*JET_SEGMENTS[c])) for c in ("red", "green", "blue")], axis=-1)
+    index = np.clip(np.nan_to_num(grid, nan=0.0) * JET_LEVELS, 0, JET_LEVELS - 1).astype(int)
+    return lut[index]
 
+
+def draw_overlay(image: Image.Image, result: dict, side: int) -> bytes:
     base = image.convert("RGB")
     scale = min(1.0, side / max(base.size))
     if scale < 1.0:
@@ -32,7 +46,7 @@ def draw_overlay(image: Image.Image, result: dict, side: int) -> bytes:
     heat = result.get("attention_map")
     if heat:
         grid = np.asarray(heat["values"], dtype=np.float32)
-        coloured = matplotlib.colormaps["jet"](grid)[..., :3]
+        coloured = jet_colours(grid)
         layer = Image.fromarray((coloured * 255).astype(np.uint8)).resize(base.size, Image.BICUBIC)
         weight = Image.fromarray((np.clip(grid, 0, 1) * 255 * HEAT_ALPHA).astype(np.uint8)).resize(base.size,
                                                                                                    Image.BICUBIC)

@@ -104,7 +104,7 @@ class Service:
     def store(self) -> VectorStore:
         if self._store is None:
             s = self.settings
-            self._store = open_store(s.store_url, s.store_api_key, s.data_dir)
+            self._store = open_store(s.store_url, s.store_api_key, s.store_dir())
         return self._store
 
     def encoder(self, model: str | None = None) -> Encoder:
@@ -152,12 +152,12 @@ class Service:
             vectors = encoder.encode_images([d.image for _, d in decoded])
             for (source, d), vec in zip(decoded, vectors):
                 items.append({"kind": "image", "source": source, "width": d.width, "height": d.height,
-                              "vector": vec.tolist()})
+                              "vector": vector_list(vec)})
                 warnings += [f"{source}: {n}" for n in d.notes]
         if texts:
             encoded = encoder.encode_texts(texts)
             for i, (text, vec) in enumerate(zip(texts, encoded.vectors)):
-                items.append({"kind": "text", "text": text, "vector": vec.tolist()})
+                items.append({"kind": "text", "text": text, "vector": vector_list(vec)})
                 if i in encoded.truncated:
                     warnings.append(truncation_warning(text, encoder))
         return {"model": encoder.identity, "dimension": encoder.dim, "precision": encoder.precision, "items": items,
@@ -428,9 +428,7 @@ class Service:
     def calibration(self, encoder: Encoder) -> Calibration:
         from crossmodal.calibration import load_calibration
 
-        from crossmodal.settings import default_data_dir
-
-        data_dir = str(self.settings.data_dir or default_data_dir())
+        data_dir = str(self.settings.store_dir())
         key = (encoder.identity, data_dir)
         with _CALIBRATIONS_LOCK:
             if key not in _CALIBRATIONS:
@@ -464,7 +462,8 @@ class Service:
         if top_n is not None:
             top_n = check_top_k(top_n) if int(top_n) <= MAX_TOP_K else int(top_n)
         out = {"results": [], "rejected": rejected, "method": None, "model": None}
-        if not pool:
+        if not pool:  # nothing to rescore: say so in the same shape (strings, as the node declares them)
+            out.update(method="none", model=model or "")
             return out
         query_kind = "text" if query else "image"
         routes = self.routes
@@ -593,6 +592,12 @@ class Service:
 def precision_warnings(encoder: Encoder) -> list[str]:
     """A precision or device that fell back says so in every output that used it."""
     return [encoder.precision_note] if encoder.precision_note else []
+
+
+def vector_list(vector: np.ndarray) -> list[float]:
+    """A float32 vector as JSON-ready floats with the 9 significant digits that round-trip float32 exactly
+    (about half the text of float64's repr: node outputs and endpoint bodies have size limits)."""
+    return [float(f"{x:.9g}") for x in vector.tolist()]
 
 
 def read_input(image: ImageInput) -> bytes:

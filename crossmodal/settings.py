@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from crossmodal.locations import data_root, resolve_data_dir
 from crossmodal.models import HubOptions
 
-DATA_DIR_ENV = "CROSSMODAL_HOME"
 DEFAULT_COLLECTION = "crossmodal"
 
 
 def default_data_dir() -> Path:
-    """$CROSSMODAL_HOME, else ~/.crossmodal (the plugin's working storage inside Dify)."""
-    return Path(os.environ.get(DATA_DIR_ENV) or Path.home() / ".crossmodal").expanduser()
+    """$CROSSMODAL_HOME, else the persisted data folder inside Dify, else ~/.crossmodal (crossmodal/locations.py)."""
+    return data_root()
 
 
 def _text(value) -> str | None:
@@ -38,6 +37,10 @@ class Settings:
     url_allowlist: str | None = None  # hosts image URLs may reach even when they resolve to internal addresses
     precision: str = "fp32"  # fp32 | bf16 (checked against fp32 on first use; see Encoder.use_precision)
     hub: HubOptions = field(default_factory=HubOptions.from_env)
+
+    def store_dir(self) -> Path:
+        """The embedded store's folder (inside Dify, data_dir is a name, never a path: see resolve_data_dir)."""
+        return resolve_data_dir(self.data_dir)
 
     @classmethod
     def from_credentials(cls, credentials: dict | None) -> "Settings":

@@ -16,7 +16,7 @@ def validate_settings(settings: Settings) -> dict:
     from crossmodal.routing import parse_routes
 
     parse_routes(settings.routes)
-    store = open_store(settings.store_url, settings.store_api_key, settings.data_dir)
+    store = open_store(settings.store_url, settings.store_api_key, settings.store_dir())
     try:
         collections = store.list_collections()
     finally:

@@ -45,6 +45,7 @@ def plugin():
     yield process
     process.close()
     assert not process.non_json, f"stdout carried non-protocol lines: {process.non_json[:3]}"
+    assert not process.oversized, f"stdout lines over the daemon's 5 MiB limit: {process.oversized}"
 
 
 @pytest.fixture(scope="module")

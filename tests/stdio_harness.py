@@ -14,23 +14,40 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 FILE_IDENTITY = "__dify__file__"
+# The daemon reads the plugin's stdout with this line limit (PLUGIN_STDIO_MAX_BUFFER_SIZE); past it, it stops
+# reading and kills the plugin process with every session in flight. The harness does the same.
+MAX_LINE_BYTES = 5 * 1024 * 1024
+
+
+class PluginKilled(RuntimeError):
+    """The harness killed the plugin as the daemon would (a stdout line over MAX_LINE_BYTES)."""
 
 
 class PluginProcess:
-    def __init__(self, env: dict | None = None, heartbeat_interval: float = 0.5):
+    def __init__(self, env: dict | None = None, heartbeat_interval: float = 0.5, cwd: Path = ROOT,
+                 unset: tuple[str, ...] = ()):
         full_env = {**os.environ, "INSTALL_METHOD": "local", "HEARTBEAT_INTERVAL": str(heartbeat_interval),
                     "PYTHONUNBUFFERED": "1", **(env or {})}
-        self.proc = subprocess.Popen([sys.executable, "-m", "main"], cwd=ROOT, env=full_env, stdin=subprocess.PIPE,
+        for name in unset:
+            full_env.pop(name, None)
+        self.proc = subprocess.Popen([sys.executable, "-m", "main"], cwd=cwd, env=full_env, stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         self.events: queue.Queue = queue.Queue()
         self.heartbeats: list[float] = []
         self.non_json: list[str] = []
+        self.oversized: list[int] = []  # lengths of stdout lines over MAX_LINE_BYTES
+        self.longest_line = 0
         self.stderr_lines: list[str] = []
         threading.Thread(target=self._read_stdout, daemon=True).start()
         threading.Thread(target=self._read_stderr, daemon=True).start()
 
     def _read_stdout(self):
         for raw in self.proc.stdout:
+            self.longest_line = max(self.longest_line, len(raw))
+            if len(raw) > MAX_LINE_BYTES:
+                self.oversized.append(len(raw))
+                self.proc.kill()  # what the daemon does
+                return
             line = raw.decode("utf-8", "replace").strip()
             if not line:
                 continue
@@ -69,6 +86,9 @@ class PluginProcess:
         held = []
         while pending:
             remaining = deadline - time.monotonic()
+            if self.oversized:
+                raise PluginKilled(f"the plugin wrote a {self.oversized[0]}-byte stdout line, over the daemon's "
+                                   f"{MAX_LINE_BYTES}-byte limit: the daemon kills it")
             if remaining <= 0:
                 raise TimeoutError(f"sessions {list(pending)} did not end; stderr:\n" + "".join(self.stderr_lines[-30:]))
             try:

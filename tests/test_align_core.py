@@ -66,3 +66,13 @@ def test_align_contract_with_a_tiny_model(tiny_clip_dir):
         align(encoder, Image.new("RGB", (1, 1)), "x")
     with pytest.raises(CrossmodalError, match="^mode:"):
         align(encoder, Image.new("RGB", (50, 50)), "x", AlignOptions(mode="zoom"))
+
+
+def test_jet_colours_match_matplotlib():
+    """The overlay's own jet map (no matplotlib at run time) against matplotlib's, the reference."""
+    matplotlib = pytest.importorskip("matplotlib")
+    from crossmodal.overlay import jet_colours
+
+    values = np.concatenate([np.linspace(0, 1, 4096), [0.0, 1.0, 0.35, 0.66, 0.125, 0.999999, 0.5, 1e-9]]).reshape(-1, 8)
+    expected = matplotlib.colormaps["jet"](values)[..., :3]
+    np.testing.assert_allclose(jet_colours(values), expected, atol=1e-6)

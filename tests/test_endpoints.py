@@ -9,6 +9,8 @@ from PIL import Image
 
 from stdio_harness import endpoint_request, http_response
 
+pytestmark = pytest.mark.protocol
+
 KEY = "endpoint-key-0123456789"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 

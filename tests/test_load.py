@@ -2,13 +2,14 @@
 plugin process, plus 20 searches through the HTTP endpoint at the same time. Every answer is right and belongs to its own session, heartbeats never stop, memory stays
 bounded."""
 
+import json
 import time
 
 import pytest
 
-import json
-
 from stdio_harness import endpoint_request, errors, http_response, json_message, tool_request
+
+pytestmark = pytest.mark.protocol
 
 SEARCHES, INGESTS, TEXTS_PER_INGEST, ENDPOINT_SEARCHES = 50, 5, 20, 20
 

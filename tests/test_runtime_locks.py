@@ -12,6 +12,10 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.protocol
+
 ROOT = Path(__file__).resolve().parents[1]
 
 HAMMER = textwrap.dedent("""

@@ -18,6 +18,8 @@ from stdio_harness import (
     variables,
 )
 
+pytestmark = pytest.mark.protocol
+
 
 @pytest.fixture()
 def creds(tiny_clip_dir, tmp_path):
@@ -83,8 +85,11 @@ def test_ingest_search_embed_collections(plugin, creds, file_server):
     to_text = json_message(plugin.invoke_tool("search", {"image": files[0], "target": "text", "top_k": 5}, creds))
     assert [h["payload"]["text"] for h in to_text["results"]] == ["a red circle"]
 
-    embedded = json_message(plugin.invoke_tool("embed", {"images": files[:2], "texts": "one\ntwo"}, creds))
-    assert embedded["dimension"] == 16 and len(embedded["items"]) == 4
+    embed = plugin.invoke_tool("embed", {"images": files[:2], "texts": "one\ntwo"}, creds)
+    embedded, vectors = json_message(embed), variables(embed)["items"]
+    assert embedded["dimension"] == 16 and len(embedded["items"]) == len(vectors) == 4
+    assert all("vector" not in item for item in embedded["items"])  # the LLM gets no vectors ...
+    assert all(len(item["vector"]) == 16 for item in vectors)  # ... the workflow variable has them
 
     listing = json_message(plugin.invoke_tool("collections", {"action": "list"}, creds))
     assert [(c["name"], c["count"]) for c in listing["collections"]] == [("photos", 7)]
@@ -147,11 +152,14 @@ def test_align_node_scores_locates_and_draws(plugin, tmp_path, file_server):
                                             "text": f"a {obj.color} {obj.shape}"}, creds)
     assert not errors(messages)
     result, found = json_message(messages), variables(messages)
-    for key in ("similarity_score", "match_probability", "phrases", "attention_map", "model", "mode"):
+    for key in ("similarity_score", "match_probability", "phrases", "model", "mode"):
         assert found[key] == result[key]
     assert 0.0 <= result["match_probability"] <= 1.0 and result["mode"] == "global"
-    grid = result["attention_map"]
+    grid = found["attention_map"]
     assert (grid["rows"], grid["cols"], grid["width"], grid["height"]) == (48, 48, 512, 512)
+    assert len(grid["values"]) == 48 and len(grid["values"][0]) == 48
+    # The JSON message is what an agent's LLM reads: the grid stays in the variable.
+    assert result["attention_map"] == {k: v for k, v in grid.items() if k != "values"}
     x0, y0, x1, y1 = result["phrases"][0]["box"]
     ox0, oy0, ox1, oy1 = obj.box
     assert x0 < ox1 and ox0 < x1 and y0 < oy1 and oy0 < y1, "the peak box misses the object"
@@ -257,3 +265,46 @@ def test_int8_precision_through_the_plugin(plugin, tmp_path, file_server):
     assert report["precision"] == "int8" and report["added"] == 2 and report["warnings"] == []
     messages = plugin.invoke_tool("search", {"query": "a circle", "collection": "int8"}, creds)
     assert not errors(messages) and len(json_message(messages)["results"]) == 2
+
+
+def test_relative_file_urls_name_the_files_url_fix(plugin, creds):
+    """Dify with FILES_URL / INTERNAL_FILES_URL unset hands out URLs without a host: one clear error per node."""
+    from stdio_harness import dify_file
+
+    file = dify_file("/files/7f3a/file-preview?timestamp=1&sign=x", "p.png", 100)
+    for tool, params in (("embed", {"images": [file]}), ("ingest", {"files": [file]}),
+                         ("search", {"image": file}), ("align", {"image": file, "text": "a red circle"}),
+                         ("rerank", {"query": "a red circle", "files": [file]})):
+        (error,) = errors(plugin.invoke_tool(tool, params, creds))
+        assert "FILES_URL" in error["message"] and "INTERNAL_FILES_URL" in error["message"], (tool, error)
+        assert "http://api:5001" in error["message"] and "plugin_daemon" in error["message"]
+
+
+def test_one_slow_file_does_not_sink_the_batch(plugin, creds, file_server):
+    """The SDK gives each download 5 s; a file server slower than that costs that file, not the others."""
+    import http.server
+    import threading
+
+    from stdio_harness import dify_file
+
+    class Slow(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            time.sleep(8)
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Slow)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        slow = dify_file(f"http://127.0.0.1:{server.server_port}/slow.png", "slow.png", 100)
+        fast = [file_server(f"fast{i}.png", png((10 * i, 90, 200))) for i in range(2)]
+        report = json_message(plugin.invoke_tool("ingest", {"files": [fast[0], slow, fast[1]],
+                                                            "collection": "slowfiles"}, creds))
+    finally:
+        server.shutdown()
+    assert report["added"] == 2
+    (rejected,) = report["rejected"]
+    assert rejected["source"] == "slow.png" and "5 s" in rejected["reason"]

@@ -4,7 +4,8 @@ from typing import Any
 from dify_plugin import Tool
 from dify_plugin.entities.tool import ToolInvokeMessage
 
-from crossmodal.dify_adapter import ToolInputError, call, file_inputs, flag, number, service_for
+from crossmodal.dify_adapter import (ToolInputError, call, file_inputs, flag, for_llm, number, service_for,
+                                     variable_message)
 from crossmodal.service import ImageInput
 
 CONTRACT = ("similarity_score", "match_probability", "phrases", "attention_map", "model", "mode")
@@ -34,10 +35,10 @@ class AlignTool(Tool):
         yield self.create_text_message(_summary(result))
         for key in CONTRACT:
             if result.get(key) is not None:
-                yield self.create_variable_message(key, result[key])
+                yield variable_message(self, key, result[key])
         if overlay:
             yield self.create_blob_message(overlay, meta={"mime_type": "image/png", "filename": "alignment.png"})
-        yield self.create_json_message(result)
+        yield self.create_json_message(for_llm(result))
 
 
 def _summary(result: dict) -> str:

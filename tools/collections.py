@@ -4,7 +4,7 @@ from typing import Any
 from dify_plugin import Tool
 from dify_plugin.entities.tool import ToolInvokeMessage
 
-from crossmodal.dify_adapter import ToolInputError, call, flag, service_for
+from crossmodal.dify_adapter import ToolInputError, call, flag, service_for, variable_message
 
 
 class CollectionsTool(Tool):
@@ -20,5 +20,5 @@ class CollectionsTool(Tool):
             result = call(service.delete_collection, collection, flag(tool_parameters.get("confirm")))
         else:
             raise ToolInputError(f"action: '{action}' is not one of list, info, delete")
-        yield self.create_variable_message("result", result)
+        yield variable_message(self, "result", result)
         yield self.create_json_message(result)

@@ -4,7 +4,7 @@ from typing import Any
 from dify_plugin import Tool
 from dify_plugin.entities.tool import ToolInvokeMessage
 
-from crossmodal.dify_adapter import ToolInputError, call, file_inputs, service_for, text_list
+from crossmodal.dify_adapter import ToolInputError, call, file_inputs, for_llm, service_for, text_list, variable_message
 
 
 class EmbedTool(Tool):
@@ -15,8 +15,11 @@ class EmbedTool(Tool):
             raise ToolInputError("images / texts: give at least one image file or one line of text")
         service = service_for(self.runtime.credentials)
         result = call(service.embed, images, texts, tool_parameters.get("model") or None)
-        yield self.create_variable_message("model", result["model"])
-        yield self.create_variable_message("dimension", result["dimension"])
-        yield self.create_variable_message("items", result["items"])
-        yield self.create_variable_message("rejected", result["rejected"])
-        yield self.create_json_message(result)
+        items = variable_message(self, "items", result["items"])  # size-checked before anything is sent
+        yield self.create_text_message(f"{len(result['items'])} vectors of {result['dimension']} dimensions "
+                                       f"({result['model']}); {len(result['rejected'])} rejected")
+        yield variable_message(self, "model", result["model"])
+        yield variable_message(self, "dimension", result["dimension"])
+        yield items
+        yield variable_message(self, "rejected", result["rejected"])
+        yield self.create_json_message(for_llm(result))

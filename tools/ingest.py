@@ -5,7 +5,7 @@ from dify_plugin import Tool
 from dify_plugin.entities.tool import ToolInvokeMessage
 
 from crossmodal.dify_adapter import (ToolInputError, call, file_inputs, flag, json_object, service_for, tag_list,
-                                     text_list)
+                                     text_list, variable_message)
 from crossmodal.service import IngestItem
 
 
@@ -32,5 +32,5 @@ class IngestTool(Tool):
             f"'{report['collection']}' now holds {report['count']} points"
         )
         for key in ("added", "duplicates", "rejected", "items", "collection", "count"):
-            yield self.create_variable_message(key, report[key])
+            yield variable_message(self, key, report[key])
         yield self.create_json_message(report)

@@ -4,7 +4,7 @@ from typing import Any
 from dify_plugin import Tool
 from dify_plugin.entities.tool import ToolInvokeMessage
 
-from crossmodal.dify_adapter import call, file_inputs, number, service_for
+from crossmodal.dify_adapter import call, file_inputs, number, service_for, variable_message
 
 
 class RerankTool(Tool):
@@ -26,7 +26,7 @@ class RerankTool(Tool):
         )
         lines = [f"{r['rank']}. {r.get('text') or r['payload'].get('source') or r['id']} ({r['score']:.3f}, "
                  f"was #{r['first_stage_rank']})" for r in result["results"][:5]]
-        yield self.create_text_message("\n".join(lines) or "no candidates")
+        yield self.create_text_message("\n".join(lines) or "no candidates to rerank")
         for key in ("results", "method", "model", "rejected"):
-            yield self.create_variable_message(key, result[key])
+            yield variable_message(self, key, result[key])
         yield self.create_json_message(result)

@@ -4,7 +4,7 @@ from typing import Any
 from dify_plugin import Tool
 from dify_plugin.entities.tool import ToolInvokeMessage
 
-from crossmodal.dify_adapter import call, file_inputs, flag, number, service_for, summary_line
+from crossmodal.dify_adapter import call, file_inputs, flag, number, service_for, summary_line, variable_message
 
 
 class SearchTool(Tool):
@@ -30,8 +30,8 @@ class SearchTool(Tool):
         )
         thumbnails = result.pop("thumbnails", {})
         yield self.create_text_message(summary_line(result["results"]))
-        yield self.create_variable_message("results", result["results"])
-        yield self.create_variable_message("model", result["model"])
+        yield variable_message(self, "results", result["results"])
+        yield variable_message(self, "model", result["model"])
         for rank, hit in enumerate(result["results"], 1):
             if hit["id"] in thumbnails:
                 name = f"{rank:02d}-{hit['payload'].get('source', hit['id'])}".replace("/", "_")

@@ -11,10 +11,10 @@ def open_store(url: str | None = None, api_key: str | None = None, data_dir: str
         from crossmodal.store.remote import RemoteStore
 
         return RemoteStore(url, api_key)
-    from crossmodal.settings import default_data_dir
+    from crossmodal.locations import data_root
     from crossmodal.store.edge import EdgeStore
 
-    return EdgeStore(data_dir or default_data_dir())
+    return EdgeStore(data_dir or data_root())
 
 
 __all__ = ["CollectionInfo", "Condition", "Hit", "StoredPoint", "VectorStore", "check_collection_name",
