@@ -4,6 +4,7 @@ from dify_plugin import DifyPluginEnv, Plugin
 from dify_plugin.config.logger_format import plugin_logger_handler
 
 from crossmodal.runtime import preload_libraries, use_os_locks_in_shared_libraries
+from crossmodal.warmup import warm_remembered
 
 # The core logs through the SDK's handler: stdout carries only protocol JSON.
 logging.getLogger("crossmodal").addHandler(plugin_logger_handler)
@@ -15,6 +16,8 @@ preload_libraries()
 # Logging is used from the loop and from worker threads at once: its locks must be OS locks, not the
 # greenlet locks gevent's patching makes (they can hang for good across threads).
 use_os_locks_in_shared_libraries()
+# Models that Dify's 5-second External Knowledge calls used before a restart load now, in the background.
+warm_remembered()
 
 plugin = Plugin(DifyPluginEnv(MAX_REQUEST_TIMEOUT=600))
 

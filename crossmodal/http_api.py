@@ -27,7 +27,10 @@ from crossmodal.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-MAX_BODY_BYTES = 10 * 1024 * 1024
+# Dify's daemon cuts endpoint request bodies at 10 MB without a word: refuse clearly below that.
+MAX_BODY_BYTES = 9 * 1024 * 1024
+# Dify's External Knowledge calls time out after 5 s: a model still loading answers 503 within that.
+WARM_WAIT_SECONDS = 3.0
 # Dify's plugin SDK writes a non-streamed endpoint body as one hex line on stdout, and the daemon kills the
 # plugin on a line over 5 MiB: bodies larger than one chunk go out as a stream of chunks (a line each).
 STREAM_CHUNK_BYTES = 512 * 1024
@@ -45,11 +48,10 @@ def service_for(settings: Mapping) -> Service:
 # -- request parsing ----------------------------------------------------------------------------
 def read_json(request: Request) -> dict:
     if request.content_length and request.content_length > MAX_BODY_BYTES:
-        raise CrossmodalError(f"the body has {request.content_length} bytes; at most {MAX_BODY_BYTES} (10 MB) are "
-                              "accepted: send fewer or smaller images per request", param="body", status=413)
+        raise CrossmodalError(too_large(request.content_length), param="body", status=413)
     raw = request.get_data(cache=True)
     if len(raw) > MAX_BODY_BYTES:
-        raise CrossmodalError(f"the body exceeds {MAX_BODY_BYTES} bytes (10 MB)", param="body", status=413)
+        raise CrossmodalError(too_large(len(raw)), param="body", status=413)
     if request.mimetype == "multipart/form-data":
         return {k: v for k, v in request.form.items()}
     if not raw.strip():
@@ -62,6 +64,11 @@ def read_json(request: Request) -> dict:
     if not isinstance(body, dict):
         raise CrossmodalError("must be a JSON object", param="body")
     return body
+
+
+def too_large(size: int) -> str:
+    return (f"the body has {size} bytes; at most {MAX_BODY_BYTES} (9 MB) are accepted, below the 10 MB at which "
+            "Dify cuts request bodies: send fewer or smaller images per request")
 
 
 def field(body: dict, name: str, kind: type | tuple, default=None, required: bool = False):
@@ -197,7 +204,9 @@ def route_collections(service: Service, body: dict, request: Request) -> dict:
 
 
 def route_retrieval(service: Service, body: dict, request: Request) -> dict:
-    """Dify's External Knowledge API: a collection as a knowledge base."""
+    """Dify's External Knowledge API: a collection as a knowledge base (see crossmodal/knowledge.py)."""
+    from crossmodal.knowledge import cosine_bound, metadata_predicate
+
     knowledge_id = field(body, "knowledge_id", str, required=True)
     query = field(body, "query", str, required=True)
     setting = field(body, "retrieval_setting", dict, {})
@@ -205,48 +214,27 @@ def route_retrieval(service: Service, body: dict, request: Request) -> dict:
     threshold = setting.get("score_threshold")
     if not isinstance(top_k, int) or isinstance(top_k, bool):
         raise CrossmodalError("must be an integer", param="retrieval_setting.top_k")
-    if threshold is not None and not isinstance(threshold, (int, float)):
-        raise CrossmodalError("must be a number", param="retrieval_setting.score_threshold")
-    conditions = metadata_filter(body.get("metadata_condition"))
+    if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))
+                                  or not 0.0 <= threshold <= 1.0):
+        raise CrossmodalError("must be a relevance between 0 and 1", param="retrieval_setting.score_threshold")
+    where = metadata_predicate(body.get("metadata_condition"))
+    encoder = service.collection_encoder(knowledge_id, wait=WARM_WAIT_SECONDS)
+    calibration = service.calibration(encoder)
+    bound = cosine_bound(threshold, calibration.a, calibration.b) if calibration.a > 0 else None
+    if bound is not None and bound > 1.0:
+        return {"records": []}  # no cosine reaches that relevance
     result = service.search(text=query, collection=knowledge_id, top_k=max(1, min(top_k, 100)),
-                            score_threshold=float(threshold) if threshold else None, filter=conditions, target="any")
+                            score_threshold=bound if bound is not None and bound > -1.0 else None, target="any",
+                            where=where)
     records = []
     for hit in result["results"]:
         payload = hit["payload"]
         content = payload.get("caption") or payload.get("text") or payload.get("source") or hit["id"]
         metadata = {k: v for k, v in payload.items() if k not in ("text",)}
-        metadata.update(id=hit["id"], source=payload.get("source"), kind=payload.get("kind"))
-        records.append({"content": content, "score": hit["score"], "title": payload.get("source") or hit["id"],
-                        "metadata": metadata})
+        metadata.update(id=hit["id"], source=payload.get("source"), kind=payload.get("kind"), cosine=hit["score"])
+        records.append({"content": content, "score": round(calibration.probability(hit["score"]), 6),
+                        "title": payload.get("source") or hit["id"], "metadata": metadata})
     return {"records": records}
-
-
-def metadata_filter(condition) -> dict | None:
-    """Dify's metadata_condition ({"logical_operator": "and", "conditions": [{"name": [...], "comparison_operator",
-    "value"}]}) -> this plugin's filter grammar, for the operators that map exactly (is, contains for tags,
-    >, <, >=, <=); others are refused with a clear error rather than ignored."""
-    if not condition:
-        return None
-    if not isinstance(condition, dict) or not isinstance(condition.get("conditions", []), list):
-        raise CrossmodalError("must be an object with a conditions list", param="metadata_condition")
-    if condition.get("logical_operator", "and") != "and":
-        raise CrossmodalError("only 'and' is supported", param="metadata_condition.logical_operator")
-    out: dict[str, Any] = {}
-    ranges = {">": "gt", "<": "lt", "≥": "gte", "≤": "lte", ">=": "gte", "<=": "lte"}
-    for k, c in enumerate(condition.get("conditions") or []):
-        names = c.get("name") or []
-        names = names if isinstance(names, list) else [names]
-        op, value = c.get("comparison_operator"), c.get("value")
-        for name in names:
-            key = name if name in ("tags", "source", "kind", "width", "height") else f"metadata.{name}"
-            if op in ("is", "=", "contains") and value is not None:
-                out[key] = value
-            elif op in ranges and isinstance(value, (int, float)):
-                out.setdefault(key, {})[ranges[op]] = value
-            else:
-                raise CrossmodalError(f"operator '{op}' is not supported (is, contains, >, <, >=, <=)",
-                                      param=f"metadata_condition.conditions[{k}]")
-    return out
 
 
 def route_openapi(service: Service | None, body: dict, request: Request) -> dict:
@@ -296,27 +284,37 @@ def respond(route: str, request: Request, settings: Mapping) -> Response:
         metrics.LATENCY.labels(kind="endpoint", name=route).observe(time.perf_counter() - started)
 
 
+class AuthError(CrossmodalError):
+    """A missing, malformed or wrong key. The pack's REST routes answer 401. The External Knowledge route
+    answers 403 with that API's codes (1001 malformed header, 1002 failed authorisation): Dify's connection
+    check counts only 403/404/502 as failures, so a 401 would let a broken knowledge base be saved."""
+
+    def __init__(self, message: str, *, malformed: bool, route: str, param: str = "authorization"):
+        self.code = 1001 if malformed else 1002
+        super().__init__(message, param=param, status=403 if route == "retrieval" else 401)
+
+
 def check_key(request: Request, settings: Mapping, route: str) -> None:
     expected = str((settings or {}).get("api_key") or "")
     header = request.headers.get("Authorization", "")
     scheme, _, given = header.partition(" ")
     if not expected:
-        raise CrossmodalError("the endpoint has no api_key configured; set one in the endpoint's settings",
-                              param="api_key", status=401)
+        raise AuthError("the endpoint has no api_key configured; set one in the endpoint's settings",
+                        malformed=False, route=route, param="api_key")
     if scheme.lower() != "bearer" or not given:
-        raise CrossmodalError("send 'Authorization: Bearer <api_key>'", param="authorization", status=401)
+        raise AuthError("send 'Authorization: Bearer <api_key>'", malformed=True, route=route)
     if not hmac.compare_digest(given.strip().encode(), expected.encode()):
-        raise CrossmodalError("the API key is wrong", param="authorization", status=401)
+        raise AuthError("the API key is wrong", malformed=False, route=route)
 
 
 def error_response(route: str, exc: CrossmodalError) -> Response:
     if route == "retrieval":  # the External Knowledge API's documented shape
-        if exc.status == 401:
-            code = 1001 if exc.param == "authorization" and "Bearer" in str(exc) else 1002
+        if isinstance(exc, AuthError):
+            code = exc.code
         elif isinstance(exc, NotFoundError) or exc.status == 404:
             code = 2001
         else:
-            code = 400
+            code = exc.status
         return _json({"error_code": code, "error_msg": str(exc)}, exc.status)
     return _json({"error": {"code": _code(exc.status), "message": str(exc), "param": exc.param}}, exc.status)
 

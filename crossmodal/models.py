@@ -43,6 +43,7 @@ PRECISIONS = ("fp32", "bf16", "onnx", "int8")
 PRECISION_FALLBACK = {"int8": "bf16", "bf16": "fp32", "onnx": "fp32"}
 PRECISION_AGREEMENT = 0.999
 HUB_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken"]
+CONFIG_FILES = ["*.json", "*.txt", "*.model", "*.tiktoken"]  # config, tokenizer and processor; no weights
 
 
 @dataclass(frozen=True)
@@ -105,7 +106,18 @@ def resolve_model_dir(name: str, hub: HubOptions | None = None) -> Path:
     return _download(ref, hub or HubOptions.from_env())
 
 
-def _download(repo_id: str, hub: HubOptions) -> Path:
+def resolve_model_config_dir(name: str, hub: HubOptions | None = None) -> Path:
+    """Like resolve_model_dir, but a hub model brings only its config and processor files (a few KB), not
+    its weights: what saving the credentials needs (the weights load on first use, inside a node)."""
+    identity = model_identity(name)
+    ref = PRESETS.get(identity, identity)
+    is_hub_id = ref.count("/") == 1 and not ref.startswith(("/", ".")) and not Path(ref).expanduser().is_dir()
+    if not is_hub_id or identity == "demo-shapes":
+        return resolve_model_dir(name, hub)  # local directories, and the same errors for bad names
+    return _download(ref, hub or HubOptions.from_env(), patterns=CONFIG_FILES)
+
+
+def _download(repo_id: str, hub: HubOptions, patterns: list[str] | None = None) -> Path:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
 
@@ -113,7 +125,7 @@ def _download(repo_id: str, hub: HubOptions) -> Path:
         return Path(
             snapshot_download(
                 repo_id,
-                allow_patterns=HUB_FILES,
+                allow_patterns=patterns or HUB_FILES,
                 endpoint=hub.endpoint,
                 token=hub.token,
                 cache_dir=hub.cache_dir,
@@ -406,14 +418,18 @@ LOAD_SECONDS: dict[str, float] = {}
 _ENCODERS_LOCK = os_lock()
 
 
+def _encoder_key(name: str | None, device: str | None, precision: str) -> tuple:
+    asked_device = (device or "auto").lower()
+    picked = pick_device(device)
+    no_gpu = asked_device == "cuda" and picked == "cpu"
+    return model_identity(name), picked, precision, no_gpu  # the fallback's note stays with those who asked for CUDA
+
+
 def get_encoder(name: str | None = None, device: str | None = None, hub: HubOptions | None = None,
                 precision: str = "fp32") -> Encoder:
     """One loaded encoder per (model, device, precision) per process, loaded on first use."""
-    identity = model_identity(name)
-    asked_device = (device or "auto").lower()
-    device = pick_device(device)
-    no_gpu = asked_device == "cuda" and device == "cpu"
-    key = (identity, device, precision, no_gpu)  # the fallback's note stays with those who asked for CUDA
+    key = _encoder_key(name, device, precision)
+    identity, device, precision, no_gpu = key
     with _ENCODERS_LOCK:
         if key not in _ENCODERS:
             started = time.perf_counter()
@@ -427,9 +443,47 @@ def get_encoder(name: str | None = None, device: str | None = None, hub: HubOpti
         return _ENCODERS[key]
 
 
+_LOADING: dict[tuple, object] = {}  # key -> an OS lock held while a background load runs
+_LOADING_LOCK = os_lock()
+
+
+def encoder_within(seconds: float, name: str | None = None, device: str | None = None,
+                   hub: HubOptions | None = None, precision: str = "fp32") -> Encoder | None:
+    """The encoder when it is loaded or finishes loading within ``seconds``; else None while the load goes on
+    in an OS thread (for callers with a deadline of their own, such as Dify's 5 s External Knowledge calls)."""
+    from crossmodal.runtime import start_os_thread
+
+    key = _encoder_key(name, device, precision)
+    if key in _ENCODERS:
+        return _ENCODERS[key]
+    with _LOADING_LOCK:
+        done = _LOADING.get(key)
+        if done is None:
+            done = os_lock()
+            done.acquire()
+            _LOADING[key] = done
+
+            def load() -> None:
+                try:
+                    get_encoder(name, device, hub, precision)
+                except Exception as exc:  # noqa: BLE001 - the caller's own get_encoder call reports it
+                    logger.warning("loading %s in the background failed: %s", key[0], redact(str(exc)))
+                finally:
+                    _LOADING.pop(key, None)
+                    done.release()
+
+            start_os_thread(load)
+    if not done.acquire(timeout=seconds):
+        return None
+    done.release()
+    return _ENCODERS.get(key) or get_encoder(name, device, hub, precision)  # a failed load raises its error here
+
+
 def load_encoder(identity: str, device: str = "cpu", hub: HubOptions | None = None) -> Encoder:
     from transformers import AutoConfig, AutoModel, AutoProcessor
 
+    logger.info("loading model %s (a hub model downloads its weights on first use; this can take minutes)",
+                identity)
     directory = resolve_model_dir(identity, hub)
     try:
         config = AutoConfig.from_pretrained(directory)

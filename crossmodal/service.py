@@ -132,6 +132,23 @@ class Service:
                                       param="routes") from None
             raise
 
+    def collection_encoder(self, collection: str | None, wait: float) -> Encoder:
+        """The encoder that searches of this collection use, for a caller with a deadline: a model still
+        loading after ``wait`` seconds is a 503 while the load goes on (and is remembered, so that the next
+        plugin start loads it at once; crossmodal/warmup.py)."""
+        from crossmodal import warmup
+        from crossmodal.models import encoder_within
+
+        info = self.store.get_collection(self._collection(collection), with_count=False)
+        model = self._model_for(info.model, None)
+        s = self.settings
+        warmup.remember(model, s.device, s.precision)
+        encoder = encoder_within(wait, model, s.device, s.hub, s.precision)
+        if encoder is None:
+            raise CrossmodalError(f"the model '{model}' is still loading (the first call after the plugin started); "
+                                  "retry in a few seconds", param="model", status=503)
+        return encoder
+
     def _collection(self, name: str | None) -> str:
         return check_collection_name(name or self.settings.collection)
 
@@ -290,9 +307,11 @@ class Service:
         regions: bool = False,
         rerank: str | None = None,
         rerank_k: int = 20,
+        where: Callable[[dict], bool] | None = None,
     ) -> dict:
         """``rerank`` (auto, cross-encoder, itm, region): the first stage fetches ``rerank_k`` hits, the
-        second stage rescores them (see ``rerank``) and the best ``top_k`` are returned."""
+        second stage rescores them (see ``rerank``) and the best ``top_k`` are returned. ``where``: a test on
+        each hit's payload beyond what the filter grammar says (the External Knowledge API's conditions)."""
         if rerank and rerank != "none":
             return self._search_and_rerank(text, image, collection, top_k, score_threshold, filter, target, model,
                                            text_weight, with_thumbnails, regions, rerank, rerank_k)
@@ -320,8 +339,8 @@ class Service:
             hits = self._region_search(name, vector, top_k, conditions, score_threshold)
         else:
             kinds = ["image", "text"] if target == "any" else [target]
-            hits = self.store.query(name, vector.tolist(), top_k, [*conditions, Condition("kind", "any", kinds)],
-                                    score_threshold)
+            hits = self._query_where(name, vector, top_k, [*conditions, Condition("kind", "any", kinds)],
+                                     score_threshold, where)
         results, thumbnails = [], {}
         for hit in hits:
             thumb = hit.payload.pop("thumbnail", None)
@@ -351,6 +370,19 @@ class Service:
         first["rerank"] = {"method": second["method"], "model": second["model"], "candidates": rerank_k,
                            "rejected": second["rejected"]}
         return first
+
+    def _query_where(self, name, vector, top_k, conditions, score_threshold, where) -> list[Hit]:
+        """The best ``top_k`` hits that pass ``where``: fetched in growing rounds until enough pass or the
+        collection has no more, so a rare condition is still answered exactly."""
+        if where is None:
+            return self.store.query(name, vector.tolist(), top_k, conditions, score_threshold)
+        limit = top_k * 4
+        while True:
+            hits = self.store.query(name, vector.tolist(), limit, conditions, score_threshold)
+            kept = [hit for hit in hits if where(hit.payload)]
+            if len(kept) >= top_k or len(hits) < limit:
+                return kept[:top_k]
+            limit *= 4
 
     def _region_search(self, name, vector, top_k, conditions, score_threshold) -> list[Hit]:
         """Images ranked by their best match, whole image or any stored region of it."""

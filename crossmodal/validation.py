@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from crossmodal.errors import CrossmodalError
-from crossmodal.models import PRECISIONS, SUPPORTED_TYPES, model_identity, pick_device, resolve_model_dir
+from crossmodal.models import PRECISIONS, SUPPORTED_TYPES, model_identity, pick_device, resolve_model_config_dir
 from crossmodal.settings import Settings
 from crossmodal.store import check_collection_name, open_store
 
@@ -22,7 +22,8 @@ def validate_settings(settings: Settings) -> dict:
     finally:
         if settings.store_url:
             store.close()
-    directory = resolve_model_dir(settings.model, settings.hub)
+    # Config and processor files only: saving the credentials must not wait for gigabytes of weights.
+    directory = resolve_model_config_dir(settings.model, settings.hub)
     from transformers import AutoConfig
 
     model_type = AutoConfig.from_pretrained(directory).model_type

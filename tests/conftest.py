@@ -12,6 +12,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # ONNX exports made by tests (and by the plugin processes they start) go to a throwaway cache.
 os.environ.setdefault("CROSSMODAL_ONNX_CACHE", tempfile.mkdtemp(prefix="crossmodal-test-onnx-"))
+# The default data root (and what the plugin remembers to warm at start) stays out of the user's home.
+os.environ.setdefault("CROSSMODAL_HOME", tempfile.mkdtemp(prefix="crossmodal-test-home-"))
 
 from tiny_models import save_tiny_clip  # noqa: E402
 

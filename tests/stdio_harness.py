@@ -38,6 +38,7 @@ class PluginProcess:
         self.oversized: list[int] = []  # lengths of stdout lines over MAX_LINE_BYTES
         self.longest_line = 0
         self.stderr_lines: list[str] = []
+        self.logs: list[str] = []  # the plugin's log lines (the SDK sends them as "log" events)
         threading.Thread(target=self._read_stdout, daemon=True).start()
         threading.Thread(target=self._read_stderr, daemon=True).start()
 
@@ -58,6 +59,8 @@ class PluginProcess:
                 continue
             if event.get("event") == "heartbeat":
                 self.heartbeats.append(time.monotonic())
+            elif event.get("event") == "log":
+                self.logs.append(str((event.get("data") or {}).get("message", "")))
             self.events.put(event)
 
     def _read_stderr(self):
@@ -175,9 +178,13 @@ def blobs(messages: list[dict]) -> list[tuple[bytes, dict]]:
 def raw_http(method: str, path: str, body: bytes = b"", headers: dict | None = None) -> bytes:
     """A raw HTTP/1.1 request as the daemon forwards it (the /e/{hook_id} prefix already stripped)."""
     lines = [f"{method} {path} HTTP/1.1", "Host: dify.local"]
-    for key, value in {"Content-Length": str(len(body)), **(headers or {})}.items():
+    for key, value in {"Content-Length": str(len(body)), **(headers or {})}.items():  # a given length wins
         lines.append(f"{key}: {value}")
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+# The daemon forwards at most this much of an endpoint request's body, cutting the rest without a word.
+DAEMON_BODY_BYTES = 10 * 1024 * 1024
 
 
 def endpoint_request(settings: dict, method: str, path: str, body=None, headers: dict | None = None,
@@ -187,7 +194,8 @@ def endpoint_request(settings: dict, method: str, path: str, body=None, headers:
         raw_body = b"" if body is None else json.dumps(body).encode()
         if body is not None:
             headers.setdefault("Content-Type", "application/json")
-    raw = raw_http(method, path, raw_body, headers)
+    headers.setdefault("Content-Length", str(len(raw_body)))
+    raw = raw_http(method, path, raw_body[:DAEMON_BODY_BYTES], headers)
     return {"type": "endpoint", "action": "invoke_endpoint", "settings": settings, "raw_http_request": raw.hex()}
 
 

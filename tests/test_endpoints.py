@@ -38,13 +38,20 @@ def _scene_png(seed, objects=1):
 
 def test_auth_is_required_everywhere_but_the_viewer(plugin, settings):
     for method, path in (("POST", "/v1/search"), ("GET", "/v1/collections"), ("GET", "/openapi.json"),
-                         ("GET", "/metrics"), ("POST", "/retrieval")):
+                         ("GET", "/metrics")):
         status, body = call(plugin, settings, method, path, {}, headers={})
         assert status == 401, (path, body)
         status, _ = call(plugin, settings, method, path, {}, headers={"Authorization": "Bearer wrong"})
         assert status == 401
-    status, retrieval = call(plugin, settings, "POST", "/retrieval", {}, headers={"Authorization": "Bearer x"})
-    assert retrieval["error_code"] == 1002 and "error_msg" in retrieval
+    # The External Knowledge API: 403, since Dify's connection check treats only 403/404/502 as failures.
+    status, missing = call(plugin, settings, "POST", "/retrieval", {}, headers={})
+    assert (status, missing["error_code"]) == (403, 1001) and "Bearer" in missing["error_msg"]
+    status, malformed = call(plugin, settings, "POST", "/retrieval", {}, headers={"Authorization": "Basic abc"})
+    assert (status, malformed["error_code"]) == (403, 1001)
+    status, wrong = call(plugin, settings, "POST", "/retrieval", {}, headers={"Authorization": "Bearer x"})
+    assert (status, wrong["error_code"]) == (403, 1002) and "wrong" in wrong["error_msg"]
+    status, unset = call(plugin, {**settings, "api_key": ""}, "POST", "/retrieval", {}, headers=AUTH)
+    assert (status, unset["error_code"]) == (403, 1002)
     status, page = call(plugin, settings, "GET", "/viewer", headers={})
     assert status == 200 and b"Crossmodal viewer" in page and b"http" not in page.split(b"<script>")[1].split(b"fetch(")[0]
 
@@ -129,7 +136,8 @@ def test_seed_call_shape_and_the_python_client(plugin, settings, monkeypatch):
      ("/v1/align", json.dumps({"image": base64.b64encode(b"not an image").decode(), "text": "x"}).encode(), 422,
       "not an image"),
      ("/v1/align", json.dumps({"image": "%%%", "text": "x"}).encode(), 400, "base64"),
-     ("/v1/ingest", b"x" * (10 * 1024 * 1024 + 10), 413, "10 MB")],
+     ("/v1/ingest", b"x" * (9 * 1024 * 1024 + 10), 413, "9 MB"),
+     ("/v1/ingest", b"x" * (12 * 1024 * 1024), 413, "Dify cuts")],  # past the daemon's cut: still a clear 413
 )
 def test_bad_requests(plugin, settings, path, raw, status, needle):
     got, body = call(plugin, settings, "POST", path, raw_body=raw, headers={**AUTH, "Content-Type": "application/json"})
@@ -187,3 +195,113 @@ def test_multipart_ingest_and_the_corpus_through_ingest(plugin, settings):
     bad = {name for name, (_, expectation) in corpus().items() if not expectation.startswith("ok")}
     assert bad <= {r["source"] for r in report["rejected"]}
     assert report["added"] + len(report["rejected"]) == len(items)
+
+
+def test_retrieval_scores_are_calibrated_relevances_and_conditions_work_as_dify_sends_them(plugin, settings):
+    from crossmodal.calibration import load_calibration
+    from crossmodal.models import get_encoder
+
+    creds = {"data_dir": settings["data_dir"], "model": "demo-shapes", "default_collection": "notes"}
+    items = [("a red circle on the left", {"team": "alpha", "year": "2023", "pages": 3,
+                                           "date": "2024-01-05T00:00:00Z"}),
+             ("a small blue star", {"team": "beta", "year": "2024", "pages": 12, "date": "2024-06-01T00:00:00Z"}),
+             ("a large green square at the top", {"team": "alphabet", "year": "2025", "pages": 30,
+                                                 "date": "2025-02-01T00:00:00Z"}),
+             ("a yellow triangle", {"team": "", "year": "2025", "pages": "7", "date": "2025-09-01T00:00:00Z"})]
+    for text, metadata in items:
+        plugin.invoke_tool("ingest", {"texts": text, "metadata": json.dumps(metadata)}, creds)
+
+    def retrieve(condition=None, threshold=None, top_k=10):
+        body = {"knowledge_id": "notes", "query": "a blue star", "retrieval_setting": {"top_k": top_k}}
+        if threshold is not None:
+            body["retrieval_setting"]["score_threshold"] = threshold
+        if condition is not None:
+            body["metadata_condition"] = condition
+        status, answer = call(plugin, settings, "POST", "/retrieval", body)
+        assert status == 200, answer
+        return answer["records"]
+
+    everything = retrieve()
+    assert len(everything) == 4 and everything[0]["content"] == "a small blue star"
+    calibration = load_calibration(get_encoder("demo-shapes"), None)
+    for record in everything:
+        assert 0.0 <= record["score"] <= 1.0
+        assert record["score"] == pytest.approx(calibration.probability(record["metadata"]["cosine"]), abs=1e-6)
+    middle = (everything[0]["score"] + everything[1]["score"]) / 2
+    assert [r["content"] for r in retrieve(threshold=middle)] == ["a small blue star"]
+    assert retrieve(threshold=1.0) == []
+
+    def colour(content):
+        return next(word for word in content.split() if word in ("red", "blue", "green", "yellow"))
+
+    def contents(operator, value, name="team", logic="and"):
+        condition = {"logical_operator": logic,
+                     "conditions": [{"name": name, "comparison_operator": operator, "value": value}]}
+        return sorted(colour(r["content"]) for r in retrieve(condition))
+
+    assert contents("contains", "alph") == ["green", "red"]  # substring, not equality
+    assert contents("not contains", "alph") == ["blue", "yellow"]
+    assert contents("start with", "alpha") == ["green", "red"]
+    assert contents("end with", "bet") == ["green"]
+    assert contents("is", "alpha") == ["red"]
+    assert contents("is not", "alpha") == ["blue", "green", "yellow"]
+    assert contents("empty", None) == ["yellow"]
+    assert contents("not empty", None) == ["blue", "green", "red"]
+    assert contents(">", "10", name="pages") == ["blue", "green"]  # numbers sent as strings
+    assert contents("≤", 7, name="pages") == ["red", "yellow"]  # a stored "7" compares as a number
+    assert contents("=", "2024", name="year") == ["blue"]
+    assert contents("≠", 2024, name="year") == ["green", "red", "yellow"]
+    assert contents("before", "2024-12-31", name="date") == ["blue", "red"]
+    assert contents("after", 1735689600, name="date") == ["green", "yellow"]  # a Unix timestamp: 2025-01-01
+    either = {"logical_operator": "or", "conditions": [
+        {"name": "team", "comparison_operator": "is", "value": "beta"},
+        {"name": "pages", "comparison_operator": "≥", "value": 30}]}
+    assert sorted(colour(r["content"]) for r in retrieve(either)) == ["blue", "green"]
+    assert len(retrieve({"logical_operator": "or", "conditions": None})) == 4  # null: no filter
+
+    status, refused = call(plugin, settings, "POST", "/retrieval", {
+        "knowledge_id": "notes", "query": "x", "metadata_condition": {
+            "conditions": [{"name": "team", "comparison_operator": "sounds like", "value": "a"}]}})
+    assert status == 400 and "sounds like" in refused["error_msg"] and "conditions[0]" in refused["error_msg"]
+    status, refused = call(plugin, settings, "POST", "/retrieval", {
+        "knowledge_id": "notes", "query": "x", "metadata_condition": {
+            "conditions": [{"name": "pages", "comparison_operator": ">", "value": "many"}]}})
+    assert status == 400 and "compares numbers" in refused["error_msg"]
+
+
+def test_large_replies_stream_under_the_daemons_line_limit(plugin, settings):
+    """A detailed 1600 px JPEG's align reply (overlay PNG) and a search with 100 thumbnails: the latter is
+    several MB of hex when sent as one line, which the daemon would answer by killing the plugin."""
+    import numpy as np
+
+    from crossmodal.http_api import STREAM_CHUNK_BYTES
+    from stdio_harness import MAX_LINE_BYTES
+
+    noise = np.random.default_rng(7).integers(0, 256, (1600, 1600, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(noise).save(buf, "JPEG", quality=95)
+    status, aligned = call(plugin, settings, "POST", "/v1/align",
+                           {"image": base64.b64encode(buf.getvalue()).decode(), "text": "a red circle"})
+    assert status == 200, aligned
+    assert len(json.dumps(aligned)) > STREAM_CHUNK_BYTES  # sent as a stream of chunks
+    assert not plugin.oversized and plugin.longest_line < MAX_LINE_BYTES
+
+    for start in (0, 50):  # two requests: 100 noise JPEGs are over the 9 MB request cap
+        items = [{"image": base64.b64encode(_noise_jpeg(k)).decode(), "source": f"n{k}.jpg"}
+                 for k in range(start, start + 50)]
+        status, report = call(plugin, settings, "POST", "/v1/ingest", {"collection": "noise", "items": items})
+        assert status == 200 and report["added"] == 50, report
+    status, found = call(plugin, settings, "POST", "/v1/search", {"collection": "noise", "query": "noise",
+                                                                  "top_k": 100, "with_thumbnails": True})
+    assert status == 200 and len(found["results"]) == 100
+    assert len(json.dumps(found)) > MAX_LINE_BYTES // 2
+    assert not plugin.oversized and plugin.longest_line < MAX_LINE_BYTES
+
+
+def _noise_jpeg(seed: int) -> bytes:
+    import numpy as np
+
+    pixels = np.random.default_rng(seed).integers(0, 256, (384, 384, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, "JPEG", quality=90)
+    return buf.getvalue()

@@ -20,3 +20,30 @@ def test_empty_credentials_mean_embedded_defaults(monkeypatch, tmp_path):
     s = Settings.from_credentials({})
     assert s.store_url is None and s.model == "auto" and s.device == "auto"
     assert default_data_dir() == tmp_path
+
+
+def test_saving_credentials_fetches_no_weights(monkeypatch, tmp_path, tiny_clip_dir):
+    """A hub model is checked from its config and processor files; its weights wait for first use."""
+    import shutil
+
+    import huggingface_hub
+
+    from crossmodal.settings import Settings
+    from crossmodal.validation import validate_settings
+
+    asked = []
+
+    def snapshot_download(repo_id, allow_patterns=None, **kwargs):
+        asked.append((repo_id, list(allow_patterns or [])))
+        folder = tmp_path / "snapshot"
+        if not folder.exists():
+            shutil.copytree(tiny_clip_dir, folder, ignore=lambda d, names: [n for n in names
+                                                                           if n.endswith(".safetensors")])
+        return str(folder)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    report = validate_settings(Settings(data_dir=str(tmp_path / "store"), model="someone/tiny-clip"))
+    assert report["model"] == "someone/tiny-clip"
+    ((repo, patterns),) = asked
+    assert repo == "someone/tiny-clip" and "config.json" not in patterns and "*.json" in patterns
+    assert not any("safetensors" in p or "bin" in p for p in patterns)

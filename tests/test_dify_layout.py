@@ -1,0 +1,117 @@
+"""What a stock Dify does to the plugin's files: the daemon runs each version in its own folder under
+<storage>/cwd, with $HOME outside the persisted volume, and one process serves every workspace."""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from crossmodal.errors import CrossmodalError
+from stdio_harness import PluginProcess, errors, json_message, stream_messages, tool_request, validate_request
+
+pytestmark = pytest.mark.protocol
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def install_version(storage: Path, package: Path, version: str, checksum: str) -> Path:
+    """Unpack the .difypkg where the daemon would: <storage>/cwd/<author>/<name>-<version>@<checksum>."""
+    folder = storage / "cwd" / "crossmodal" / f"crossmodal-{version}@{checksum}"
+    zipfile.ZipFile(package).extractall(folder)
+    return folder
+
+
+def daemon_plugin(storage: Path, folder: Path, home: Path) -> PluginProcess:
+    process = PluginProcess(env={"PLUGIN_WORKING_PATH": str(storage / "cwd"), "HOME": str(home)}, cwd=folder,
+                            unset=("CROSSMODAL_HOME", "HF_HOME", "HF_HUB_CACHE"))
+    process.wait_ready()
+    return process
+
+
+@pytest.fixture(scope="module")
+def package(tmp_path_factory) -> Path:
+    from crossmodal.packaging import build_package
+
+    return build_package(ROOT, str(tmp_path_factory.mktemp("pkg") / "crossmodal.difypkg"))
+
+
+def test_collections_survive_an_upgrade_and_stay_out_of_home(tmp_path, package):
+    storage, home = tmp_path / "storage", tmp_path / "root-home"
+    home.mkdir()
+    creds = {"model": "demo-shapes", "default_collection": "notes"}
+    first = daemon_plugin(storage, install_version(storage, package, "0.1.0", "a1b2c3"), home)
+    try:
+        report = json_message(first.invoke_tool("ingest", {"texts": "a red circle\na small blue star"}, creds))
+        assert report["added"] == 2
+        team = json_message(first.invoke_tool("ingest", {"texts": "a green square"},
+                                              {**creds, "data_dir": "team-a"}))
+        assert team["count"] == 1
+    finally:
+        first.close()
+    second = daemon_plugin(storage, install_version(storage, package, "0.1.1", "d4e5f6"), home)
+    try:
+        found = json_message(second.invoke_tool("search", {"query": "a blue star", "target": "text", "top_k": 1},
+                                                creds))
+        assert found["results"][0]["payload"]["text"] == "a small blue star"
+        listing = json_message(second.invoke_tool("collections", {"action": "list"}, {**creds, "data_dir": "team-a"}))
+        assert [(c["name"], c["count"]) for c in listing["collections"]] == [("notes", 1)]
+    finally:
+        second.close()
+    data = storage / "crossmodal-data"
+    assert (data / "collections" / "notes").is_dir()
+    assert (data / "workspaces" / "team-a" / "collections" / "notes").is_dir()
+    assert not any(home.iterdir()), f"files landed in $HOME: {list(home.iterdir())}"
+    assert not any(p.name == "notes" for p in (storage / "cwd").rglob("*")), "data inside a version folder"
+
+
+def test_data_dir_is_a_name_inside_dify(tmp_path, package):
+    storage, home = tmp_path / "storage", tmp_path / "root-home"
+    home.mkdir()
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (storage / "crossmodal-data" / "workspaces").mkdir(parents=True)
+    (storage / "crossmodal-data" / "workspaces" / "escape").symlink_to(outside)
+    plugin = daemon_plugin(storage, install_version(storage, package, "0.1.0", "a1b2c3"), home)
+    try:
+        for bad in ("../other", "/etc", "a/b", "..", str(outside), "escape"):
+            (error,) = errors(plugin.call(validate_request({"model": "demo-shapes", "data_dir": bad})))
+            assert error["error_type"] == "ToolProviderCredentialValidationError", error
+            assert "data_dir" in error["message"], (bad, error)
+            (error,) = errors(plugin.call(tool_request("ingest", {"texts": "x"},
+                                                       {"model": "demo-shapes", "data_dir": bad})))
+            assert "data_dir" in error["message"], (bad, error)
+        ok = plugin.call(validate_request({"model": "demo-shapes", "data_dir": "marketing_2"}))
+        assert stream_messages(ok) == [{"result": True}]
+    finally:
+        plugin.close()
+    assert not any(outside.iterdir())
+
+
+def test_locations_outside_and_inside_dify(tmp_path, monkeypatch):
+    from crossmodal import locations
+
+    monkeypatch.delenv("CROSSMODAL_HOME", raising=False)
+    monkeypatch.delenv("HF_HOME", raising=False)
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("INSTALL_METHOD", "local")
+    monkeypatch.chdir(tmp_path)  # a checkout, not a version folder: today's defaults
+    assert locations.data_root() == tmp_path / "home" / ".crossmodal"
+    assert locations.resolve_data_dir(str(tmp_path / "mine")) == tmp_path / "mine"
+    assert locations.model_cache_dir() is None
+
+    version = tmp_path / "storage" / "cwd" / "acme" / "crossmodal-0.2.0@0123abcd"
+    version.mkdir(parents=True)
+    monkeypatch.chdir(version)
+    monkeypatch.delenv("PLUGIN_WORKING_PATH", raising=False)
+    root = tmp_path / "storage" / "crossmodal-data"
+    assert locations.data_root() == root
+    assert locations.model_cache_dir() == str(root / "huggingface" / "hub")
+    assert locations.resolve_data_dir("") == root
+    assert locations.resolve_data_dir("team-b") == root / "workspaces" / "team-b"
+    with pytest.raises(CrossmodalError, match="data_dir"):
+        locations.resolve_data_dir("../team-b")
+    monkeypatch.setenv("INSTALL_METHOD", "remote")  # debugging from a developer's machine: its own defaults
+    assert locations.data_root() == tmp_path / "home" / ".crossmodal"
