@@ -126,3 +126,20 @@ def test_bad_keys_are_clear_errors(plugin_dir, tmp_path, keys):
         build_package(plugin_dir, str(tmp_path / "demo.difypkg"), private_key=public)
     with pytest.raises(CrossmodalError, match="exists"):
         generate_key_pair(str(keys[0]).removesuffix(".private.pem"), bits=2048)
+
+
+def test_the_manifest_is_what_the_sdk_and_a_stock_dify_accept():
+    import sys
+
+    import yaml
+
+    # The SDK's own model of the manifest, in a child process: importing dify_plugin patches with gevent.
+    check = ("import sys, yaml; from dify_plugin.core.entities.plugin.setup import PluginConfiguration; "
+             "print(PluginConfiguration(**yaml.safe_load(open(sys.argv[1]))).meta.minimum_dify_version)")
+    out = subprocess.run([sys.executable, "-c", check, str(ROOT / "manifest.yaml")], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "1.1.0"
+    manifest = yaml.safe_load((ROOT / "manifest.yaml").read_text())
+    # The pack makes no reverse calls into Dify's tools; it serves endpoints.
+    assert manifest["resource"]["permission"] == {"tool": {"enabled": False}, "endpoint": {"enabled": True}}
+    assert manifest["meta"]["runner"]["version"] == "3.12"

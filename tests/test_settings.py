@@ -1,3 +1,5 @@
+import pytest
+
 from crossmodal.settings import DEFAULT_COLLECTION, Settings, default_data_dir
 
 
@@ -47,3 +49,20 @@ def test_saving_credentials_fetches_no_weights(monkeypatch, tmp_path, tiny_clip_
     ((repo, patterns),) = asked
     assert repo == "someone/tiny-clip" and "config.json" not in patterns and "*.json" in patterns
     assert not any("safetensors" in p or "bin" in p for p in patterns)
+
+
+def test_a_node_output_over_one_message_is_a_clear_error():
+    """One variable message is one stdout line: past the daemon's 5 MiB the plugin would be killed."""
+    from crossmodal.dify_adapter import MAX_MESSAGE_BYTES, ToolInputError, for_llm, variable_message
+
+    class Tool:
+        def create_variable_message(self, name, value):
+            return (name, value)
+
+    items = [{"kind": "text", "vector": [0.123456789] * 768} for _ in range(20)]
+    assert variable_message(Tool(), "items", items) == ("items", items)
+    too_many = items * (MAX_MESSAGE_BYTES // len(str(items)) + 2)
+    with pytest.raises(ToolInputError, match="items: .* MiB.*fewer items"):
+        variable_message(Tool(), "items", too_many)
+    compact = for_llm({"items": items, "attention_map": {"rows": 2, "cols": 2, "values": [[0, 1], [1, 0]]}})
+    assert compact == {"items": [{"kind": "text"}] * 20, "attention_map": {"rows": 2, "cols": 2}}
