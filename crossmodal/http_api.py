@@ -21,7 +21,7 @@ from typing import Any, Callable, Mapping
 from werkzeug import Request, Response
 
 from crossmodal.errors import CrossmodalError, NotFoundError, redact
-from crossmodal.runtime import offload
+from crossmodal.runtime import StillRunning, offload, offload_within
 from crossmodal.service import ImageInput, IngestItem, Service
 from crossmodal.settings import Settings
 
@@ -218,7 +218,7 @@ def route_retrieval(service: Service, body: dict, request: Request) -> dict:
                                   or not 0.0 <= threshold <= 1.0):
         raise CrossmodalError("must be a relevance between 0 and 1", param="retrieval_setting.score_threshold")
     where = metadata_predicate(body.get("metadata_condition"))
-    encoder = service.collection_encoder(knowledge_id, wait=WARM_WAIT_SECONDS)
+    encoder = service.collection_encoder(knowledge_id)  # loaded already: see model_within_deadline
     calibration = service.calibration(encoder)
     bound = cosine_bound(threshold, calibration.a, calibration.b) if calibration.a > 0 else None
     if bound is not None and bound > 1.0:
@@ -267,6 +267,8 @@ def respond(route: str, request: Request, settings: Mapping) -> Response:
             return Response(body, status=200, content_type=content_type)
         body = read_json(request) if request.method == "POST" else {}
         service = service_for(settings)
+        if route == "retrieval":
+            model_within_deadline(service, body)
         result = offload(ROUTES[route], service, body, request)
         status = 200
         return _json(result, 200)
@@ -292,6 +294,19 @@ class AuthError(CrossmodalError):
     def __init__(self, message: str, *, malformed: bool, route: str, param: str = "authorization"):
         self.code = 1001 if malformed else 1002
         super().__init__(message, param=param, status=403 if route == "retrieval" else 401)
+
+
+def model_within_deadline(service: Service, body: dict) -> None:
+    """Dify gives an External Knowledge call 5 s. A model that is not loaded within WARM_WAIT_SECONDS answers
+    503 'still loading' while its load goes on, so that Dify's retry (or the next call) finds it ready."""
+    knowledge_id = body.get("knowledge_id")
+    if not isinstance(knowledge_id, str):
+        return  # the route itself says what is wrong
+    try:
+        offload_within(WARM_WAIT_SECONDS, service.collection_encoder, knowledge_id)
+    except StillRunning:
+        raise CrossmodalError("the collection's model is still loading (the first call after the plugin "
+                              "started); retry in a few seconds", param="model", status=503) from None
 
 
 def check_key(request: Request, settings: Mapping, route: str) -> None:

@@ -143,7 +143,10 @@ def _download(repo_id: str, hub: HubOptions, patterns: list[str] | None = None) 
             f"'{repo_id}' was not found on the hub; check the id, or give hf_token for a private model", param="model"
         ) from None
     except (HfHubHTTPError, OSError) as exc:
-        raise CrossmodalError(f"could not download '{repo_id}': {exc}", param="model") from None
+        where = redact(hub.endpoint) if hub.endpoint else "the Hugging Face hub"
+        raise CrossmodalError(f"could not download '{repo_id}' from {where}: {exc}; check hf_endpoint "
+                              "(HF_ENDPOINT), hf_token and the network, or give a local directory",
+                              param="model") from None
 
 
 def pick_device(device: str | None) -> str:
@@ -441,42 +444,6 @@ def get_encoder(name: str | None = None, device: str | None = None, hub: HubOpti
                 encoder.precision_note = "; ".join(filter(None, [note, encoder.precision_note]))
             _ENCODERS[key] = encoder
         return _ENCODERS[key]
-
-
-_LOADING: dict[tuple, object] = {}  # key -> an OS lock held while a background load runs
-_LOADING_LOCK = os_lock()
-
-
-def encoder_within(seconds: float, name: str | None = None, device: str | None = None,
-                   hub: HubOptions | None = None, precision: str = "fp32") -> Encoder | None:
-    """The encoder when it is loaded or finishes loading within ``seconds``; else None while the load goes on
-    in an OS thread (for callers with a deadline of their own, such as Dify's 5 s External Knowledge calls)."""
-    from crossmodal.runtime import start_os_thread
-
-    key = _encoder_key(name, device, precision)
-    if key in _ENCODERS:
-        return _ENCODERS[key]
-    with _LOADING_LOCK:
-        done = _LOADING.get(key)
-        if done is None:
-            done = os_lock()
-            done.acquire()
-            _LOADING[key] = done
-
-            def load() -> None:
-                try:
-                    get_encoder(name, device, hub, precision)
-                except Exception as exc:  # noqa: BLE001 - the caller's own get_encoder call reports it
-                    logger.warning("loading %s in the background failed: %s", key[0], redact(str(exc)))
-                finally:
-                    _LOADING.pop(key, None)
-                    done.release()
-
-            start_os_thread(load)
-    if not done.acquire(timeout=seconds):
-        return None
-    done.release()
-    return _ENCODERS.get(key) or get_encoder(name, device, hub, precision)  # a failed load raises its error here
 
 
 def load_encoder(identity: str, device: str = "cpu", hub: HubOptions | None = None) -> Encoder:

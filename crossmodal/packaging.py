@@ -29,8 +29,8 @@ MAX_PACKAGE_BYTES = 50 * 1024 * 1024  # Dify's default upload cap (MAX_PLUGIN_PA
 VERIFICATION_FILE = ".verification.dify.json"
 AUTHORIZED_CATEGORIES = ("community", "partner", "langgenius")
 KEY_BITS = 4096  # what the Dify CLI's `signature generate` makes
-# Never shipped, whatever the ignore files say: version control, environments, build output, wheels.
-ALWAYS_LEFT_OUT = [".git/", "*.difypkg", "venv/", ".venv*/", "env/", "build/", "dist/", ".whl/", "*.whl",
+# Never shipped, whatever the ignore files say: version control, environments, build output, wheels, keys.
+ALWAYS_LEFT_OUT = [".git/", "*.difypkg", "*.pem", "venv/", ".venv*/", "env/", "build/", "dist/", ".whl/", "*.whl",
                    "*.egg-info/", "__pycache__/", "*.pyc", ".pytest_cache/", ".mypy_cache/", ".ruff_cache/",
                    "node_modules/", ".env", VERIFICATION_FILE]
 

@@ -70,6 +70,25 @@ def offload(fn: Callable[..., T], *args, **kwargs) -> T:
     return gevent.get_hub().threadpool.spawn(fn, *args, **kwargs).get()
 
 
+class StillRunning(Exception):
+    """offload_within's deadline passed; the work goes on in its worker thread."""
+
+
+def offload_within(seconds: float, fn: Callable[..., T], *args, **kwargs) -> T:
+    """``offload`` for a caller with a deadline of its own (Dify's 5 s External Knowledge calls): fn's value
+    when it ends within ``seconds``, else StillRunning while fn goes on in the same worker pool as any
+    offloaded work. Call it from the loop. Outside the plugin it simply calls fn."""
+    if not gevent_patched():
+        return fn(*args, **kwargs)
+    import gevent
+
+    job = gevent.spawn(offload, fn, *args, **kwargs)
+    job.join(timeout=seconds)
+    if not job.ready():
+        raise StillRunning(f"{getattr(fn, '__name__', 'work')} still running after {seconds} s")
+    return job.get()
+
+
 def use_os_locks_in_shared_libraries() -> None:
     """Give the locks that the loop and our worker threads both take real OS locks (see main.py).
 

@@ -132,22 +132,15 @@ class Service:
                                       param="routes") from None
             raise
 
-    def collection_encoder(self, collection: str | None, wait: float) -> Encoder:
-        """The encoder that searches of this collection use, for a caller with a deadline: a model still
-        loading after ``wait`` seconds is a 503 while the load goes on (and is remembered, so that the next
-        plugin start loads it at once; crossmodal/warmup.py)."""
+    def collection_encoder(self, collection: str | None) -> Encoder:
+        """The encoder that searches of this collection use, loaded now if need be. It is remembered, so that
+        the next plugin start loads it before any call (crossmodal/warmup.py)."""
         from crossmodal import warmup
-        from crossmodal.models import encoder_within
 
         info = self.store.get_collection(self._collection(collection), with_count=False)
         model = self._model_for(info.model, None)
-        s = self.settings
-        warmup.remember(model, s.device, s.precision)
-        encoder = encoder_within(wait, model, s.device, s.hub, s.precision)
-        if encoder is None:
-            raise CrossmodalError(f"the model '{model}' is still loading (the first call after the plugin started); "
-                                  "retry in a few seconds", param="model", status=503)
-        return encoder
+        warmup.remember(model, self.settings.device, self.settings.precision)
+        return self.encoder(model)
 
     def _collection(self, name: str | None) -> str:
         return check_collection_name(name or self.settings.collection)

@@ -2,7 +2,7 @@
 
 Dify's External Knowledge calls give the plugin 5 s; loading a model takes longer. Each model such a call
 used is remembered in the data root, and the next plugin start (a restart, an upgrade) loads those models
-in a background OS thread while the plugin already answers.
+in a worker thread while the plugin already answers.
 """
 
 from __future__ import annotations
@@ -46,12 +46,15 @@ def remember(model: str, device: str, precision: str) -> None:
 
 
 def warm_remembered() -> None:
-    """Start loading the remembered models in an OS thread (main.py calls this before serving)."""
-    from crossmodal.runtime import start_os_thread
+    """Load the remembered models once the plugin serves (main.py calls this first): in the worker threads
+    that any offloaded work uses, so the loop keeps answering meanwhile."""
+    from crossmodal.runtime import gevent_patched, offload
 
     entries = remembered()
-    if entries:
-        start_os_thread(lambda: _load(entries))
+    if entries and gevent_patched():
+        import gevent
+
+        gevent.spawn(offload, _load, entries)
 
 
 def _load(entries: list[dict]) -> None:

@@ -115,3 +115,35 @@ def test_locations_outside_and_inside_dify(tmp_path, monkeypatch):
         locations.resolve_data_dir("../team-b")
     monkeypatch.setenv("INSTALL_METHOD", "remote")  # debugging from a developer's machine: its own defaults
     assert locations.data_root() == tmp_path / "home" / ".crossmodal"
+
+
+def test_models_used_for_external_knowledge_load_at_the_next_start(tmp_path):
+    """A retrieval call remembers its model; the next plugin start loads it before any call arrives."""
+    import json
+    import time
+
+    from stdio_harness import endpoint_request, http_response
+
+    home = tmp_path / "home"
+    settings = {"api_key": "k" * 20, "data_dir": str(tmp_path / "store"), "model": "demo-shapes"}
+    creds = {"data_dir": settings["data_dir"], "model": "demo-shapes", "default_collection": "kb"}
+    first = PluginProcess(env={"CROSSMODAL_HOME": str(home)})
+    first.wait_ready()
+    try:
+        json_message(first.invoke_tool("ingest", {"texts": "a red circle"}, creds))
+        status, _, body = http_response(first.call(endpoint_request(
+            settings, "POST", "/retrieval", {"knowledge_id": "kb", "query": "a red circle"},
+            {"Authorization": "Bearer " + "k" * 20})))
+        assert status == 200, body
+    finally:
+        first.close()
+    assert json.loads((home / "warm-models.json").read_text())[0]["model"] == "demo-shapes"
+    second = PluginProcess(env={"CROSSMODAL_HOME": str(home)})
+    second.wait_ready()
+    try:
+        deadline = time.monotonic() + 60
+        while not any("warmed demo-shapes" in line for line in second.logs) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert any("warmed demo-shapes" in line for line in second.logs), second.logs
+    finally:
+        second.close()

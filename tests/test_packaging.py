@@ -37,7 +37,8 @@ def plugin_dir(tmp_path) -> Path:
     (root / ".difyignore").write_text("tests/\n")
     for litter in ("venv/lib/x.py", ".venv312/bin/python", "build/lib/a.py", "dist/demo.tar.gz", ".whl/torch.whl",
                    "wheels/extra-1.0-py3-none-any.whl", "reports/r.json", "run.log", "tests/test_a.py",
-                   "tools/__pycache__/a.cpython-311.pyc", "old.difypkg", "demo.egg-info/PKG-INFO", ".git/HEAD"):
+                   "tools/__pycache__/a.cpython-311.pyc", "old.difypkg", "crossmodal.private.pem",
+                   "demo.egg-info/PKG-INFO", ".git/HEAD"):
         path = root / litter
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("litter")

@@ -308,3 +308,26 @@ def test_one_slow_file_does_not_sink_the_batch(plugin, creds, file_server):
     assert report["added"] == 2
     (rejected,) = report["rejected"]
     assert rejected["source"] == "slow.png" and "5 s" in rejected["reason"]
+
+
+def test_every_variable_a_node_yields_is_declared(plugin, creds, file_server):
+    """Dify offers downstream nodes only what a tool's output_schema declares."""
+    from pathlib import Path
+
+    import yaml
+
+    tools = Path(__file__).resolve().parents[1] / "tools"
+    declared = {path.stem: set(yaml.safe_load(path.read_text())["output_schema"]["properties"])
+                for path in tools.glob("*.yaml")}
+    image = file_server("declared.png", png((200, 30, 30)))
+    calls = [("ingest", {"texts": "a red circle\na blue star"}), ("search", {"query": "a red circle"}),
+             ("embed", {"texts": "a red circle"}), ("align", {"image": image, "text": "a red circle"}),
+             ("rerank", {"query": "a red circle", "candidates": "a red circle\na blue star"}),
+             ("rerank", {"query": "a red circle", "candidates": ""}), ("collections", {"action": "list"})]
+    for tool, params in calls:
+        messages = plugin.invoke_tool(tool, params, creds)
+        assert not errors(messages), (tool, errors(messages))
+        found = variables(messages)
+        assert found and set(found) <= declared[tool], (tool, set(found) - declared[tool])
+        if tool == "rerank" and not params["candidates"]:  # nothing to rescore: the same variables, as strings
+            assert (found["results"], found["method"], found["model"], found["rejected"]) == ([], "none", "", [])
