@@ -3,11 +3,12 @@ import logging
 from dify_plugin import DifyPluginEnv, Plugin
 from dify_plugin.config.logger_format import plugin_logger_handler
 
-from crossmodal.runtime import preload_libraries, use_os_locks_in_shared_libraries
+from crossmodal.runtime import LoopLogHandler, preload_libraries, use_os_locks_in_shared_libraries
 from crossmodal.warmup import warm_remembered
 
-# The core logs through the SDK's handler: stdout carries only protocol JSON.
-logging.getLogger("crossmodal").addHandler(plugin_logger_handler)
+# The core logs through the SDK's handler (stdout carries only protocol JSON), written from the loop's thread
+# only, so that a record from a worker thread never lands inside another protocol line.
+logging.getLogger("crossmodal").addHandler(LoopLogHandler(plugin_logger_handler))
 logging.getLogger("crossmodal").setLevel(logging.INFO)
 
 # Import torch / transformers / huggingface_hub here, on the main thread, before serving:

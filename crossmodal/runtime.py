@@ -9,6 +9,7 @@ Outside the plugin (CLI, tests) it simply calls the function.
 
 from __future__ import annotations
 
+import logging
 import sys
 from typing import Callable, TypeVar
 
@@ -138,6 +139,42 @@ def _create_os_handler_lock(handler) -> None:
     register = getattr(logging, "_register_at_fork_reinit_lock", None)  # private; 3.11-3.13 have it
     if register is not None:
         register(handler)
+
+
+class LoopLogHandler(logging.Handler):
+    """Passes log records to the SDK's stdout handler from the gevent loop's thread only.
+
+    The SDK writes each protocol line as two writes (the JSON, then a blank line) on the loop's thread. A record
+    written from a worker thread between the two fuses two lines into one the daemon cannot parse (a test run
+    saw a heartbeat and a log line fused). Records from worker threads wait in a queue; an async watcher, which
+    any thread may signal, wakes the loop to write them."""
+
+    def __init__(self, target: logging.Handler):
+        super().__init__(target.level)
+        self.target = target
+        self.loop_thread = _original("_thread", "get_ident")()
+        self.pending = os_queue()
+        self.wakeup = None
+        if gevent_patched():
+            import gevent
+
+            self.wakeup = gevent.get_hub().loop.async_()
+            self.wakeup.start(self.drain)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.wakeup is None or _original("_thread", "get_ident")() == self.loop_thread:
+            self.target.handle(record)
+            return
+        self.pending.put(record)
+        self.wakeup.send()
+
+    def drain(self) -> None:
+        while True:
+            try:
+                record = self.pending.get(block=False)
+            except Exception:  # noqa: BLE001 - queue.Empty: nothing left
+                return
+            self.target.handle(record)
 
 
 def preload_libraries() -> None:

@@ -182,3 +182,72 @@ def test_without_os_locks_first_imports_can_hang(tmp_path):
 
     outcomes = outcomes_until_hung(run_once)
     assert outcomes[-1] == "hung", outcomes
+
+
+FUSED_LINES = textwrap.dedent("""
+    import json, os, sys
+    import dify_plugin  # noqa: F401  (patches the process with gevent, as in the plugin)
+    import logging
+    import gevent
+    from dify_plugin.config.logger_format import plugin_logger_handler
+    from dify_plugin.core.server.stdio.response_writer import StdioResponseWriter
+    from crossmodal.runtime import LoopLogHandler, use_os_locks_in_shared_libraries
+
+    logger = logging.getLogger("crossmodal.fused")
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    logger.addHandler(LoopLogHandler(plugin_logger_handler) if sys.argv[1] == "fixed" else plugin_logger_handler)
+    use_os_locks_in_shared_libraries()
+    sys.setswitchinterval(1e-5)
+    writer = StdioResponseWriter()
+
+    def in_worker(n):  # a model load logging its progress
+        for i in range(n):
+            logger.info("worker line %d", i)
+
+    def heartbeats(n):  # the SDK's own writes on the loop: the JSON, then a blank line
+        for _ in range(n):
+            writer.heartbeat()
+            gevent.sleep(0)
+
+    pool = gevent.get_hub().threadpool
+    jobs = [gevent.spawn(lambda: pool.spawn(in_worker, 1500).get()) for _ in range(3)]
+    jobs.append(gevent.spawn(heartbeats, 3000))
+    gevent.joinall(jobs, timeout=float(sys.argv[2]))
+    gevent.sleep(0.2)  # the queue's last records
+    sys.stdout.flush()
+    os._exit(0)
+""")
+
+
+def stdout_lines(mode: str) -> list[str]:
+    result = subprocess.run([sys.executable, "-c", FUSED_LINES, mode, "60"], cwd=ROOT, capture_output=True,
+                            text=True, timeout=180)
+    return [line for line in result.stdout.splitlines() if line.strip()]
+
+
+def test_log_records_from_worker_threads_never_fuse_with_protocol_lines():
+    for _ in range(2):
+        lines = stdout_lines("fixed")
+        broken = [line for line in lines if not _is_json(line)]
+        assert not broken, broken[:3]
+        logs = [line for line in lines if '"event": "log"' in line]
+        assert len(logs) == 4500 and sum('"heartbeat"' in line for line in lines) == 3000
+
+
+def test_without_the_loop_handler_lines_fuse():
+    """The control: the SDK's handler written to from worker threads fuses lines with the SDK's own."""
+    for _ in range(3):
+        if any(not _is_json(line) for line in stdout_lines("unfixed")):
+            return
+    raise AssertionError("no fused line in three runs: the hazard did not show, so the test above proves nothing")
+
+
+def _is_json(line: str) -> bool:
+    import json
+
+    try:
+        json.loads(line)
+    except ValueError:
+        return False
+    return True

@@ -322,12 +322,12 @@ def test_every_variable_a_node_yields_is_declared(plugin, creds, file_server):
     image = file_server("declared.png", png((200, 30, 30)))
     calls = [("ingest", {"texts": "a red circle\na blue star"}), ("search", {"query": "a red circle"}),
              ("embed", {"texts": "a red circle"}), ("align", {"image": image, "text": "a red circle"}),
-             ("rerank", {"query": "a red circle", "candidates": "a red circle\na blue star"}),
+             ("rerank", {"query": "a red circle", "files": [image], "method": "region"}),
              ("rerank", {"query": "a red circle", "candidates": ""}), ("collections", {"action": "list"})]
     for tool, params in calls:
         messages = plugin.invoke_tool(tool, params, creds)
         assert not errors(messages), (tool, errors(messages))
         found = variables(messages)
         assert found and set(found) <= declared[tool], (tool, set(found) - declared[tool])
-        if tool == "rerank" and not params["candidates"]:  # nothing to rescore: the same variables, as strings
+        if tool == "rerank" and "files" not in params:  # nothing to rescore: the same variables, as strings
             assert (found["results"], found["method"], found["model"], found["rejected"]) == ([], "none", "", [])
