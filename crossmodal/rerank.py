@@ -13,7 +13,7 @@
   final = region_weight x min_phrase(max_view cos) + (1 - region_weight) x first-stage similarity.
   Chosen with the demo model's tenth run on two development galleries (600 two-object queries, the candidates
   read from stored thumbnails as in use): first stage 0.470, this 0.542, the earlier mean of phrases over
-  tiles floored at the model input 0.505 (README, Evaluation).
+  tiles floored at the model input 0.505 (docs/evaluation.md).
 """
 
 from __future__ import annotations
@@ -159,7 +159,7 @@ def itm_scores(loaded, query: str | None, candidates: list[Candidate], batch_siz
 def region_views(image) -> list:
     """The whole image and overlapping half-side tiles (3 x 3 at 50 % overlap; on panoramas larger ones, at
     most align.MAX_TILES). Tiles stay half the side even below the model input: upscaled, one object fills more
-    patches, which is what tells shapes apart (README, Evaluation: +3.7 points of R@1 over tiles floored at
+    patches, which is what tells shapes apart (docs/evaluation.md: +3.7 points of R@1 over tiles floored at
     the model input)."""
     from crossmodal.align import default_tile_size, tile_boxes
 

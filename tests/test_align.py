@@ -25,7 +25,7 @@ def _inside(point, box) -> bool:
 
 
 def test_pointing_game_on_fresh_scenes(demo):
-    """The heat-map peak of each named object falls inside its box (README: ~0.95 single, ~0.86 double)."""
+    """The heat-map peak of each named object falls inside its box (docs/evaluation.md: ~0.95 single, ~0.86 double)."""
     hits = total = 0
     for k in range(12):
         scene = generate_scene(810_000_000 + k, 512, 512, 1 + k % 2)
@@ -113,7 +113,7 @@ def test_options_are_checked(demo):
 
 
 def test_match_probability_is_calibrated_on_fresh_pairs(demo, tmp_path):
-    """The bundled fit: true captions get high probabilities, false ones low (README: Brier and ECE)."""
+    """The bundled fit: true captions get high probabilities, false ones low (docs/evaluation.md: Brier and ECE)."""
     from crossmodal.calibration import expected_calibration_error, labelled_scene_pairs
     from crossmodal.service import Service
     from crossmodal.settings import Settings

@@ -1,7 +1,7 @@
 """The bundled demo-shapes model: loaded through the production path, and genuinely trained.
 
 Thresholds sit a little below what the model measured on these exact (deterministic) sets;
-README.md gives the 1,000-scene figures from `python -m crossmodal eval`.
+docs/evaluation.md gives the 1,000-scene figures from `python -m crossmodal eval`.
 """
 
 import json

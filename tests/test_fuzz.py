@@ -1,6 +1,6 @@
 """Property-based fuzzing (hypothesis) of everything that parses user input. Bounded for CI (each property
 runs a fixed number of examples, well under 60 s in all); CROSSMODAL_FUZZ_EXAMPLES raises the count for a
-longer run (README: "Reliability and security")."""
+longer run (docs/reliability.md)."""
 
 import io
 import json

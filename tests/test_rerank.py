@@ -116,7 +116,7 @@ def test_empty_unknown_and_unloadable(tmp_path):
 
 def test_region_rerank_through_search_reorders_the_first_stage(tmp_path):
     """Two-object captions through Search + Rerank(region), measured by the eval harness. Whether it lifts R@1
-    depends on the model and the gallery (README, Evaluation: +6 points with run 5; +1 with run 10 and the
+    depends on the model and the gallery (docs/evaluation.md: +6 points with run 5; +1 with run 10 and the
     weakest-phrase rule on the reported 100 queries, +7.2 on 600 development queries; +6 with the bundled
     average of runs 11 and 14 on the reported queries)."""
     from crossmodal.evaluation import rerank_lift, scene_set
