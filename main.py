@@ -4,7 +4,7 @@ from dify_plugin import DifyPluginEnv, Plugin
 from dify_plugin.config.logger_format import plugin_logger_handler
 
 from crossmodal.runtime import LoopLogHandler, preload_libraries, use_os_locks_in_shared_libraries
-from crossmodal.warmup import warm_remembered
+from crossmodal.encoders.warmup import warm_remembered
 
 # The core logs through the SDK's handler (stdout carries only protocol JSON), written from the loop's thread
 # only, so that a record from a worker thread never lands inside another protocol line.

@@ -21,7 +21,7 @@ from benchmarks.common import save, table  # noqa: E402
 
 def naive_all_tiles(encoder, image) -> float:
     """Every 224-px tile at 25 % overlap (144 for 2048^2) through the processor and the model, fp32."""
-    from crossmodal.align import tile_boxes
+    from crossmodal.alignment.align import tile_boxes
 
     tiles = tile_boxes(*image.size, 224, 0.25)
     assert len(tiles) == 144
@@ -37,11 +37,11 @@ def main(argv=None) -> dict:
 
     import os
 
-    from crossmodal.align import align
-    from crossmodal.models import load_encoder
+    from crossmodal.alignment.align import align
+    from crossmodal.encoders.models import load_encoder
 
     os.environ.setdefault("CROSSMODAL_ONNX_CACHE", str(Path(tempfile.gettempdir()) / "crossmodal-bench-onnx"))
-    from crossmodal.scenes import generate_scene
+    from crossmodal.lab.scenes import generate_scene
 
     image = generate_scene(42, 2048, 2048, 2, size_range=(0.04, 0.05)).image
     rows = []

@@ -57,7 +57,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--queries", type=int, default=20, help="queries per client")
     args = parser.parse_args(argv)
 
-    from crossmodal.models import load_encoder
+    from crossmodal.encoders.models import load_encoder
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -27,8 +27,8 @@ def save_vit_b32(directory: Path) -> Path:
     """openai/clip-vit-base-patch32's architecture and preprocessing, random weights."""
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
-    from crossmodal.scenes import vocabulary_texts
-    from crossmodal.tokenizer import train_tokenizer
+    from crossmodal.lab.scenes import vocabulary_texts
+    from crossmodal.lab.tokenizer import train_tokenizer
 
     tokenizer = train_tokenizer(vocabulary_texts(), context_length=77)
     config = CLIPConfig(text_config=dict(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
@@ -40,7 +40,7 @@ def save_vit_b32(directory: Path) -> Path:
 
 
 def write_jpegs(directory: Path, n: int, size=(1024, 768), seed: int = 10_000) -> list[Path]:
-    from crossmodal.scenes import generate_scene
+    from crossmodal.lab.scenes import generate_scene
 
     directory.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -90,7 +90,8 @@ def naive_loop(model_dir: Path, paths: list[Path], store_dir: Path) -> float:
 def pipeline_agreement(encoder, paths: list[Path], reference: np.ndarray) -> float:
     """Mean cosine between what ingest stores (draft decode, fast preprocessing, this precision) and
     fp32 embeddings through the model's own processor of the fully decoded images."""
-    from crossmodal.service import ImageInput, IngestItem, prepare_item
+    from crossmodal.ingest.items import prepare_item
+    from crossmodal.service import ImageInput, IngestItem
 
     prepared = [prepare_item(IngestItem(image=ImageInput.from_path(p)), encoder.fast_preprocessor, keep_full=False)
                 for p in paths]
@@ -108,7 +109,7 @@ def main(argv=None) -> dict:
 
     from PIL import Image
 
-    from crossmodal.models import load_encoder
+    from crossmodal.encoders.models import load_encoder
     from crossmodal.service import ImageInput, IngestItem, Service
     from crossmodal.settings import Settings
 

@@ -47,9 +47,9 @@ def main(argv=None) -> dict:
 
     import torch
 
-    from crossmodal.models import load_encoder
-    from crossmodal.rerank import Candidate, cross_encoder_scores, load_cross_encoder, region_scores
-    from crossmodal.scenes import generate_scene
+    from crossmodal.encoders.models import load_encoder
+    from crossmodal.rerank.scoring import Candidate, cross_encoder_scores, load_cross_encoder, region_scores
+    from crossmodal.lab.scenes import generate_scene
 
     peak = matmul_peak_gflops()
     limit = peak / (minilm_flops_per_pair() / 1e9)

@@ -36,9 +36,9 @@ def main(argv=None) -> dict:
         return {"gpu": None}
 
     from benchmarks.bench_ingest import image_flops, save_vit_b32, write_jpegs
-    from crossmodal.align import align
-    from crossmodal.models import get_encoder
-    from crossmodal.scenes import generate_scene
+    from crossmodal.alignment.align import align
+    from crossmodal.encoders.models import get_encoder
+    from crossmodal.lab.scenes import generate_scene
     from crossmodal.service import ImageInput, IngestItem, Service
     from crossmodal.settings import Settings
 

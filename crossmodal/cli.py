@@ -154,7 +154,7 @@ def cmd_serve(args) -> int:
 
     from werkzeug.serving import run_simple
 
-    from crossmodal.http_api import wsgi_app
+    from crossmodal.api.http import wsgi_app
 
     key = os.environ.get("CROSSMODAL_API_KEY")
     if not key:
@@ -200,7 +200,7 @@ COMMANDS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    import crossmodal.cli_stages  # noqa: F401 - registers train, eval, demo
+    from crossmodal.cli_stages import STAGES  # calibrate, train, average, eval, demo, package, keygen
 
     parser = argparse.ArgumentParser(prog="python -m crossmodal", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -278,7 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     _store_args(p)
 
-    for name, (fn, add) in EXTRA_COMMANDS.items():
+    for name, (fn, add) in STAGES.items():
         COMMANDS[name] = fn
         add(sub)
     return parser
@@ -300,6 +300,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: invalid JSON argument ({exc.msg})", file=sys.stderr)
         return 2
 
-
-# Subcommands registered by other stages (train, eval, demo): name -> (function, add_parser).
-EXTRA_COMMANDS: dict = {}

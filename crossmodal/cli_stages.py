@@ -1,15 +1,14 @@
-"""The train, eval and demo subcommands (kept apart from the store stages in cli.py)."""
+"""The laboratory and packaging subcommands (calibrate, train, average, eval, demo, package, keygen), kept apart
+from the store stages in cli.py, which adds STAGES to its table."""
 
 from __future__ import annotations
 
 import json
 import sys
 
-from crossmodal.cli import EXTRA_COMMANDS
-
 
 def cmd_train(args) -> int:
-    from crossmodal.training import TrainConfig, train
+    from crossmodal.lab.training import TrainConfig, train
 
     config = TrainConfig(out=args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                          warmup=args.warmup, seed=args.seed, scenes=args.scenes, init=args.init,
@@ -31,7 +30,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_average(args) -> int:
-    from crossmodal.training import average_checkpoints
+    from crossmodal.lab.training import average_checkpoints
 
     out = average_checkpoints(args.checkpoints, args.out)
     print(json.dumps({"out": str(out), "averaged": args.checkpoints}, ensure_ascii=False))
@@ -39,7 +38,7 @@ def cmd_average(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from crossmodal.evaluation import run_eval
+    from crossmodal.lab.evaluation import run_eval
 
     sets = tuple(args.sets.split(",")) if args.sets else ("single_en", "single_zh", "double_en", "double_zh")
     report = run_eval(args.model, n=args.n, pairs=args.pairs, out=args.out, sets=sets, pointing_n=args.pointing_n,
@@ -50,9 +49,10 @@ def cmd_eval(args) -> int:
 
 
 def cmd_calibrate(args) -> int:
-    from crossmodal.calibration import (calibration_path, fit_calibration, labelled_jsonl_pairs,
-                                        labelled_scene_pairs, save_calibration)
-    from crossmodal.models import load_encoder, model_identity
+    from crossmodal.alignment.calibration import calibration_path
+    from crossmodal.lab.calibration_fit import (fit_calibration, labelled_jsonl_pairs, labelled_scene_pairs,
+                                                save_calibration)
+    from crossmodal.encoders.models import load_encoder, model_identity
     from crossmodal.settings import default_data_dir
 
     encoder = load_encoder(model_identity(args.model), "cpu")
@@ -83,7 +83,7 @@ def _add_calibrate(sub):
 
 
 def cmd_demo(args) -> int:
-    from crossmodal.demo import format_table, run_demo
+    from crossmodal.lab.demo import format_table, run_demo
 
     summary = run_demo(model=args.model, store=args.store, collection=args.collection, out=args.out)
     if args.json:
@@ -99,7 +99,7 @@ def cmd_demo(args) -> int:
 def _add_train(sub):
     from dataclasses import fields
 
-    from crossmodal.training import MIN_SCENE_SIDE, TrainConfig  # light: torch loads when training starts
+    from crossmodal.lab.training import MIN_SCENE_SIDE, TrainConfig  # light: torch loads when training starts
 
     default = {f.name: f.default for f in fields(TrainConfig)}  # one source for the defaults
     p = sub.add_parser("train", help="contrastive (InfoNCE) training: the demo model or fine-tuning on your pairs")
@@ -166,7 +166,7 @@ def _add_demo(sub):
 def cmd_package(args) -> int:
     import zipfile
 
-    from crossmodal.packaging import build_package
+    from crossmodal.dify.packaging import build_package
 
     target = build_package(args.root, args.out, private_key=args.sign, category=args.category)
     count = len(zipfile.ZipFile(target).namelist())
@@ -186,7 +186,7 @@ def _add_package(sub):
 
 
 def cmd_keygen(args) -> int:
-    from crossmodal.packaging import generate_key_pair
+    from crossmodal.dify.packaging import generate_key_pair
 
     private, public = generate_key_pair(args.name, args.bits)
     print(f"{private} (keep it secret; package --sign {private})\n{public} (give it to Dify: "
@@ -200,7 +200,7 @@ def _add_keygen(sub):
     p.add_argument("--bits", type=int, default=4096)
 
 
-EXTRA_COMMANDS.update(calibrate=(cmd_calibrate, _add_calibrate), package=(cmd_package, _add_package),
-                      keygen=(cmd_keygen, _add_keygen),
-                      train=(cmd_train, _add_train), average=(cmd_average, _add_average),
-                      eval=(cmd_eval, _add_eval), demo=(cmd_demo, _add_demo))
+# name -> (function, add_parser), added to cli.py's table
+STAGES = {"calibrate": (cmd_calibrate, _add_calibrate), "package": (cmd_package, _add_package),
+          "keygen": (cmd_keygen, _add_keygen), "train": (cmd_train, _add_train),
+          "average": (cmd_average, _add_average), "eval": (cmd_eval, _add_eval), "demo": (cmd_demo, _add_demo)}

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from crossmodal.locations import data_root, resolve_data_dir
-from crossmodal.models import HubOptions
+from crossmodal.encoders.models import HubOptions
 
 DEFAULT_COLLECTION = "crossmodal"
 

@@ -3,7 +3,7 @@ from collections.abc import Mapping
 from dify_plugin import Endpoint
 from werkzeug import Request, Response
 
-from crossmodal.http_api import respond
+from crossmodal.api.http import respond
 
 
 class CollectionsEndpoint(Endpoint):

@@ -3,9 +3,9 @@ from typing import Any
 from dify_plugin import ToolProvider
 from dify_plugin.errors.tool import ToolProviderCredentialValidationError
 
-from crossmodal.dify_adapter import ToolInputError, call
+from crossmodal.dify.adapter import ToolInputError, call
 from crossmodal.settings import Settings
-from crossmodal.validation import validate_settings
+from crossmodal.dify.validation import validate_settings
 
 
 class CrossmodalProvider(ToolProvider):

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from crossmodal import acceleration
-from crossmodal.models import PRECISION_AGREEMENT, get_encoder, load_encoder
-from crossmodal.scenes import generate_scene
+from crossmodal.encoders import acceleration
+from crossmodal.encoders.models import PRECISION_AGREEMENT, get_encoder, load_encoder
+from crossmodal.lab.scenes import generate_scene
 
 
 @pytest.fixture()
@@ -74,7 +74,7 @@ def test_a_corrupt_cached_export_is_rebuilt_not_trusted(damage, onnx_cache, scen
 
 
 def test_disagreement_falls_back_along_the_chain_and_says_so(onnx_cache, monkeypatch):
-    import crossmodal.models as models
+    import crossmodal.encoders.models as models
 
     monkeypatch.setattr(models, "PRECISION_AGREEMENT", 1.01)  # nothing but fp32 itself can pass
     encoder = load_encoder("demo-shapes")
@@ -97,7 +97,7 @@ def test_an_export_failure_falls_back_without_failing(onnx_cache, monkeypatch):
 
 
 def test_bf16_on_a_cpu_without_bf16_falls_back(monkeypatch):
-    import crossmodal.models as models
+    import crossmodal.encoders.models as models
 
     monkeypatch.setattr(models, "cpu_has_bf16", lambda: False)
     encoder = load_encoder("demo-shapes")
@@ -117,7 +117,7 @@ def test_cuda_without_a_gpu_runs_on_the_cpu_with_a_note():
 
 
 def test_every_output_says_when_precision_fell_back(tmp_path, monkeypatch):
-    import crossmodal.models as models
+    import crossmodal.encoders.models as models
     from crossmodal.service import IngestItem, Service
     from crossmodal.settings import Settings
 

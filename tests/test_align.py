@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from crossmodal.align import AlignOptions, align, choose_mode, default_tile_size, peak_point, tile_boxes
+from crossmodal.alignment.align import AlignOptions, align, choose_mode, default_tile_size, peak_point, tile_boxes
 from crossmodal.errors import CrossmodalError
-from crossmodal.images import decode_image
-from crossmodal.models import get_encoder
-from crossmodal.overlay import MAX_OVERLAY_BYTES, draw_overlay, render_overlay
-from crossmodal.scenes import generate_scene
+from crossmodal.inputs.images import decode_image
+from crossmodal.encoders.models import get_encoder
+from crossmodal.alignment.overlay import MAX_OVERLAY_BYTES, draw_overlay, render_overlay
+from crossmodal.lab.scenes import generate_scene
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +114,7 @@ def test_options_are_checked(demo):
 
 def test_match_probability_is_calibrated_on_fresh_pairs(demo, tmp_path):
     """The bundled fit: true captions get high probabilities, false ones low (docs/evaluation.md: Brier and ECE)."""
-    from crossmodal.calibration import expected_calibration_error, labelled_scene_pairs
+    from crossmodal.lab.calibration_fit import expected_calibration_error, labelled_scene_pairs
     from crossmodal.service import Service
     from crossmodal.settings import Settings
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from crossmodal.align import MAX_PHRASES, AlignOptions, align, fuse_tiles, split_phrases, tile_boxes
+from crossmodal.alignment.align import MAX_PHRASES, AlignOptions, align, fuse_tiles, split_phrases, tile_boxes
 from crossmodal.errors import CrossmodalError
 
 
@@ -50,7 +50,7 @@ def test_fusion_peaks_at_the_best_tile_not_at_the_border():
 
 
 def test_align_contract_with_a_tiny_model(tiny_clip_dir):
-    from crossmodal.models import get_encoder
+    from crossmodal.encoders.models import get_encoder
 
     encoder = get_encoder(str(tiny_clip_dir), "cpu")
     result = align(encoder, Image.new("RGB", (300, 120), "red"), "a red circle and a blue star")
@@ -71,7 +71,7 @@ def test_align_contract_with_a_tiny_model(tiny_clip_dir):
 def test_jet_colours_match_matplotlib():
     """The overlay's own jet map (no matplotlib at run time) against matplotlib's, the reference."""
     matplotlib = pytest.importorskip("matplotlib")
-    from crossmodal.overlay import jet_colours
+    from crossmodal.alignment.overlay import jet_colours
 
     values = np.concatenate([np.linspace(0, 1, 4096), [0.0, 1.0, 0.35, 0.66, 0.125, 0.999999, 0.5, 1e-9]]).reshape(-1, 8)
     expected = matplotlib.colormaps["jet"](values)[..., :3]

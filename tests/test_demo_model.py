@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from crossmodal.models import DEMO_MODEL_DIR, get_encoder
+from crossmodal.encoders.models import DEMO_MODEL_DIR, get_encoder
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,7 +30,7 @@ def test_checkpoint_is_small_fp16_and_loads_like_a_hub_model():
 
 
 def test_it_knows_colours_and_positions():
-    from crossmodal.scenes import generate_scene
+    from crossmodal.lab.scenes import generate_scene
 
     encoder = get_encoder("demo-shapes", "cpu")
     scene = generate_scene(123_456_789, 320, 320, 1)
@@ -44,7 +44,7 @@ def test_it_knows_colours_and_positions():
 
 @pytest.fixture(scope="module")
 def report():
-    from crossmodal.evaluation import run_eval
+    from crossmodal.lab.evaluation import run_eval
 
     return run_eval("demo-shapes", n=150, sets=("single_en", "single_zh", "double_en"))["sets"]
 

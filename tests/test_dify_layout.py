@@ -32,7 +32,7 @@ def daemon_plugin(storage: Path, folder: Path, home: Path) -> PluginProcess:
 
 @pytest.fixture(scope="module")
 def package(tmp_path_factory) -> Path:
-    from crossmodal.packaging import build_package
+    from crossmodal.dify.packaging import build_package
 
     return build_package(ROOT, str(tmp_path_factory.mktemp("pkg") / "crossmodal.difypkg"))
 

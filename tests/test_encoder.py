@@ -3,7 +3,7 @@ import pytest
 from PIL import Image
 
 from crossmodal.errors import CrossmodalError
-from crossmodal.models import HubOptions, get_encoder, load_encoder, model_identity, resolve_model_dir
+from crossmodal.encoders.models import HubOptions, get_encoder, load_encoder, model_identity, resolve_model_dir
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +107,7 @@ def test_other_families_load_through_the_same_path(family, tmp_path):
 
 
 def test_bf16_is_used_only_when_it_agrees_with_fp32(tiny_clip_dir):
-    from crossmodal.models import PRECISION_AGREEMENT, load_encoder
+    from crossmodal.encoders.models import PRECISION_AGREEMENT, load_encoder
 
     encoder = load_encoder(str(tiny_clip_dir), "cpu")
     used = encoder.use_precision("bf16")

@@ -28,7 +28,7 @@ def call(plugin, settings, method, path, body=None, headers=AUTH, raw_body=None)
 
 
 def _scene_png(seed, objects=1):
-    from crossmodal.scenes import generate_scene
+    from crossmodal.lab.scenes import generate_scene
 
     scene = generate_scene(seed, 384, 384, objects)
     buf = io.BytesIO()
@@ -198,8 +198,8 @@ def test_multipart_ingest_and_the_corpus_through_ingest(plugin, settings):
 
 
 def test_retrieval_scores_are_calibrated_relevances_and_conditions_work_as_dify_sends_them(plugin, settings):
-    from crossmodal.calibration import load_calibration
-    from crossmodal.models import get_encoder
+    from crossmodal.alignment.calibration import load_calibration
+    from crossmodal.encoders.models import get_encoder
 
     creds = {"data_dir": settings["data_dir"], "model": "demo-shapes", "default_collection": "notes"}
     items = [("a red circle on the left", {"team": "alpha", "year": "2023", "pages": 3,
@@ -274,7 +274,7 @@ def test_large_replies_stream_under_the_daemons_line_limit(plugin, settings):
     several MB of hex when sent as one line, which the daemon would answer by killing the plugin."""
     import numpy as np
 
-    from crossmodal.http_api import STREAM_CHUNK_BYTES
+    from crossmodal.api.http import STREAM_CHUNK_BYTES
     from stdio_harness import MAX_LINE_BYTES
 
     noise = np.random.default_rng(7).integers(0, 256, (1600, 1600, 3), dtype=np.uint8)

@@ -1,7 +1,7 @@
 import pytest
 
 from crossmodal.errors import CrossmodalError
-from crossmodal.evaluation import EvalSet, pointing_game, recall_at, scene_set
+from crossmodal.lab.evaluation import EvalSet, pointing_game, recall_at, scene_set
 
 
 def test_recall_at_k_counts_the_first_relevant_rank():
@@ -36,7 +36,7 @@ def test_pointing_game_with_oracle_and_wrong_locators():
 
 
 def test_empty_evaluation_set_is_a_clear_error(tiny_clip_dir, tmp_path):
-    from crossmodal.evaluation import evaluate_set, jsonl_set
+    from crossmodal.lab.evaluation import evaluate_set, jsonl_set
     from crossmodal.service import Service
     from crossmodal.settings import Settings
 

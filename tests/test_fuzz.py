@@ -10,13 +10,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from crossmodal.align import MAX_PHRASES, split_phrases
+from crossmodal.alignment.align import MAX_PHRASES, split_phrases
 from crossmodal.errors import CrossmodalError
-from crossmodal.images import decode_image
-from crossmodal.routing import parse_routes
-from crossmodal.service import parse_candidate_list
+from crossmodal.inputs.images import decode_image
+from crossmodal.encoders.routing import parse_routes
+from crossmodal.rerank.candidates import parse_candidate_list
 from crossmodal.store import Condition, parse_filter
-from crossmodal.urls import UrlPolicy, _check_url
+from crossmodal.inputs.urls import UrlPolicy, _check_url
 
 EXAMPLES = int(os.environ.get("CROSSMODAL_FUZZ_EXAMPLES", "150"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -135,7 +135,7 @@ def _url_property(scheme, rest):
     except CrossmodalError as exc:
         assert str(exc).startswith("image_url:")
     else:
-        from crossmodal.urls import _refusal
+        from crossmodal.inputs.urls import _refusal
 
         assert target.scheme in ("http", "https") and _refusal(target.address) is None
 
@@ -144,7 +144,7 @@ def _url_property(scheme, rest):
 @given(json_values | st.text(max_size=100))
 def test_tool_parameter_parsers(value):
     """What the Dify tool handlers do to raw parameters: numbers, JSON objects, line and tag lists."""
-    from crossmodal.dify_adapter import ToolInputError, flag, json_object, number, tag_list, text_list
+    from crossmodal.dify.adapter import ToolInputError, flag, json_object, number, tag_list, text_list
 
     for parse in (lambda v: number(v, "top_k"), lambda v: json_object(v, "metadata")):
         try:

@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from crossmodal.errors import CrossmodalError
-from crossmodal.images import decode_image
+from crossmodal.inputs.images import decode_image
 
 
 def encode(image: Image.Image, fmt: str = "PNG", **kw) -> bytes:

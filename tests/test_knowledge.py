@@ -7,9 +7,9 @@ import math
 
 import pytest
 
-from crossmodal.align import Calibration
+from crossmodal.alignment.align import Calibration
 from crossmodal.errors import CrossmodalError
-from crossmodal.knowledge import cosine_bound, metadata_predicate
+from crossmodal.api.knowledge import cosine_bound, metadata_predicate
 
 
 def test_cosine_bound_is_where_the_relevance_reaches_the_threshold():
@@ -80,8 +80,7 @@ def test_a_slow_model_load_answers_within_the_deadline():
 
 
 def test_models_used_by_retrieval_are_remembered_for_the_next_start(tmp_path, monkeypatch):
-    from crossmodal import warmup
-
+    from crossmodal.encoders import warmup
     monkeypatch.setenv("CROSSMODAL_HOME", str(tmp_path))
     for model in ("a", "b", "a", "c", "d", "e"):
         warmup.remember(model, "cpu", "fp32")

@@ -7,7 +7,7 @@ import pytest
 from qdrant_client import QdrantClient
 from test_service import gallery, png
 
-from crossmodal import models
+from crossmodal.encoders import models
 from crossmodal.errors import CrossmodalError
 from crossmodal.service import ImageInput, Service
 from crossmodal.settings import Settings
@@ -82,7 +82,7 @@ def test_collections_made_before_fingerprints_still_work(tiny_clip_dir, tmp_path
 
 
 def test_the_demo_refills_its_own_collection_after_a_model_update(tiny_clip_dir, tmp_path, fresh_encoders):
-    from crossmodal.demo import GALLERY_SIZE, format_table, run_demo
+    from crossmodal.lab.demo import GALLERY_SIZE, format_table, run_demo
 
     model_dir = shutil.copytree(tiny_clip_dir, tmp_path / "model")
     store, out = str(tmp_path / "store"), str(tmp_path / "demo.html")

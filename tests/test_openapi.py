@@ -5,8 +5,8 @@ import pytest
 
 schemathesis = pytest.importorskip("schemathesis")
 
-from crossmodal.http_api import wsgi_app  # noqa: E402
-from crossmodal.openapi import openapi_document  # noqa: E402
+from crossmodal.api.http import wsgi_app  # noqa: E402
+from crossmodal.api.openapi import openapi_document  # noqa: E402
 
 KEY = "fuzz-key"
 

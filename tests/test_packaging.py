@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from crossmodal.errors import CrossmodalError
-from crossmodal.packaging import VERIFICATION_FILE, build_package, generate_key_pair, sign_package, verify_package
+from crossmodal.dify.packaging import VERIFICATION_FILE, build_package, generate_key_pair, sign_package, verify_package
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -7,8 +7,8 @@ import time
 import numpy as np
 import pytest
 
-from crossmodal.batching import DynamicBatcher
-from crossmodal.pipeline import ordered_map
+from crossmodal.encoders.batching import DynamicBatcher
+from crossmodal.ingest.pipeline import ordered_map
 
 
 def test_ordered_map_keeps_input_order_and_overlaps_work():
@@ -112,8 +112,8 @@ def _outcome(fn, x):
 
 
 def test_batched_query_vectors_equal_unbatched_ones():
-    from crossmodal.models import load_encoder
-    from crossmodal.scenes import generate_scene
+    from crossmodal.encoders.models import load_encoder
+    from crossmodal.lab.scenes import generate_scene
 
     encoder = load_encoder("demo-shapes")
     texts = ["a red circle", "一个蓝色星形", "a small green heart on the left", "a black square and a white star",

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from crossmodal.images import decode_image
-from crossmodal.models import load_encoder
-from crossmodal.preprocess import FastPreprocessor
-from crossmodal.scenes import generate_scene
+from crossmodal.inputs.images import decode_image
+from crossmodal.encoders.models import load_encoder
+from crossmodal.encoders.preprocess import FastPreprocessor
+from crossmodal.lab.scenes import generate_scene
 
 SIZES = [(224, 224), (640, 480), (480, 640), (301, 97), (97, 301), (20, 13), (1000, 1000)]
 

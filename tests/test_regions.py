@@ -3,8 +3,8 @@
 import pytest
 
 from crossmodal.errors import CrossmodalError
-from crossmodal.evaluation import evaluate_small_objects, small_object_set
-from crossmodal.images import encode_png
+from crossmodal.lab.evaluation import evaluate_small_objects, small_object_set
+from crossmodal.inputs.images import encode_png
 from crossmodal.service import ImageInput, IngestItem, Service
 from crossmodal.settings import Settings
 

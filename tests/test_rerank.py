@@ -8,8 +8,9 @@ import pytest
 from PIL import Image
 
 from crossmodal.errors import CrossmodalError
-from crossmodal.rerank import Candidate, pick_method
-from crossmodal.service import ImageInput, Service, parse_candidate_list
+from crossmodal.rerank.scoring import Candidate, pick_method
+from crossmodal.rerank.candidates import parse_candidate_list
+from crossmodal.service import ImageInput, Service
 from crossmodal.settings import Settings
 from tiny_models import save_tiny_blip_itm, save_tiny_cross_encoder
 
@@ -119,7 +120,7 @@ def test_region_rerank_through_search_reorders_the_first_stage(tmp_path):
     depends on the model and the gallery (docs/evaluation.md: +6 points with run 5; +1 with run 10 and the
     weakest-phrase rule on the reported 100 queries, +7.2 on 600 development queries; +6 with the bundled
     average of runs 11 and 14 on the reported queries)."""
-    from crossmodal.evaluation import rerank_lift, scene_set
+    from crossmodal.lab.evaluation import rerank_lift, scene_set
 
     report = rerank_lift(Service(Settings(data_dir=str(tmp_path), model="demo-shapes")),
                          scene_set("double", 16, "en", seed=860_000_000), "demo-shapes", rerank_k=8, queries=8)
@@ -150,8 +151,8 @@ def test_blip2_itm_head_through_the_same_path(tmp_path):
 
 
 def test_region_views_are_half_side_tiles_even_below_the_model_input():
-    from crossmodal.align import MAX_TILES
-    from crossmodal.rerank import region_views
+    from crossmodal.alignment.align import MAX_TILES
+    from crossmodal.rerank.scoring import region_views
 
     for side in (224, 512):  # the demo model reads 160 px: 112-px tiles are upscaled, not floored at 160
         views = region_views(Image.new("RGB", (side, side)))
@@ -164,9 +165,9 @@ def test_region_views_are_half_side_tiles_even_below_the_model_input():
 
 
 def test_region_score_is_the_weakest_phrases_best_view(tmp_path):
-    from crossmodal.align import split_phrases
-    from crossmodal.rerank import region_scores, region_views
-    from crossmodal.scenes import generate_scene
+    from crossmodal.alignment.align import split_phrases
+    from crossmodal.rerank.scoring import region_scores, region_views
+    from crossmodal.lab.scenes import generate_scene
 
     encoder = Service(Settings(data_dir=str(tmp_path), model="demo-shapes")).encoder()
     query = "a red circle and a blue star"

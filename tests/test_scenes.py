@@ -3,7 +3,7 @@ import random
 import numpy as np
 import pytest
 
-from crossmodal.scenes import (
+from crossmodal.lab.scenes import (
     COLORS,
     SHAPES,
     SIZES,

@@ -31,7 +31,7 @@ def test_saving_credentials_fetches_no_weights(monkeypatch, tmp_path, tiny_clip_
     import huggingface_hub
 
     from crossmodal.settings import Settings
-    from crossmodal.validation import validate_settings
+    from crossmodal.dify.validation import validate_settings
 
     asked = []
 
@@ -53,7 +53,7 @@ def test_saving_credentials_fetches_no_weights(monkeypatch, tmp_path, tiny_clip_
 
 def test_a_node_output_over_one_message_is_a_clear_error():
     """One variable message is one stdout line: past the daemon's 5 MiB the plugin would be killed."""
-    from crossmodal.dify_adapter import MAX_MESSAGE_BYTES, ToolInputError, for_llm, variable_message
+    from crossmodal.dify.adapter import MAX_MESSAGE_BYTES, ToolInputError, for_llm, variable_message
 
     class Tool:
         def create_variable_message(self, name, value):

@@ -141,7 +141,7 @@ def test_heartbeats_and_other_sessions_continue_during_a_slow_call(plugin, creds
 
 
 def test_align_node_scores_locates_and_draws(plugin, tmp_path, file_server):
-    from crossmodal.scenes import generate_scene
+    from crossmodal.lab.scenes import generate_scene
 
     scene = generate_scene(800_000_123, 512, 512, 1)
     obj = scene.objects[0]
@@ -251,7 +251,7 @@ def test_rerank_node_and_search_with_rerank(plugin, tmp_path, file_server):
 
 def test_int8_precision_through_the_plugin(plugin, tmp_path, file_server):
     """The precision credential reaches the encoder: int8 (ONNX Runtime) ingests and searches, and says so."""
-    from crossmodal.scenes import generate_scene
+    from crossmodal.lab.scenes import generate_scene
 
     creds = {"data_dir": str(tmp_path / "store"), "model": "demo-shapes", "precision": "int8"}
     files = []

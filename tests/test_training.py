@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from crossmodal.errors import CrossmodalError
-from crossmodal.training import JsonlPairs, TrainConfig, TrainReport, multi_positive_infonce, train
+from crossmodal.lab.training import JsonlPairs, TrainConfig, TrainReport, multi_positive_infonce, train
 
 
 def test_loss_equals_clip_loss_when_only_the_diagonal_is_positive():
@@ -37,7 +37,7 @@ def test_repeated_captions_are_not_pushed_apart():
 
 
 def write_pairs(tmp_path, n=12):
-    from crossmodal.scenes import generate_scene
+    from crossmodal.lab.scenes import generate_scene
 
     lines = []
     for k in range(n):
@@ -53,7 +53,7 @@ def write_pairs(tmp_path, n=12):
 
 
 def test_jsonl_bad_lines_are_skipped_with_reasons(tmp_path, tiny_clip_dir):
-    from crossmodal.models import load_encoder
+    from crossmodal.encoders.models import load_encoder
 
     report = TrainReport()
     data = JsonlPairs(str(write_pairs(tmp_path)), load_encoder(str(tiny_clip_dir)).processor, 0, report)
@@ -71,7 +71,7 @@ def test_jsonl_without_usable_pairs_is_a_clear_error(tmp_path, tiny_clip_dir):
 
 
 def test_fine_tuning_a_checkpoint_on_pairs_lowers_the_loss(tmp_path, tiny_clip_dir):
-    from crossmodal.models import load_encoder
+    from crossmodal.encoders.models import load_encoder
 
     out = tmp_path / "tuned"
     report = train(TrainConfig(out=str(out), init=str(tiny_clip_dir), pairs=str(write_pairs(tmp_path)), steps=40,
@@ -90,8 +90,8 @@ def test_new_demo_model_trains_on_generated_scenes(tmp_path):
 
 
 def test_resize_input_shows_the_tower_larger_images_through_the_production_path(tmp_path, tiny_clip_dir):
-    from crossmodal.models import load_encoder
-    from crossmodal.training import resize_input, save_checkpoint
+    from crossmodal.encoders.models import load_encoder
+    from crossmodal.lab.training import resize_input, save_checkpoint
 
     encoder = load_encoder(str(tiny_clip_dir))
     model, processor = encoder.model.float(), encoder.processor
@@ -113,8 +113,8 @@ def test_resize_input_shows_the_tower_larger_images_through_the_production_path(
 
 
 def test_grown_vision_tower_computes_the_same_vectors_and_then_learns(tmp_path, tiny_clip_dir):
-    from crossmodal.models import load_encoder
-    from crossmodal.training import grow_vision_layers, save_checkpoint
+    from crossmodal.encoders.models import load_encoder
+    from crossmodal.lab.training import grow_vision_layers, save_checkpoint
 
     encoder = load_encoder(str(tiny_clip_dir))
     model = encoder.model.float()
@@ -142,8 +142,8 @@ def test_grown_vision_tower_computes_the_same_vectors_and_then_learns(tmp_path, 
 
 
 def test_pruned_text_mlp_keeps_the_units_that_carry_the_text(tmp_path, tiny_clip_dir):
-    from crossmodal.models import load_encoder
-    from crossmodal.training import prune_text_mlp, save_checkpoint
+    from crossmodal.encoders.models import load_encoder
+    from crossmodal.lab.training import prune_text_mlp, save_checkpoint
 
     encoder = load_encoder(str(tiny_clip_dir))
     model = encoder.model.float()
@@ -171,8 +171,8 @@ def test_pruned_text_mlp_keeps_the_units_that_carry_the_text(tmp_path, tiny_clip
 
 
 def test_generated_batches_mix_crops_and_two_object_hard_negatives():
-    from crossmodal.models import load_encoder, model_identity
-    from crossmodal.training import GeneratedPairs
+    from crossmodal.encoders.models import load_encoder, model_identity
+    from crossmodal.lab.training import GeneratedPairs
 
     processor = load_encoder(model_identity("demo-shapes")).processor
     data = GeneratedPairs(400, 3, 32, processor)
@@ -210,9 +210,9 @@ def test_texts_past_the_images_are_negatives_only():
 
 
 def test_shape_negatives_change_one_shape_word_and_are_false_of_their_image():
-    from crossmodal.models import load_encoder, model_identity
-    from crossmodal.scenes import SHAPES, ZH_SHAPES
-    from crossmodal.training import GeneratedPairs
+    from crossmodal.encoders.models import load_encoder, model_identity
+    from crossmodal.lab.scenes import SHAPES, ZH_SHAPES
+    from crossmodal.lab.training import GeneratedPairs
 
     processor = load_encoder(model_identity("demo-shapes")).processor
     data = GeneratedPairs(400, 4, 32, processor, shape_negatives=True)
@@ -234,9 +234,9 @@ def test_shape_negatives_change_one_shape_word_and_are_false_of_their_image():
 
 
 def test_mined_negatives_are_the_one_shape_swap_the_model_puts_closest_to_each_image():
-    from crossmodal.models import load_encoder, model_identity
-    from crossmodal.scenes import SHAPES, ZH_SHAPES, scene_satisfies
-    from crossmodal.training import GeneratedPairs, _features, closest_swaps
+    from crossmodal.encoders.models import load_encoder, model_identity
+    from crossmodal.lab.scenes import SHAPES, ZH_SHAPES, scene_satisfies
+    from crossmodal.lab.training import GeneratedPairs, _features, closest_swaps
 
     encoder = load_encoder(model_identity("demo-shapes"))
     model, tokenizer = encoder.model.float().eval(), encoder.processor.tokenizer
@@ -284,8 +284,8 @@ def test_training_with_mined_negatives_runs_through_the_cli_flag(tmp_path):
 
 
 def test_averaged_checkpoints_hold_the_mean_of_each_parameter_and_load_through_the_production_path(tmp_path):
-    from crossmodal.models import load_encoder
-    from crossmodal.training import average_checkpoints
+    from crossmodal.encoders.models import load_encoder
+    from crossmodal.lab.training import average_checkpoints
     from tiny_models import save_tiny_clip
 
     a, b = save_tiny_clip(tmp_path / "a", seed=1), save_tiny_clip(tmp_path / "b", seed=2)
@@ -299,7 +299,7 @@ def test_averaged_checkpoints_hold_the_mean_of_each_parameter_and_load_through_t
 
 
 def test_averaging_needs_two_checkpoints_of_one_architecture(tmp_path, tiny_clip_dir):
-    from crossmodal.training import average_checkpoints
+    from crossmodal.lab.training import average_checkpoints
     from tiny_models import save_tiny_clip
 
     other = save_tiny_clip(tmp_path / "wider", projection_dim=24)
@@ -311,8 +311,8 @@ def test_averaging_needs_two_checkpoints_of_one_architecture(tmp_path, tiny_clip
 
 def test_small_generated_sets_fill_batches_instead_of_hanging():
     """Too few scenes to fill the hard-negative groups: random scenes fill the batch (this once looped forever)."""
-    from crossmodal.models import load_encoder, model_identity
-    from crossmodal.training import GeneratedPairs
+    from crossmodal.encoders.models import load_encoder, model_identity
+    from crossmodal.lab.training import GeneratedPairs
 
     data = GeneratedPairs(60, 77, 32, load_encoder(model_identity("demo-shapes")).processor)
     images, captions, mask = data.batch(16)
@@ -321,9 +321,9 @@ def test_small_generated_sets_fill_batches_instead_of_hanging():
 
 
 def test_object_windows_hold_one_whole_object_at_the_scale_the_model_sees_it():
-    from crossmodal.models import load_encoder, model_identity
-    from crossmodal.scenes import _inside_share, window_around
-    from crossmodal.training import GeneratedPairs, shape_phrase_keys, shape_phrases
+    from crossmodal.encoders.models import load_encoder, model_identity
+    from crossmodal.lab.scenes import _inside_share, window_around
+    from crossmodal.lab.training import GeneratedPairs, shape_phrase_keys, shape_phrases
 
     data = GeneratedPairs(150, 7, 160, load_encoder(model_identity("demo-shapes")).processor)
     cuts = data.window_cuts(60, 80)
@@ -347,8 +347,8 @@ def test_object_windows_hold_one_whole_object_at_the_scale_the_model_sees_it():
 
 def test_shape_window_loss_is_lower_for_the_true_phrases_and_trains_through_the_cli_flag(tmp_path):
     from crossmodal.cli import main
-    from crossmodal.models import load_encoder, model_identity
-    from crossmodal.training import GeneratedPairs, shape_window_loss
+    from crossmodal.encoders.models import load_encoder, model_identity
+    from crossmodal.lab.training import GeneratedPairs, shape_window_loss
 
     encoder = load_encoder(model_identity("demo-shapes"))
     model = encoder.model.float().eval()
@@ -377,8 +377,8 @@ def test_shape_window_loss_is_lower_for_the_true_phrases_and_trains_through_the_
 
 
 def test_scene_side_sets_the_largest_generated_scene_and_is_checked(tmp_path):
-    from crossmodal.models import load_encoder, model_identity
-    from crossmodal.training import GeneratedPairs
+    from crossmodal.encoders.models import load_encoder, model_identity
+    from crossmodal.lab.training import GeneratedPairs
 
     processor = load_encoder(model_identity("demo-shapes")).processor
     sides = [round(32 / scale) for scale in GeneratedPairs(60, 4, 32, processor, crops=False, max_side=512).scales]

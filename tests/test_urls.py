@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from crossmodal.errors import CrossmodalError
-from crossmodal.urls import UrlPolicy, _refusal, fetch_image
+from crossmodal.inputs.urls import UrlPolicy, _refusal, fetch_image
 
 
 def _png() -> bytes:

@@ -20,8 +20,8 @@ KEY = "viewer-key"
 def server(tmp_path_factory):
     from werkzeug.serving import make_server
 
-    from crossmodal.http_api import wsgi_app
-    from crossmodal.scenes import generate_scene
+    from crossmodal.api.http import wsgi_app
+    from crossmodal.lab.scenes import generate_scene
     from crossmodal.service import ImageInput, IngestItem, Service
     from crossmodal.settings import Settings
 

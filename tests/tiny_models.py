@@ -1,6 +1,6 @@
 """Tiny CLIP-family models with random weights, saved like real checkpoints.
 
-They load through the production path (crossmodal.models.load_encoder), so the
+They load through the production path (crossmodal.encoders.models.load_encoder), so the
 tests exercise exactly the code that loads openai/clip-vit-base-patch32.
 """
 
@@ -13,7 +13,7 @@ WORDS = ("a an the small large red green blue yellow purple orange white black c
 
 
 def tiny_tokenizer(context_length: int = 16):
-    from crossmodal.tokenizer import train_tokenizer
+    from crossmodal.lab.tokenizer import train_tokenizer
 
     return train_tokenizer([" ".join(WORDS)], context_length=context_length)
 

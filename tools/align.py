@@ -4,7 +4,7 @@ from typing import Any
 from dify_plugin import Tool
 from dify_plugin.entities.tool import ToolInvokeMessage
 
-from crossmodal.dify_adapter import (ToolInputError, call, file_inputs, flag, for_llm, number, service_for,
+from crossmodal.dify.adapter import (ToolInputError, call, file_inputs, flag, for_llm, number, service_for,
                                      variable_message)
 from crossmodal.service import ImageInput
 

@@ -4,7 +4,7 @@ from typing import Any
 from dify_plugin import Tool
 from dify_plugin.entities.tool import ToolInvokeMessage
 
-from crossmodal.dify_adapter import ToolInputError, call, flag, service_for, variable_message
+from crossmodal.dify.adapter import ToolInputError, call, flag, service_for, variable_message
 
 
 class CollectionsTool(Tool):

@@ -4,7 +4,7 @@ from typing import Any
 from dify_plugin import Tool
 from dify_plugin.entities.tool import ToolInvokeMessage
 
-from crossmodal.dify_adapter import (ToolInputError, call, file_inputs, flag, json_object, service_for, tag_list,
+from crossmodal.dify.adapter import (ToolInputError, call, file_inputs, flag, json_object, service_for, tag_list,
                                      text_list, variable_message)
 from crossmodal.service import IngestItem
 

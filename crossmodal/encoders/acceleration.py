@@ -29,9 +29,9 @@ def cache_root() -> Path:
     """$CROSSMODAL_ONNX_CACHE, else onnx-cache/ in the data directory ($CROSSMODAL_HOME or ~/.crossmodal)."""
     if os.environ.get("CROSSMODAL_ONNX_CACHE"):
         return Path(os.environ["CROSSMODAL_ONNX_CACHE"]).expanduser()
-    from crossmodal.settings import default_data_dir
+    from crossmodal.locations import data_root
 
-    return default_data_dir() / "onnx-cache"
+    return data_root() / "onnx-cache"
 
 
 class OnnxTowers:
@@ -90,7 +90,7 @@ def cache_key(encoder, kind: str) -> str:
     import torch
     import transformers
 
-    # The weights fingerprint is by content (crossmodal/models.py): new weights under the same name get a
+    # The weights fingerprint is by content (crossmodal/encoders/models.py): new weights under the same name get a
     # new export, a fresh copy of the same files reuses the cached one.
     identity = {"model": encoder.identity, "weights": encoder.weights, "kind": kind, "opset": ONNX_OPSET,
                 "torch": torch.__version__, "transformers": transformers.__version__,
@@ -139,8 +139,6 @@ def build(encoder, kind: str, directory: Path) -> None:
 def export_towers(encoder, out: Path) -> None:
     import torch
 
-    from crossmodal.models import _pooled
-
     model = encoder.model.float().cpu().eval()
 
     class ImageTower(torch.nn.Module):
@@ -149,13 +147,13 @@ def export_towers(encoder, out: Path) -> None:
             self.model = model  # a submodule, so its weights export as initialisers
 
         def forward(self, pixel_values):
-            return _pooled(self.model.get_image_features(pixel_values=pixel_values))
+            return pooled(self.model.get_image_features(pixel_values=pixel_values))
 
     class TextTower(ImageTower):
         def forward(self, input_ids, attention_mask=None):
             if attention_mask is None:
-                return _pooled(self.model.get_text_features(input_ids=input_ids))
-            return _pooled(self.model.get_text_features(input_ids=input_ids, attention_mask=attention_mask))
+                return pooled(self.model.get_text_features(input_ids=input_ids))
+            return pooled(self.model.get_text_features(input_ids=input_ids, attention_mask=attention_mask))
 
     size = encoder.image_size
     pixels = torch.zeros(2, 3, size, size)
@@ -199,3 +197,8 @@ def _sha256(path: Path) -> str:
     """Read afresh each time (not models._file_sha256's memo): it must see an export damaged in place."""
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def pooled(output):
+    # transformers 4.x returns the projected tensor, 5.x an output object holding it.
+    return output if hasattr(output, "shape") else output.pooler_output

@@ -58,7 +58,7 @@ def warm_remembered() -> None:
 
 
 def _load(entries: list[dict]) -> None:
-    from crossmodal.models import HubOptions, get_encoder
+    from crossmodal.encoders.models import HubOptions, get_encoder
 
     for entry in entries:
         try:

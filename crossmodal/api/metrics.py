@@ -31,7 +31,7 @@ def exposition(service) -> tuple[bytes, str]:
 
 class _ModelLoadCollector:
     def collect(self):
-        from crossmodal.models import LOAD_SECONDS
+        from crossmodal.encoders.models import LOAD_SECONDS
 
         family = GaugeMetricFamily("crossmodal_model_load_seconds", "Seconds the last load of each model took",
                                    labels=["model"])

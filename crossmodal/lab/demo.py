@@ -8,8 +8,8 @@ import html
 import time
 from pathlib import Path
 
-from crossmodal.images import encode_png
-from crossmodal.scenes import article, canonical_caption, caption_specs, generate_scene, scene_satisfies
+from crossmodal.inputs.images import encode_png
+from crossmodal.lab.scenes import article, canonical_caption, caption_specs, generate_scene, scene_satisfies
 
 DEMO_SEED = 900_000_000
 GALLERY_SIZE = 60

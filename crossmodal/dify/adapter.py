@@ -33,8 +33,7 @@ def service_for(credentials: dict | None) -> Service:
 
 def call(fn: Callable[..., Any], *args, **kwargs) -> Any:
     """Run ``fn`` in a worker thread; turn errors into one message a person can act on."""
-    from crossmodal import metrics
-
+    from crossmodal.api import metrics
     name, started, status = getattr(fn, "__name__", "call"), time.perf_counter(), "ok"
     try:
         return offload(fn, *args, **kwargs)

@@ -34,7 +34,7 @@ WARM_WAIT_SECONDS = 3.0
 # Dify's plugin SDK writes a non-streamed endpoint body as one hex line on stdout, and the daemon kills the
 # plugin on a line over 5 MiB: bodies larger than one chunk go out as a stream of chunks (a line each).
 STREAM_CHUNK_BYTES = 512 * 1024
-VIEWER_PAGE = Path(__file__).resolve().parent / "assets" / "viewer.html"
+VIEWER_PAGE = Path(__file__).resolve().parents[1] / "assets" / "viewer.html"
 
 
 class ApiError(CrossmodalError):
@@ -205,7 +205,7 @@ def route_collections(service: Service, body: dict, request: Request) -> dict:
 
 def route_retrieval(service: Service, body: dict, request: Request) -> dict:
     """Dify's External Knowledge API: a collection as a knowledge base (see crossmodal/knowledge.py)."""
-    from crossmodal.knowledge import cosine_bound, metadata_predicate
+    from crossmodal.api.knowledge import cosine_bound, metadata_predicate
 
     knowledge_id = field(body, "knowledge_id", str, required=True)
     query = field(body, "query", str, required=True)
@@ -238,7 +238,7 @@ def route_retrieval(service: Service, body: dict, request: Request) -> dict:
 
 
 def route_openapi(service: Service | None, body: dict, request: Request) -> dict:
-    from crossmodal.openapi import openapi_document
+    from crossmodal.api.openapi import openapi_document
 
     return openapi_document()
 
@@ -252,8 +252,7 @@ ROUTES: dict[str, Callable] = {
 
 # -- the entry point the endpoint classes call ------------------------------------------------------------
 def respond(route: str, request: Request, settings: Mapping) -> Response:
-    from crossmodal import metrics
-
+    from crossmodal.api import metrics
     started = time.perf_counter()
     status = 500
     try:

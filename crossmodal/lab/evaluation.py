@@ -19,7 +19,7 @@ from typing import Callable
 import numpy as np
 
 from crossmodal.errors import CrossmodalError
-from crossmodal.images import encode_png
+from crossmodal.inputs.images import encode_png
 
 KS = (1, 5, 10)
 EVAL_SEED_BASE = 700_000_000  # far from the training seeds (seed * 10^6 + k, k < 10^6, seed < 100)
@@ -42,7 +42,7 @@ def scene_set(kind: str, n: int, lang: str = "en", seed: int = EVAL_SEED_BASE, s
     ``double``: two objects, captions naming both by colour and shape."""
     import random
 
-    from crossmodal.scenes import canonical_caption, caption_specs, generate_scene, scene_satisfies
+    from crossmodal.lab.scenes import canonical_caption, caption_specs, generate_scene, scene_satisfies
 
     if kind not in ("single", "double"):
         raise CrossmodalError(f"'{kind}' is not single or double", param="set")
@@ -61,7 +61,7 @@ def scene_set(kind: str, n: int, lang: str = "en", seed: int = EVAL_SEED_BASE, s
 
 
 def jsonl_set(path: str) -> EvalSet:
-    from crossmodal.images import decode_image
+    from crossmodal.inputs.images import decode_image
 
     images, keys, queries = [], [], []
     base = Path(path).parent
@@ -136,7 +136,7 @@ def recall_at(ranks: list[int | None], ks=KS) -> dict[str, float]:
 def pointing_game(eval_set: EvalSet, locate: Callable, lang: str = "en") -> dict:
     """Share of objects whose heat-map peak (``locate(image, phrase) -> (x, y)``) falls in the object's box.
     Each object is named by colour and shape ("a red circle"), as a user would name it."""
-    from crossmodal.scenes import article
+    from crossmodal.lab.scenes import article
 
     hits = total = 0
     for image, objects, boxes in zip(eval_set.images, eval_set.image_keys, eval_set.boxes):
@@ -150,7 +150,7 @@ def pointing_game(eval_set: EvalSet, locate: Callable, lang: str = "en") -> dict
 
 def align_locator(encoder) -> Callable:
     """The align node's heat map as a pointing-game locator (the peak of the phrase's own map)."""
-    from crossmodal.align import align, peak_point
+    from crossmodal.alignment.align import align, peak_point
 
     def locate(image, phrase):
         result = align(encoder, image, phrase)
@@ -161,7 +161,7 @@ def align_locator(encoder) -> Callable:
 
 def run_pointing_game(model: str, n: int, side: int = 512) -> dict:
     """Pointing game of the align node on fresh single- and two-object scenes of side x side pixels."""
-    from crossmodal.models import load_encoder, model_identity
+    from crossmodal.encoders.models import load_encoder, model_identity
 
     locate = align_locator(load_encoder(model_identity(model), "cpu"))
     out = {}
@@ -174,7 +174,7 @@ def run_pointing_game(model: str, n: int, side: int = 512) -> dict:
 def small_object_set(n: int, side: int = 2048, seed: int = EVAL_SEED_BASE + 7_000_000,
                      size_range=(0.035, 0.05)) -> EvalSet:
     """Large images each holding one small object (3.5-5 % of the side); queries name colour and shape."""
-    from crossmodal.scenes import article, caption_specs, generate_scene, scene_satisfies
+    from crossmodal.lab.scenes import article, caption_specs, generate_scene, scene_satisfies
 
     images, objects, queries, specs, boxes = [], [], [], [], []
     for k in range(n):

@@ -83,7 +83,7 @@ _LOCK = os_lock()
 
 
 def load_cross_encoder(name: str, hub=None, device: str = "cpu"):
-    from crossmodal.models import resolve_model_dir
+    from crossmodal.encoders.models import resolve_model_dir
 
     key = ("ce", name, device)
     with _LOCK:
@@ -111,7 +111,7 @@ def cross_encoder_scores(model, query: str, candidates: list[Candidate], batch_s
 
 # -- image-text matching head ------------------------------------------------------------------
 def load_itm(name: str, hub=None, device: str = "cpu"):
-    from crossmodal.models import resolve_model_dir
+    from crossmodal.encoders.models import resolve_model_dir
 
     key = ("itm", name, device)
     with _LOCK:
@@ -161,7 +161,7 @@ def region_views(image) -> list:
     most align.MAX_TILES). Tiles stay half the side even below the model input: upscaled, one object fills more
     patches, which is what tells shapes apart (docs/evaluation.md: +3.7 points of R@1 over tiles floored at
     the model input)."""
-    from crossmodal.align import default_tile_size, tile_boxes
+    from crossmodal.alignment.align import default_tile_size, tile_boxes
 
     width, height = image.size
     tile = default_tile_size(width, height, MIN_REGION_TILE, 0.5, fraction=2)
@@ -172,7 +172,7 @@ def region_views(image) -> list:
 def region_scores(encoder, query: str, candidates: list[Candidate]) -> tuple[np.ndarray, list[list[float]]]:
     """Per candidate: the weakest phrase's best view cosine, so that every named object must be present;
     and the per-phrase bests."""
-    from crossmodal.align import split_phrases
+    from crossmodal.alignment.align import split_phrases
 
     phrases, _ = split_phrases(query)
     phrase_vectors = encoder.encode_texts(phrases).vectors

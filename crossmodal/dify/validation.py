@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from crossmodal.errors import CrossmodalError
-from crossmodal.models import PRECISIONS, SUPPORTED_TYPES, model_identity, pick_device, resolve_model_config_dir
+from crossmodal.encoders.models import PRECISIONS, SUPPORTED_TYPES, model_identity, pick_device, resolve_model_config_dir
 from crossmodal.settings import Settings
 from crossmodal.store import check_collection_name, open_store
 
@@ -13,7 +13,7 @@ def validate_settings(settings: Settings) -> dict:
     pick_device(settings.device)
     if settings.precision not in PRECISIONS:
         raise CrossmodalError(f"'{settings.precision}' is not one of {', '.join(PRECISIONS)}", param="precision")
-    from crossmodal.routing import parse_routes
+    from crossmodal.encoders.routing import parse_routes
 
     parse_routes(settings.routes)
     store = open_store(settings.store_url, settings.store_api_key, settings.store_dir())

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urljoin, urlsplit
 
 from crossmodal.errors import CrossmodalError
-from crossmodal.images import HEIF_BRANDS
+from crossmodal.inputs.images import HEIF_BRANDS
 
 MAX_REDIRECTS = 5
 CONNECT_TIMEOUT = 5.0
@@ -48,7 +48,7 @@ class UrlPolicy:
             host = urlsplit(os.environ.get(env, "")).hostname
             if host:
                 hosts.add(host.lower())
-        from crossmodal.images import MAX_IMAGE_BYTES
+        from crossmodal.inputs.images import MAX_IMAGE_BYTES
 
         return cls(frozenset(hosts), max_bytes or MAX_IMAGE_BYTES)
 

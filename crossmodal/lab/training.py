@@ -239,7 +239,7 @@ class GeneratedPairs:
 
     def __init__(self, n: int, seed: int, image_size: int, processor, crops: bool = True,
                  shape_negatives: bool = False, max_side: int = DEFAULT_SCENE_SIDE):
-        from crossmodal.scenes import crop_around, generate_scene
+        from crossmodal.lab.scenes import crop_around, generate_scene
 
         self.rng = random.Random(seed)
         self.shape_negatives = shape_negatives
@@ -286,7 +286,7 @@ class GeneratedPairs:
         hard negatives), so an image must tell its own caption from one that differs only in the shape."""
         import torch
 
-        from crossmodal.scenes import sample_caption
+        from crossmodal.lab.scenes import sample_caption
 
         idx = self._indexes(size)
         captions, specs, negatives, negative_specs = [], [], [], []
@@ -305,7 +305,7 @@ class GeneratedPairs:
     def batch_with_swaps(self, size: int) -> "SwapBatch":
         """Like ``batch`` without negatives; instead, per caption, every caption that differs from it only in one
         named object's shape and is false of its scene, for the trainer to choose from (``SwapBatch.add``)."""
-        from crossmodal.scenes import SHAPES, object_matches, sample_caption, scene_satisfies
+        from crossmodal.lab.scenes import SHAPES, object_matches, sample_caption, scene_satisfies
 
         idx = self._indexes(size)
         captions, specs, swaps = [], [], []
@@ -329,7 +329,7 @@ class GeneratedPairs:
     def _shape_negative(self, objects, relative: bool, spec, state) -> tuple[str, list[dict]]:
         """The caption drawn from ``state``, redrawn with the same choices for the scene in which one named
         object has another shape: the same template, order and words except that shape."""
-        from crossmodal.scenes import SHAPES, object_matches
+        from crossmodal.lab.scenes import SHAPES, object_matches
 
         named = self.rng.choice(spec)
         k = next(n for n, o in enumerate(objects) if object_matches(o, named))
@@ -338,7 +338,7 @@ class GeneratedPairs:
 
     @staticmethod
     def _swapped_caption(objects, k: int, shape: str, relative: bool, state) -> tuple[str, list[dict]]:
-        from crossmodal.scenes import sample_caption
+        from crossmodal.lab.scenes import sample_caption
 
         swapped = list(objects)
         swapped[k] = replace(objects[k], shape=shape)
@@ -367,7 +367,7 @@ class GeneratedPairs:
 
     def window_cuts(self, size: int, side: int = SHAPE_WINDOW) -> list[tuple[int, int, int, int]]:
         """(scene, object, x0, y0) of ``size`` windows; objects too large or too crowded are drawn again."""
-        from crossmodal.scenes import window_around
+        from crossmodal.lab.scenes import window_around
 
         cuts = []
         for _ in range(20 * size):
@@ -405,7 +405,7 @@ class GeneratedPairs:
 
 
 def shape_phrase_keys() -> list[tuple[str, str]]:
-    from crossmodal.scenes import COLORS, SHAPES
+    from crossmodal.lab.scenes import COLORS, SHAPES
 
     return [(colour, shape) for colour in COLORS for shape in SHAPES]
 
@@ -413,7 +413,7 @@ def shape_phrase_keys() -> list[tuple[str, str]]:
 def shape_phrases(lang: str) -> list[str]:
     """Every colour-shape phrase ("a red circle", "红色圆形"), in ``shape_phrase_keys()`` order, worded as the
     scene captions word them."""
-    from crossmodal.scenes import UNKNOWN, SceneObject, article
+    from crossmodal.lab.scenes import UNKNOWN, SceneObject, article
 
     bare = [SceneObject(shape, colour, UNKNOWN, UNKNOWN, (0, 0, 0, 0), 0.0).phrase(lang, size=False)
             for colour, shape in shape_phrase_keys()]
@@ -422,7 +422,7 @@ def shape_phrases(lang: str) -> list[str]:
 
 def truth_mask(specs: list[list[dict]], scenes: list) -> np.ndarray:
     """mask[t, i] = 1 where the caption constraints ``specs[t]`` hold in scene i (shape (len(specs), len(scenes)))."""
-    from crossmodal.scenes import scene_satisfies
+    from crossmodal.lab.scenes import scene_satisfies
 
     rows = [[scene_satisfies(objects, spec) for objects in scenes] for spec in specs]
     return np.array(rows, dtype=np.float32).reshape(len(specs), len(scenes))
@@ -475,7 +475,7 @@ class JsonlPairs:
     """User pairs; bad lines are skipped with a count and the first reasons, never a crash."""
 
     def __init__(self, path: str, processor, seed: int, report: TrainReport):
-        from crossmodal.images import decode_image
+        from crossmodal.inputs.images import decode_image
 
         self.rng = random.Random(seed)
         self.processor = processor
@@ -520,7 +520,7 @@ class JsonlPairs:
     def batch(self, size: int):
         import torch
 
-        from crossmodal.images import decode_image
+        from crossmodal.inputs.images import decode_image
 
         idx = self.rng.sample(range(len(self)), min(size, len(self)))
         images = [decode_image(self.items[i][0].read_bytes()).image for i in idx]
@@ -560,9 +560,9 @@ def multi_positive_infonce(image_emb, text_emb, logit_scale, mask):
 def train(config: TrainConfig, progress=None) -> TrainReport:
     import torch
 
-    from crossmodal.models import cpu_has_bf16, load_encoder, model_identity
-    from crossmodal.scenes import vocabulary_texts
-    from crossmodal.tokenizer import train_tokenizer
+    from crossmodal.encoders.models import cpu_has_bf16, load_encoder, model_identity
+    from crossmodal.lab.scenes import vocabulary_texts
+    from crossmodal.lab.tokenizer import train_tokenizer
 
     if config.scene_side < MIN_SCENE_SIDE:
         raise CrossmodalError(f"{config.scene_side} px is below the smallest generated scene ({MIN_SCENE_SIDE} px); "
@@ -682,7 +682,7 @@ def average_checkpoints(sources: list[str], out: str, *, fp16: bool = True) -> P
     have the same names and shapes."""
     import torch
 
-    from crossmodal.models import load_encoder, model_identity
+    from crossmodal.encoders.models import load_encoder, model_identity
 
     if len(sources) < 2:
         raise CrossmodalError("averaging needs at least two checkpoints", param="checkpoints")

@@ -1,66 +1,27 @@
-"""Calibrated match probabilities for the align node (Platt scaling of the align match score).
+"""Fitting the align node's match probability (``python -m crossmodal calibrate``).
 
-A model's cosines are not probabilities, and their scale differs from model to model (CLIP's true pairs
-sit near 0.3, the demo model's near 0.6). ``fit_calibration`` labels image-caption pairs as true or false
-(generated scenes: checked against the ground truth; a JSONL of pairs: its own caption is true, another
-pair's caption false), computes the align node's match score for each, and fits a logistic regression
-(scikit-learn) on half of them; the other half measures it (Brier score, expected calibration error,
-ROC AUC). The fit is stored beside the model (``crossmodal_calibration.json``, as the bundled demo model
-ships it) or under the data directory for hub models. A model without a fit gets SigLIP's own learned
-bias where it has one, else a documented default, and the output says which.
+``fit_calibration`` labels image-caption pairs as true or false (generated scenes: checked against the ground
+truth; a JSONL of pairs: its own caption is true, another pair's caption false), computes the align node's
+match score for each, and fits a logistic regression (scikit-learn) on half of them; the other half measures
+it (Brier score, expected calibration error, ROC AUC). crossmodal/alignment/calibration.py loads the result.
 """
 
 from __future__ import annotations
 
 import json
 import random
-import re
 from pathlib import Path
 
 import numpy as np
 
-from crossmodal.align import AlignOptions, Calibration, align
+from crossmodal.alignment.align import AlignOptions, Calibration, align
+from crossmodal.alignment.calibration import default_calibration
 from crossmodal.errors import CrossmodalError
-
-CALIBRATION_FILE = "crossmodal_calibration.json"
-DEFAULT_MIDPOINT = 0.25  # CLIP-family cosines: true pairs mostly above, false pairs below
-
-
-def calibration_path(identity: str, data_dir: str | Path) -> Path:
-    return Path(data_dir) / "calibration" / (re.sub(r"[^A-Za-z0-9_.-]+", "_", identity) + ".json")
-
-
-def load_calibration(encoder, data_dir: str | Path | None) -> Calibration:
-    candidates = []
-    if encoder.model_dir is not None:
-        candidates.append(Path(encoder.model_dir) / CALIBRATION_FILE)
-    if data_dir:
-        candidates.append(calibration_path(encoder.identity, data_dir))
-    for path in candidates:
-        if path.is_file():
-            raw = json.loads(path.read_text())
-            return Calibration(float(raw["a"]), float(raw["b"]), raw.get("source", str(path)), raw.get("metrics", {}))
-    default = _default_for(encoder)
-    if default.source.startswith("SigLIP"):
-        default.source = "SigLIP's own sigmoid (logit scale and bias learned in pre-training)"
-    else:
-        default.source = (f"default, not fitted: sigmoid(logit_scale x (score - {DEFAULT_MIDPOINT})); "
-                          "run `python -m crossmodal calibrate` for a fitted one")
-    return default
-
-
-def _default_for(encoder) -> Calibration:
-    """What a model gets with no fit on disk (SigLIP's bias, or the CLIP default)."""
-    scale = float(encoder.model.logit_scale.detach().exp())
-    bias = getattr(encoder.model, "logit_bias", None)
-    if bias is not None:
-        return Calibration(scale, float(bias.detach()), "SigLIP's own sigmoid")
-    return Calibration(scale, -scale * DEFAULT_MIDPOINT, "default, not fitted")
 
 
 def labelled_scene_pairs(n: int, seed: int, sizes=(224, 512)) -> list[tuple[object, str, bool]]:
     """n generated scenes (1-3 objects), each with one true and one false caption."""
-    from crossmodal.scenes import generate_scene, sample_caption, scene_satisfies
+    from crossmodal.lab.scenes import generate_scene, sample_caption, scene_satisfies
 
     rng = random.Random(seed)
     scenes = [generate_scene(seed + k, rng.randint(*sizes), rng.randint(*sizes)) for k in range(n)]
@@ -77,7 +38,7 @@ def labelled_scene_pairs(n: int, seed: int, sizes=(224, 512)) -> list[tuple[obje
 
 
 def labelled_jsonl_pairs(path: str, seed: int) -> list[tuple[object, str, bool]]:
-    from crossmodal.evaluation import jsonl_set
+    from crossmodal.lab.evaluation import jsonl_set
 
     eval_set = jsonl_set(path)
     rng = random.Random(seed)
@@ -105,7 +66,7 @@ def fit_calibration(encoder, pairs: list[tuple[object, str, bool]], source: str,
     model = LogisticRegression(C=1e4).fit(scores[fit_rows, None], labels[fit_rows])
     calibration = Calibration(float(model.coef_[0, 0]), float(model.intercept_[0]), source)
     held_out = np.array([calibration.probability(s) for s in scores[test_rows]])
-    default = _default_for(encoder)
+    default = default_calibration(encoder)
     before = np.array([default.probability(s) for s in scores[test_rows]])
     calibration.metrics = {
         "pairs": len(pairs),

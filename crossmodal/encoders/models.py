@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import time
@@ -18,13 +19,14 @@ from typing import Sequence
 
 import numpy as np
 
-from crossmodal.runtime import os_lock
+from crossmodal.encoders.acceleration import load_towers, pooled
 from crossmodal.errors import CrossmodalError, redact
 from crossmodal.locations import model_cache_dir
+from crossmodal.runtime import os_lock
 
 logger = logging.getLogger(__name__)
 
-PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(__file__).resolve().parents[1]  # crossmodal/
 DEMO_MODEL_DIR = PACKAGE_DIR / "assets" / "demo-shapes"
 
 # Preset name -> hub id (or a directory shipped with the package).
@@ -37,7 +39,7 @@ PRESETS: dict[str, str] = {
 DEFAULT_MODEL = "clip-vit-base-patch32"
 SUPPORTED_TYPES = ("clip", "chinese_clip", "siglip", "siglip2")
 # fp32; bf16 = half-precision autocast (bf16 on CPUs with bf16 units, fp16 on CUDA); onnx = ONNX Runtime fp32;
-# int8 = ONNX Runtime with dynamic int8 quantisation (crossmodal/acceleration.py).
+# int8 = ONNX Runtime with dynamic int8 quantisation (crossmodal/encoders/acceleration.py).
 PRECISIONS = ("fp32", "bf16", "onnx", "int8")
 # When a precision is unavailable or disagrees with fp32, the next one is tried.
 PRECISION_FALLBACK = {"int8": "bf16", "bf16": "fp32", "onnx": "fp32"}
@@ -195,13 +197,13 @@ class Encoder:
         self.precision_note: str | None = None
         self.precision_agreement: float | None = None
         self._onnx = None  # OnnxTowers when precision is onnx or int8
-        from crossmodal.preprocess import FastPreprocessor
+        from crossmodal.encoders.preprocess import FastPreprocessor
 
         # The processor's recipe run faster (crossmodal/preprocess.py); None when it does something that
         # FastPreprocessor does not reproduce. Made here, once: functools.cached_property would guard it with
         # an RLock that gevent's patching turns into a greenlet lock, which hangs when worker threads contend.
         self.fast_preprocessor = FastPreprocessor.from_processor(processor)
-        from crossmodal.batching import DynamicBatcher
+        from crossmodal.encoders.batching import DynamicBatcher
 
         # Concurrent sessions' query vectors share forward passes (crossmodal/batching.py).
         self.text_queries = DynamicBatcher(self._text_query_batch, max_batch=2 * self.batch_size)
@@ -304,7 +306,7 @@ class Encoder:
             return self._onnx.image_features(pixel_values)
         with self._lock, self._torch.inference_mode(), self._autocast():
             out = self.model.get_image_features(pixel_values=pixel_values.to(self.device))
-        return _pooled(out)
+        return pooled(out)
 
     def text_features(self, tokens):
         tokens = {k: v.to(self.device) for k, v in tokens.items() if k in ("input_ids", "attention_mask")}
@@ -314,7 +316,7 @@ class Encoder:
             return self._onnx.text_features(tokens)
         with self._lock, self._torch.inference_mode(), self._autocast():
             out = self.model.get_text_features(**tokens)
-        return _pooled(out)
+        return pooled(out)
 
     # -- precision -------------------------------------------------------------
     def _autocast(self):
@@ -325,7 +327,7 @@ class Encoder:
 
     def use_precision(self, wanted: str) -> str:
         """Run in ``wanted`` precision when it is available here and its embeddings agree with fp32 (mean
-        cosine >= PRECISION_AGREEMENT on a calibration batch of generated scenes and captions); otherwise try
+        cosine >= PRECISION_AGREEMENT on a calibration batch of generated scenes and captions, bundled); otherwise try
         the next one (PRECISION_FALLBACK) and say why in ``precision_note``. Never raises for a precision
         the machine cannot run."""
         wanted = (wanted or "fp32").lower()
@@ -335,7 +337,7 @@ class Encoder:
         self.precision_note, self.precision_agreement = None, None
         if wanted == "fp32":
             return self.precision
-        images, texts = _calibration_batch(self.image_size)
+        images, texts = _calibration_batch()
         reference = np.vstack([self.encode_images(images), self.encode_texts(texts).vectors])
         notes = []
         candidate = wanted
@@ -366,7 +368,6 @@ class Encoder:
             if self.device != "cpu":
                 return "ONNX Runtime runs on the CPU here; the GPU uses fp16 autocast (bf16) instead"
             try:
-                from crossmodal.acceleration import load_towers
 
                 self._onnx, rebuilt = load_towers(self, precision)
             except Exception as exc:  # noqa: BLE001 - an export failure falls back, it never fails the node
@@ -393,19 +394,16 @@ def cpu_has_bf16() -> bool:
         return False
 
 
-def _calibration_batch(image_size: int):
-    from crossmodal.scenes import generate_scene, sample_caption
+def _calibration_batch():
+    """Eight generated scenes (448 px) and a caption of each, bundled (crossmodal/assets/precision-check/,
+    written once by the laboratory's scene generator, which the runtime does not import)."""
+    from PIL import Image
 
-    import random
+    folder = PACKAGE_DIR / "assets" / "precision-check"
+    captions = json.loads((folder / "captions.json").read_text(encoding="utf-8"))
+    images = [Image.open(folder / f"scene-{k}.png").convert("RGB") for k in range(len(captions))]
+    return images, captions
 
-    rng = random.Random(0)
-    scenes = [generate_scene(500_000_000 + k, 2 * image_size, 2 * image_size) for k in range(8)]
-    return [s.image for s in scenes], [sample_caption(s.objects, rng)[0] for s in scenes]
-
-
-def _pooled(output):
-    # transformers 4.x returns the projected tensor, 5.x an output object holding it.
-    return output if hasattr(output, "shape") else output.pooler_output
 
 
 def l2_normalize(vectors: np.ndarray) -> np.ndarray:

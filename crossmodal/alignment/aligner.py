@@ -1,0 +1,35 @@
+"""The Align capability: decode, route the encoder, align, calibrate, draw the overlay."""
+
+from __future__ import annotations
+
+from crossmodal.alignment.align import AlignOptions, align as align_scores, split_phrases
+from crossmodal.context import Context
+from crossmodal.inputs.images import decode_image
+from crossmodal.inputs.sources import ImageInput, read_input
+
+
+def align(
+    ctx: Context,
+    image: ImageInput,
+    text: str,
+    model: str | None = None,
+    mode: str = "auto",
+    heatmap: bool = True,
+    tile_size: int | None = None,
+    overlap: float = 0.25,
+    overlay: bool = True,
+) -> dict:
+    """Similarity, calibrated match probability, per-phrase scores and boxes, heat map (+ PNG overlay)."""
+    from crossmodal.alignment.overlay import render_overlay
+
+    options = AlignOptions(mode, bool(heatmap), int(tile_size) if tile_size else None, float(overlap))
+    options.check()
+    split_phrases(text)  # text errors before any image work
+    decoded = decode_image(read_input(image), param="image")
+    encoder, route = ctx.routed_encoder(asked=model, text=text)
+    result = align_scores(encoder, decoded.image, text, options, ctx.calibration(encoder))
+    result["route"] = route.as_dict()
+    result["notes"] = decoded.notes + result["notes"]
+    if overlay:
+        result["overlay_png"] = render_overlay(decoded.image, result)
+    return result

@@ -1,0 +1,1 @@
+"""What only Dify needs: the tool handlers' shared helper, credential validation, and the .difypkg packager."""

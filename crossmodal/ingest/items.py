@@ -1,0 +1,136 @@
+"""What an ingest item is, how one is read and validated into a point (content-derived id, payload,
+thumbnail), and the region points of large images."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import hashlib
+import io
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from crossmodal.encoders.models import Encoder
+from crossmodal.errors import CrossmodalError
+from crossmodal.inputs.checks import check_text
+from crossmodal.inputs.images import DecodedImage, decode_image
+from crossmodal.inputs.sources import ImageInput, read_input
+from crossmodal.store import StoredPoint
+
+
+THUMBNAIL_SIDE = 384
+REGION_OVERLAP = 0.25
+
+
+@dataclass
+class IngestItem:
+    image: ImageInput | None = None
+    text: str | None = None  # a text-only item (caption, document) when image is None
+    caption: str | None = None
+    tags: list[str] = field(default_factory=list)
+    metadata: dict[str, Any] = field(default_factory=dict)
+    source: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.source or (self.image.source if self.image else (self.text or "")[:60])
+
+
+class PreparedItem(NamedTuple):
+    item: IngestItem
+    point_id: str
+    decoded: DecodedImage | None  # None for a text item
+    payload: dict[str, Any]
+    pixels: np.ndarray | None = None  # resized + cropped uint8 model input (FastPreprocessor), when prepared
+
+
+class Rejected(NamedTuple):
+    item: IngestItem
+    reason: str
+
+
+def prepare_or_reject(item: IngestItem, fast=None, keep_full: bool = False) -> PreparedItem | Rejected:
+    try:
+        return prepare_item(item, fast, keep_full)
+    except CrossmodalError as exc:  # read and decode errors all arrive as this
+        return Rejected(item, str(exc))
+
+
+def prepare_item(item: IngestItem, fast=None, keep_full: bool = True) -> PreparedItem:
+    """Read and validate one item; its point id derives from its content.
+
+    With ``fast`` (a FastPreprocessor) the model input is made here too, so that worker threads do it;
+    unless ``keep_full``, a JPEG is then decoded only as large as the model input and the thumbnail need,
+    and the decoded picture is dropped once they are made."""
+    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    tags = [str(t).strip() for t in item.tags if str(t).strip()]
+    payload: dict[str, Any] = {"source": item.name, "caption": item.caption, "tags": tags,
+                               "metadata": dict(item.metadata), "ingested_at": now}
+    if item.image is None:
+        text = check_text(item.text, "texts")
+        digest = hashlib.sha256(b"text\0" + text.encode()).hexdigest()
+        payload.update(kind="text", text=text, sha256=digest, mime_type="text/plain")
+        return PreparedItem(item, point_id(digest), None, payload)
+    data = read_input(item.image)
+    min_size = None if (fast is None or keep_full) else (lambda w, h: _draft_request(fast, w, h))
+    decoded = decode_image(data, param=f"files[{item.name}]", min_size=min_size)
+    digest = hashlib.sha256(data).hexdigest()
+    payload.update(kind="image", sha256=digest, width=decoded.width, height=decoded.height,
+                   mime_type=decoded.mime_type, thumbnail=thumbnail_b64(decoded.image))
+    if decoded.notes:
+        payload["notes"] = decoded.notes
+    pixels = fast.to_uint8(decoded.image) if fast is not None else None
+    if pixels is not None and not keep_full:
+        decoded = dataclasses.replace(decoded, image=None)
+    return PreparedItem(item, point_id(digest), decoded, payload, pixels)
+
+
+def _draft_request(fast, width: int, height: int) -> tuple[int, int]:
+    """What a drafted JPEG must still cover: the model's resize input (either orientation, since EXIF may
+    rotate it) and a full-size thumbnail."""
+    w1, h1 = fast.draft_request(width, height)
+    h2, w2 = fast.draft_request(height, width)
+    shrink = THUMBNAIL_SIDE / max(width, height)
+    return max(w1, w2, int(width * shrink)), max(h1, h2, int(height * shrink))
+
+
+def region_points(encoder: Encoder, prepared: PreparedItem) -> list[StoredPoint]:
+    """Child points for the overlapping tiles of a large image (the align node's tiling: a quarter of the
+    shorter side, 25 % overlap; 25 tiles for 2048^2). Images under twice the model's input get none: the
+    whole-image vector already sees them at full detail. Each region carries its parent's id, filterable
+    fields and its box; ids derive from the parent's content and the box, so a re-ingest is idempotent."""
+    from crossmodal.alignment.align import default_tile_size, tile_boxes
+
+    image = prepared.decoded.image
+    width, height = image.size
+    if max(width, height) < 2 * encoder.image_size:
+        return []
+    boxes = tile_boxes(width, height, default_tile_size(width, height, encoder.image_size, REGION_OVERLAP),
+                       REGION_OVERLAP)
+    vectors = encoder.encode_images([image.crop(b) for b in boxes])
+    parent = prepared.payload
+    # The parent's fields, so that filters (tags, metadata, width, ...) select regions as they select images.
+    shared = {k: parent.get(k) for k in ("source", "caption", "tags", "metadata", "ingested_at", "sha256", "width",
+                                         "height", "mime_type")}
+    points = []
+    for box, vector in zip(boxes, vectors):
+        digest = hashlib.sha256(f"{parent['sha256']}:{box}".encode()).hexdigest()
+        payload = {**shared, "kind": "region", "parent_id": prepared.point_id, "box": list(box)}
+        points.append(StoredPoint(point_id(digest), vector.tolist(), payload))
+    return points
+
+
+def point_id(digest: str) -> str:
+    return str(uuid.UUID(hex=digest[:32]))
+
+
+def thumbnail_b64(image) -> str:
+    thumb = image.copy()
+    thumb.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
+    buf = io.BytesIO()
+    thumb.save(buf, format="JPEG", quality=85)
+    return base64.b64encode(buf.getvalue()).decode()

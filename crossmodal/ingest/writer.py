@@ -1,0 +1,120 @@
+"""The Ingest capability: items decoded in worker threads, embedded in chunks, written with their regions
+in one write per chunk; duplicates and bad items reported, never the batch aborted."""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable
+
+import numpy as np
+
+from crossmodal.context import Context, precision_warnings, truncation_warning
+from crossmodal.encoders.models import Encoder
+from crossmodal.errors import NotFoundError
+from crossmodal.ingest.items import IngestItem, PreparedItem, Rejected, prepare_or_reject, region_points
+from crossmodal.ingest.pipeline import decode_workers, ordered_map
+from crossmodal.store import StoredPoint
+
+
+INGEST_CHUNK = 128  # items decoded, embedded and written at a time: memory stays flat
+
+
+def ingest(
+    ctx: Context,
+    items: Iterable[IngestItem],
+    collection: str | None = None,
+    model: str | None = None,
+    progress: Callable[[int], None] | None = None,
+    regions: bool = False,
+) -> dict:
+    """Add items; same content again is a duplicate; a bad item is rejected, never the batch.
+
+    ``regions``: also store one child point per overlapping tile of each large image (see
+    ``region_points``), so that searches with ``regions`` find small objects in large images."""
+    name = ctx.collection_name(collection)
+    encoder = encoder_for_write(ctx, name, model)
+    ctx.store.ensure_collection(name, encoder.identity, encoder.dim, encoder.weights)
+    report = {"collection": name, "model": encoder.identity, "precision": encoder.precision, "added": 0,
+              "duplicates": 0, "rejected": [], "items": [], "warnings": precision_warnings(encoder)}
+    seen: set[str] = set()
+    fast = encoder.fast_preprocessor
+    prepared = ordered_map(lambda item: prepare_or_reject(item, fast, keep_full=regions), items,
+                           workers=decode_workers(), window=2 * INGEST_CHUNK)
+    chunk: list[PreparedItem | Rejected] = []
+    for result in prepared:
+        chunk.append(result)
+        if len(chunk) >= INGEST_CHUNK:
+            ingest_chunk(ctx, name, encoder, chunk, seen, report, regions)
+            progress and progress(len(chunk))
+            chunk = []
+    if chunk:
+        ingest_chunk(ctx, name, encoder, chunk, seen, report, regions)
+        progress and progress(len(chunk))
+    ctx.store.finish_writes(name)
+    report["count"] = ctx.store.count(name)
+    return report
+
+
+def encoder_for_write(ctx: Context, name: str, model: str | None) -> Encoder:
+    try:
+        info = ctx.store.get_collection(name, with_count=False)
+    except NotFoundError:
+        return ctx.encoder(model)
+    return ctx.encoder(ctx.model_for(info.model, model))
+
+
+def ingest_chunk(ctx: Context, name: str, encoder: Encoder, chunk: list, seen: set, report: dict,
+                 regions: bool = False):
+    prepared: list[PreparedItem] = []
+    for result in chunk:
+        if isinstance(result, Rejected):
+            report["rejected"].append({"source": result.item.name, "reason": result.reason})
+            report["items"].append({"source": result.item.name, "status": "rejected", "reason": result.reason})
+        else:
+            prepared.append(result)
+    existing = ctx.store.existing_ids(name, [p.point_id for p in prepared])
+    fresh: list[PreparedItem] = []
+    for p in prepared:
+        if p.point_id in existing or p.point_id in seen:
+            report["duplicates"] += 1
+            report["items"].append({"source": p.item.name, "id": p.point_id, "status": "duplicate"})
+        else:
+            seen.add(p.point_id)
+            fresh.append(p)
+    if not fresh:
+        return
+    vectors = vectors_for(encoder, fresh, report)
+    points = [StoredPoint(p.point_id, v.tolist(), p.payload) for p, v in zip(fresh, vectors)]
+    region_counts = {}
+    if regions:
+        for p in fresh:
+            if p.decoded is not None:
+                children = region_points(encoder, p)
+                region_counts[p.point_id] = len(children)
+                points += children
+    # Parents and their regions go in one write: a crash leaves both or neither.
+    ctx.store.upsert(name, points)
+    for p in fresh:
+        report["added"] += 1
+        row = {"source": p.item.name, "id": p.point_id, "status": "added"}
+        if p.point_id in region_counts:
+            row["regions"] = region_counts[p.point_id]
+        report["items"].append(row)
+
+
+def vectors_for(encoder: Encoder, fresh: list[PreparedItem], report: dict) -> np.ndarray:
+    vectors = np.zeros((len(fresh), encoder.dim), dtype=np.float32)
+    image_rows = [i for i, p in enumerate(fresh) if p.decoded is not None]
+    text_rows = [i for i, p in enumerate(fresh) if p.decoded is None]
+    ready = [i for i in image_rows if fresh[i].pixels is not None]
+    others = [i for i in image_rows if fresh[i].pixels is None]
+    if ready:
+        pixels = encoder.fast_preprocessor.normalise([fresh[i].pixels for i in ready])
+        vectors[ready] = encoder.embed_pixels(pixels, batch_size=encoder.batch_size)
+    if others:
+        vectors[others] = encoder.encode_images([fresh[i].decoded.image for i in others])
+    if text_rows:
+        texts = [fresh[i].payload["text"] for i in text_rows]
+        encoded = encoder.encode_texts(texts)
+        vectors[text_rows] = encoded.vectors
+        report["warnings"] += [truncation_warning(texts[i], encoder) for i in encoded.truncated]
+    return vectors

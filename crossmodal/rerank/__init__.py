@@ -1,0 +1,1 @@
+"""Rerank: second-stage scoring of first-stage candidates (text cross-encoders, BLIP ITM, region rescoring)."""
