@@ -124,3 +124,28 @@ def test_the_plugin_runtime_path_never_imports_the_laboratory():
     leaks = sorted(name for name in runtime if name == LAB or name.startswith(LAB + "."))
     paths = {leak: sorted(n for n in runtime if leak in GRAPH.get(n, ())) for leak in leaks}
     assert not leaks, f"runtime modules import the laboratory: {paths}"
+
+
+def test_the_runtime_needs_no_laboratory_libraries():
+    """matplotlib and scikit-learn serve calibrate / eval only: requirements.txt leaves them to
+    requirements-lab.txt, and no module on the runtime path imports them."""
+    entry_files = [ROOT / "main.py", *(ROOT / "tools").glob("*.py"), *(ROOT / "endpoints").glob("*.py"),
+                   *(ROOT / "provider").glob("*.py")]
+    runtime = reachable(set().union(*(imports_of(path) for path in entry_files)))
+    lab_libraries = ("matplotlib", "sklearn")
+    for name in runtime:
+        tree = ast.parse(MODULES[name].read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                modules = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+                assert not any(m.split(".")[0] in lab_libraries for m in modules), (name, modules)
+    assert not {"matplotlib", "scikit-learn"} & requirement_names("requirements.txt")
+    assert {"matplotlib", "scikit-learn"} <= requirement_names("requirements-lab.txt")
+
+
+def requirement_names(file: str) -> set[str]:
+    import re
+
+    lines = (ROOT / file).read_text().splitlines()
+    return {re.split(r"[<>=!~\[; ]", line.strip(), maxsplit=1)[0].lower() for line in lines
+            if line.strip() and not line.strip().startswith("#")}

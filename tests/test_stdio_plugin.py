@@ -317,8 +317,10 @@ def test_every_variable_a_node_yields_is_declared(plugin, creds, file_server):
     import yaml
 
     tools = Path(__file__).resolve().parents[1] / "tools"
-    declared = {path.stem: set(yaml.safe_load(path.read_text())["output_schema"]["properties"])
-                for path in tools.glob("*.yaml")}
+    schemas = {path.stem: yaml.safe_load(path.read_text())["output_schema"] for path in tools.glob("*.yaml")}
+    declared = {name: set(schema["properties"]) for name, schema in schemas.items()}
+    grid = schemas["align"]["properties"]["attention_map"]["properties"]["values"]
+    assert grid["items"] == {"type": "array", "items": {"type": "number"}}
     image = file_server("declared.png", png((200, 30, 30)))
     calls = [("ingest", {"texts": "a red circle\na blue star"}), ("search", {"query": "a red circle"}),
              ("embed", {"texts": "a red circle"}), ("align", {"image": image, "text": "a red circle"}),
