@@ -436,6 +436,7 @@ def get_encoder(name: str | None = None, device: str | None = None, hub: HubOpti
             started = time.perf_counter()
             encoder = load_encoder(identity, device, hub)
             LOAD_SECONDS[identity] = time.perf_counter() - started
+            logger.info("loaded model %s in %.1f s", identity, LOAD_SECONDS[identity])
             encoder.use_precision(precision)
             if no_gpu:
                 note = "CUDA was asked for but no GPU is visible: running on the CPU"
