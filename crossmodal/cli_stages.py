@@ -85,7 +85,8 @@ def _add_calibrate(sub):
 def cmd_demo(args) -> int:
     from crossmodal.lab.demo import format_table, run_demo
 
-    summary = run_demo(model=args.model, store=args.store, collection=args.collection, out=args.out)
+    summary = run_demo(model=args.model, store=args.store, collection=args.collection, out=args.out,
+                       pictures=args.pictures)
     if args.json:
         for row in summary["queries"]:
             for hit in row["hits"]:
@@ -160,6 +161,7 @@ def _add_demo(sub):
     p.add_argument("--store", help="data directory (default $CROSSMODAL_HOME or ~/.crossmodal)")
     p.add_argument("--collection", default="demo")
     p.add_argument("--out", default="crossmodal-demo.html")
+    p.add_argument("--pictures", metavar="DIR", help="also write align.png and search.png (the README's pictures)")
     p.add_argument("--json", action="store_true")
 
 

@@ -63,7 +63,7 @@ def test_two_object_retrieval(report):
 def test_demo_command_runs_offline_and_is_idempotent(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     command = [sys.executable, "-m", "crossmodal", "demo", "--store", str(tmp_path / "store"),
-               "--out", str(tmp_path / "demo.html"), "--json"]
+               "--out", str(tmp_path / "demo.html"), "--json", "--pictures", str(tmp_path / "pictures")]
     first = json.loads(subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=env, timeout=300,
                                       check=True).stdout)
     assert first["added"] == 60 and first["points"] == 60 and first["model"] == "demo-shapes"
@@ -71,6 +71,12 @@ def test_demo_command_runs_offline_and_is_idempotent(tmp_path):
     assert sum(top1) >= 5 and any("的" in row["query"] for row in first["queries"])
     html = (tmp_path / "demo.html").read_text()
     assert html.count("data:image/jpeg;base64,") == sum(len(r["hits"]) for r in first["queries"])
+    from PIL import Image
+
+    for name in ("align.png", "search.png"):
+        picture = Image.open(tmp_path / "pictures" / name)
+        assert picture.format == "PNG" and min(picture.size) >= 128
+        assert (tmp_path / "pictures" / name).stat().st_size < 300_000
     second = json.loads(subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=env, timeout=300,
                                        check=True).stdout)
     assert second["added"] == 0 and second["duplicates"] == 60 and second["points"] == 60

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import html
+import io
 import time
 from pathlib import Path
 
@@ -38,7 +39,7 @@ def demo_queries(gallery) -> list[tuple[str, list[dict]]]:
 
 
 def run_demo(model: str = "demo-shapes", store: str | None = None, collection: str = DEMO_COLLECTION,
-             out: str = "crossmodal-demo.html", top_k: int = 3) -> dict:
+             out: str = "crossmodal-demo.html", top_k: int = 3, pictures: str | None = None) -> dict:
     from crossmodal.service import ImageInput, IngestItem, Service
     from crossmodal.settings import Settings
 
@@ -66,7 +67,37 @@ def run_demo(model: str = "demo-shapes", store: str | None = None, collection: s
                "duplicates": report["duplicates"], "points": report["count"], "queries": rows,
                "seconds": round(time.perf_counter() - started, 1), "html": str(Path(out).resolve())}
     Path(out).write_text(render_html(summary), encoding="utf-8")
+    if pictures:
+        summary["pictures"] = write_pictures(service, gallery, rows, Path(pictures))
     return summary
+
+
+def write_pictures(service, gallery, rows: list[dict], folder: Path) -> list[str]:
+    """The README's two pictures: Align's overlay on a two-object scene, and one query's Search hits."""
+    from PIL import Image, ImageDraw
+
+    from crossmodal.inputs.sources import ImageInput
+
+    folder.mkdir(parents=True, exist_ok=True)
+    scene = next(s for s in gallery if len(s.objects) == 2)
+    text = canonical_caption(scene.objects, "en")
+    aligned = service.align(ImageInput.from_bytes("scene.png", encode_png(scene.image)), text)
+    (folder / "align.png").write_bytes(aligned["overlay_png"])
+    row = rows[0]
+    side, pad, label = 160, 8, 34
+    grid = Image.new("RGB", (len(row["hits"]) * (side + pad) + pad, side + label + 2 * pad + 24), "white")
+    draw = ImageDraw.Draw(grid)
+    draw.text((pad, pad), f"Search: {row['query']}", fill="black")
+    for k, hit in enumerate(row["hits"]):
+        thumb = Image.open(io.BytesIO(hit["thumbnail"])).convert("RGB")
+        thumb.thumbnail((side, side))
+        x, y = pad + k * (side + pad), pad + 24
+        grid.paste(thumb, (x, y))
+        draw.rectangle((x, y, x + thumb.width - 1, y + thumb.height - 1),
+                       outline="#16a34a" if hit["correct"] else "#dc2626", width=3)
+        draw.text((x, y + side + 4), f"{k + 1}. {hit['score']:.3f}", fill="black")
+    grid.save(folder / "search.png", optimize=True)
+    return [str(folder / "align.png"), str(folder / "search.png")]
 
 
 def renew_stale_demo_collection(service, collection: str, model: str) -> str | None:
