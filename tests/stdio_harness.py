@@ -178,12 +178,13 @@ def blobs(messages: list[dict]) -> list[tuple[bytes, dict]]:
 def raw_http(method: str, path: str, body: bytes = b"", headers: dict | None = None) -> bytes:
     """A raw HTTP/1.1 request as the daemon forwards it (the /e/{hook_id} prefix already stripped)."""
     lines = [f"{method} {path} HTTP/1.1", "Host: dify.local"]
-    for key, value in {"Content-Length": str(len(body)), **(headers or {})}.items():  # a given length wins
+    for key, value in {"Content-Length": str(len(body)), **(headers or {})}.items():
         lines.append(f"{key}: {value}")
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
 
-# The daemon forwards at most this much of an endpoint request's body, cutting the rest without a word.
+# The daemon forwards at most this much of an endpoint request's body (io.LimitReader in its copyRequest),
+# cutting the rest without a word and setting Content-Length to what is left.
 DAEMON_BODY_BYTES = 10 * 1024 * 1024
 
 
@@ -194,8 +195,9 @@ def endpoint_request(settings: dict, method: str, path: str, body=None, headers:
         raw_body = b"" if body is None else json.dumps(body).encode()
         if body is not None:
             headers.setdefault("Content-Type", "application/json")
-    headers.setdefault("Content-Length", str(len(raw_body)))
-    raw = raw_http(method, path, raw_body[:DAEMON_BODY_BYTES], headers)
+    raw_body = raw_body[:DAEMON_BODY_BYTES]
+    headers["Content-Length"] = str(len(raw_body))
+    raw = raw_http(method, path, raw_body, headers)
     return {"type": "endpoint", "action": "invoke_endpoint", "settings": settings, "raw_http_request": raw.hex()}
 
 

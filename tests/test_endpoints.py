@@ -137,7 +137,7 @@ def test_seed_call_shape_and_the_python_client(plugin, settings, monkeypatch):
       "not an image"),
      ("/v1/align", json.dumps({"image": "%%%", "text": "x"}).encode(), 400, "base64"),
      ("/v1/ingest", b"x" * (9 * 1024 * 1024 + 10), 413, "9 MB"),
-     ("/v1/ingest", b"x" * (12 * 1024 * 1024), 413, "Dify cuts")],  # past the daemon's cut: still a clear 413
+     ("/v1/ingest", b"x" * (12 * 1024 * 1024), 413, "exactly Dify's cut")],  # cut by the daemon: still a clear 413
 )
 def test_bad_requests(plugin, settings, path, raw, status, needle):
     got, body = call(plugin, settings, "POST", path, raw_body=raw, headers={**AUTH, "Content-Type": "application/json"})

@@ -27,7 +27,9 @@ from crossmodal.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-# Dify's daemon cuts endpoint request bodies at 10 MB without a word: refuse clearly below that.
+# Dify's daemon cuts endpoint request bodies at 10 MB without a word (and sets Content-Length to what is left):
+# refuse clearly below that.
+DIFY_BODY_CUT = 10 * 1024 * 1024
 MAX_BODY_BYTES = 9 * 1024 * 1024
 # Dify's External Knowledge calls time out after 5 s: a model still loading answers 503 within that.
 WARM_WAIT_SECONDS = 3.0
@@ -67,8 +69,9 @@ def read_json(request: Request) -> dict:
 
 
 def too_large(size: int) -> str:
-    return (f"the body has {size} bytes; at most {MAX_BODY_BYTES} (9 MB) are accepted, below the 10 MB at which "
-            "Dify cuts request bodies: send fewer or smaller images per request")
+    cut = " (exactly Dify's cut: the request was larger still)" if size == DIFY_BODY_CUT else ""
+    return (f"the body has {size} bytes{cut}; at most {MAX_BODY_BYTES} (9 MB) are accepted, below the 10 MB at "
+            "which Dify cuts request bodies: send fewer or smaller images per request")
 
 
 def field(body: dict, name: str, kind: type | tuple, default=None, required: bool = False):
