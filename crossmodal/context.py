@@ -13,7 +13,6 @@ from crossmodal.runtime import os_lock
 from crossmodal.settings import Settings
 from crossmodal.store import VectorStore, check_collection_name, open_store
 
-
 _CALIBRATIONS: dict[tuple[str, str], Calibration] = {}
 _CALIBRATIONS_LOCK = os_lock()
 
@@ -25,23 +24,27 @@ class Context:
     def __init__(self, settings: Settings | None = None, store: VectorStore | None = None):
         self.settings = settings or Settings()
         self._store = store
+
     @property
     def store(self) -> VectorStore:
         if self._store is None:
             s = self.settings
             self._store = open_store(s.store_url, s.store_api_key, s.store_dir())
         return self._store
+
     def encoder(self, model: str | None = None) -> Encoder:
         return get_encoder(model or self.settings.model, self.settings.device, self.settings.hub,
                            self.settings.precision)
+
     @property
     def routes(self) -> dict:
         from crossmodal.encoders.routing import parse_routes
 
         return parse_routes(self.settings.routes)
+
     def routed_encoder(self, *, asked: str | None, text: str | None = None,
                        collection_model: str | None = None) -> tuple[Encoder, Route]:
-        """The encoder the route table picks (see crossmodal/routing.py), and the route."""
+        """The encoder the route table picks (see crossmodal/encoders/routing.py), and the route."""
         from crossmodal.encoders.routing import route_encoder
 
         route = route_encoder(self.routes, asked=asked, provider_model=self.settings.model, text=text,
@@ -53,16 +56,19 @@ class Context:
                 raise CrossmodalError(f"route '{route.route}' names '{route.model}', which cannot be loaded: {exc}",
                                       param="routes") from None
             raise
+
     def collection_encoder(self, collection: str | None) -> Encoder:
         """The encoder that searches of this collection use, loaded now if need be. It is remembered, so that
-        the next plugin start loads it before any call (crossmodal/warmup.py)."""
+        the next plugin start loads it before any call (crossmodal/encoders/warmup.py)."""
         from crossmodal.encoders import warmup
         info = self.store.get_collection(self.collection_name(collection), with_count=False)
         model = self.model_for(info.model, None)
         warmup.remember(model, self.settings.device, self.settings.precision)
         return self.encoder(model)
+
     def collection_name(self, name: str | None) -> str:
         return check_collection_name(name or self.settings.collection)
+
     def model_for(self, collection_model: str, asked: str | None) -> str:
         """A collection's own model wins over 'auto'; an explicit other model is an error."""
         asked = asked or self.settings.model
@@ -73,6 +79,7 @@ class Context:
             f"use model '{collection_model}' or 'auto'",
             param="model",
         )
+
     def calibration(self, encoder: Encoder) -> Calibration:
         from crossmodal.alignment.calibration import load_calibration
 

@@ -33,7 +33,7 @@ class Settings:
     collection: str = DEFAULT_COLLECTION
     model: str = "auto"
     device: str = "auto"
-    routes: str | None = None  # JSON route table (crossmodal/routing.py); empty: the defaults
+    routes: str | None = None  # JSON route table (crossmodal/encoders/routing.py); empty: the defaults
     url_allowlist: str | None = None  # hosts image URLs may reach even when they resolve to internal addresses
     precision: str = "fp32"  # fp32 | bf16 (checked against fp32 on first use; see Encoder.use_precision)
     hub: HubOptions = field(default_factory=HubOptions.from_env)

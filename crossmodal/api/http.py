@@ -207,7 +207,7 @@ def route_collections(service: Service, body: dict, request: Request) -> dict:
 
 
 def route_retrieval(service: Service, body: dict, request: Request) -> dict:
-    """Dify's External Knowledge API: a collection as a knowledge base (see crossmodal/knowledge.py)."""
+    """Dify's External Knowledge API: a collection as a knowledge base (see crossmodal/api/knowledge.py)."""
     from crossmodal.api.knowledge import cosine_bound, metadata_predicate
 
     knowledge_id = field(body, "knowledge_id", str, required=True)

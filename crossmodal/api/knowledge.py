@@ -1,7 +1,7 @@
 """Dify's External Knowledge API over a collection: relevance scores and metadata conditions as Dify sends them.
 
 Dify compares ``score`` with a 0-1 ``score_threshold`` (its UI's default is 0.5), so a record's score is the
-align node's calibrated match probability of its cosine (crossmodal/calibration.py), and the raw cosine goes
+align node's calibrated match probability of its cosine (crossmodal/alignment/calibration.py), and the raw cosine goes
 in its metadata. The probability rises with the cosine, so the threshold becomes a cosine bound that the
 store applies.
 

@@ -199,13 +199,13 @@ class Encoder:
         self._onnx = None  # OnnxTowers when precision is onnx or int8
         from crossmodal.encoders.preprocess import FastPreprocessor
 
-        # The processor's recipe run faster (crossmodal/preprocess.py); None when it does something that
+        # The processor's recipe run faster (crossmodal/encoders/preprocess.py); None when it does something that
         # FastPreprocessor does not reproduce. Made here, once: functools.cached_property would guard it with
         # an RLock that gevent's patching turns into a greenlet lock, which hangs when worker threads contend.
         self.fast_preprocessor = FastPreprocessor.from_processor(processor)
         from crossmodal.encoders.batching import DynamicBatcher
 
-        # Concurrent sessions' query vectors share forward passes (crossmodal/batching.py).
+        # Concurrent sessions' query vectors share forward passes (crossmodal/encoders/batching.py).
         self.text_queries = DynamicBatcher(self._text_query_batch, max_batch=2 * self.batch_size)
         self.image_queries = DynamicBatcher(self._image_query_batch, max_batch=self.batch_size)
         self._lock = os_lock()  # torch modules are not re-entrant across threads for one model

@@ -23,7 +23,7 @@ class ImageInput:
 
     @classmethod
     def from_url(cls, url: str, allowlist: str | None = None, param: str = "image_url") -> "ImageInput":
-        """Fetched on first read, under the URL safety rules (crossmodal/urls.py)."""
+        """Fetched on first read, under the URL safety rules (crossmodal/inputs/urls.py)."""
         from crossmodal.inputs.urls import UrlPolicy, fetch_image
 
         policy = UrlPolicy.from_settings(allowlist)

@@ -26,7 +26,7 @@ def rerank(
     collection: str | None = None,
     weight: float = 0.5,
 ) -> dict:
-    """Rescore first-stage candidates (Search output, texts, or image files); see crossmodal/rerank.py."""
+    """Rescore first-stage candidates (Search output, texts, or image files); see crossmodal/rerank/scoring.py."""
     from crossmodal.rerank import scoring as rr
     query = query.strip() if isinstance(query, str) else None
     if query:
