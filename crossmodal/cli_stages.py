@@ -170,7 +170,7 @@ def cmd_package(args) -> int:
 
     from crossmodal.dify.packaging import build_package
 
-    target = build_package(args.root, args.out, private_key=args.sign, category=args.category)
+    target = build_package(args.root, args.out, private_key=args.sign, category=args.category, models=args.models)
     count = len(zipfile.ZipFile(target).namelist())
     signed = f", signed as {args.category}" if args.sign else ""
     print(f"{target} ({target.stat().st_size} bytes, {count} files{signed})")
@@ -185,6 +185,8 @@ def _add_package(sub):
                    help="sign with this RSA key so that Dify's third-party signature check accepts it (see keygen)")
     p.add_argument("--category", default="community", choices=["community", "partner", "langgenius"],
                    help="the authorized category recorded in the signature")
+    p.add_argument("--models", action="store_true",
+                   help="the model-provider package (model_provider/ and the same core) instead of the tool package")
 
 
 def cmd_keygen(args) -> int:

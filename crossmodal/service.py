@@ -34,6 +34,7 @@ def _capability(function):
 
 class Service(Context):
     embed = _capability(embedder.embed)
+    embed_documents = _capability(embedder.embed_documents)
     ingest = _capability(writer.ingest)
     search = _capability(searcher.search)
     align = _capability(aligner.align)

@@ -52,6 +52,9 @@ def imports_of(path: Path) -> set[str]:
 
 
 GRAPH = {name: imports_of(path) for name, path in MODULES.items()}
+# The plugin's runtime path: both packages' entry point and handlers.
+ENTRY_FILES = [ROOT / "main.py", *(ROOT / "tools").glob("*.py"), *(ROOT / "endpoints").glob("*.py"),
+               *(ROOT / "provider").glob("*.py"), *(ROOT / "model_provider").rglob("*.py")]
 
 
 def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -116,9 +119,7 @@ def test_the_checker_sees_cycles_through_function_level_imports(tmp_path):
 
 
 def test_the_plugin_runtime_path_never_imports_the_laboratory():
-    entry_files = [ROOT / "main.py", *(ROOT / "tools").glob("*.py"), *(ROOT / "endpoints").glob("*.py"),
-                   *(ROOT / "provider").glob("*.py")]
-    starts = set().union(*(imports_of(path) for path in entry_files))
+    starts = set().union(*(imports_of(path) for path in ENTRY_FILES))
     runtime = reachable(starts)
     assert "crossmodal.service" in runtime and "crossmodal.api.http" in runtime
     leaks = sorted(name for name in runtime if name == LAB or name.startswith(LAB + "."))
@@ -129,9 +130,7 @@ def test_the_plugin_runtime_path_never_imports_the_laboratory():
 def test_the_runtime_needs_no_laboratory_libraries():
     """matplotlib and scikit-learn serve calibrate / eval only: requirements.txt leaves them to
     requirements-lab.txt, and no module on the runtime path imports them."""
-    entry_files = [ROOT / "main.py", *(ROOT / "tools").glob("*.py"), *(ROOT / "endpoints").glob("*.py"),
-                   *(ROOT / "provider").glob("*.py")]
-    runtime = reachable(set().union(*(imports_of(path) for path in entry_files)))
+    runtime = reachable(set().union(*(imports_of(path) for path in ENTRY_FILES)))
     lab_libraries = ("matplotlib", "sklearn")
     for name in runtime:
         tree = ast.parse(MODULES[name].read_text(encoding="utf-8"))

@@ -8,7 +8,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 LANGUAGES = {"en_US", "zh_Hans", "ja_JP", "pt_BR"}
 YAML_FILES = sorted([ROOT / "manifest.yaml", *ROOT.glob("provider/*.yaml"), *ROOT.glob("tools/*.yaml"),
-                     *ROOT.glob("endpoints/*.yaml")])
+                     *ROOT.glob("endpoints/*.yaml"), *ROOT.glob("model_provider/**/*.yaml")])
 
 
 def _localised_texts(node, path=""):

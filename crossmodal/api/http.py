@@ -9,7 +9,6 @@ Knowledge API route answers in that API's own error shape.
 from __future__ import annotations
 
 import base64
-import binascii
 import hmac
 import json
 import logging
@@ -21,6 +20,7 @@ from typing import Any, Callable, Mapping
 from werkzeug import Request, Response
 
 from crossmodal.errors import CrossmodalError, NotFoundError, redact
+from crossmodal.inputs.sources import decode_base64
 from crossmodal.runtime import StillRunning, offload, offload_within
 from crossmodal.service import ImageInput, IngestItem, Service
 from crossmodal.settings import Settings
@@ -113,17 +113,6 @@ def images_from(body: dict, request: Request, name: str) -> list[ImageInput]:
     for k, value in enumerate(values):
         out.append(ImageInput.from_bytes(f"{name}[{k}]", decode_base64(value, f"{name}[{k}]")))
     return out
-
-
-def decode_base64(value, param: str) -> bytes:
-    if not isinstance(value, str):
-        raise CrossmodalError("must be a base64 string", param=param)
-    if value.startswith("data:") and "," in value:
-        value = value.split(",", 1)[1]  # a data URL from a browser
-    try:
-        return base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError):
-        raise CrossmodalError("is not valid base64", param=param) from None
 
 
 # -- routes -------------------------------------------------------------------------------------------

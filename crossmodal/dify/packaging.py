@@ -35,6 +35,25 @@ ALWAYS_LEFT_OUT = [".git/", "*.difypkg", "*.pem", "venv/", ".venv*/", "env/", "b
                    "node_modules/", ".env", VERIFICATION_FILE]
 
 
+MODEL_PACKAGE_DIR = "model_provider"
+# What the model-provider package takes from the repository beside its own folder: the same core, entry point,
+# requirements, privacy policy and icon (assembled here, never copied by hand).
+SHARED_WITH_MODELS = ("main.py", "requirements.txt", "PRIVACY.md", "_assets", "crossmodal")
+
+
+def package_entries(root: Path, models: bool = False) -> list[tuple[Path, str]]:
+    """(file, name in the archive) for the tool package, or for the model-provider package."""
+    files = package_files(root)
+    if not models:
+        return [(path, path.relative_to(root).as_posix()) for path in files
+                if path.relative_to(root).parts[0] != MODEL_PACKAGE_DIR]
+    own = root / MODEL_PACKAGE_DIR
+    entries = [(path, path.relative_to(own).as_posix()) for path in files if own in path.parents]
+    entries += [(path, path.relative_to(root).as_posix()) for path in files
+                if path.relative_to(root).parts[0] in SHARED_WITH_MODELS]
+    return sorted(entries, key=lambda entry: entry[1])
+
+
 def package_files(root: Path) -> list[Path]:
     """The files that go into the package, in a stable order."""
     import pathspec
@@ -58,17 +77,19 @@ def package_files(root: Path) -> list[Path]:
 
 
 def build_package(root: str | Path = ".", out: str | None = None, private_key: str | Path | None = None,
-                  category: str = "community") -> Path:
+                  category: str = "community", models: bool = False) -> Path:
+    """The tool package (manifest.yaml at the root), or with ``models`` the model-provider package (its
+    manifest in model_provider/): Dify refuses one package that declares both."""
     root = Path(root).resolve()
-    manifest = root / "manifest.yaml"
+    manifest = (root / MODEL_PACKAGE_DIR if models else root) / "manifest.yaml"
     if not manifest.is_file():
-        raise CrossmodalError(f"no manifest.yaml in {root}; run from the plugin folder", param="root")
+        raise CrossmodalError(f"no {manifest.relative_to(root)} in {root}; run from the plugin folder", param="root")
     meta = yaml.safe_load(manifest.read_text(encoding="utf-8"))
     target = Path(out) if out else root / f"{meta['name']}-{meta['version']}.difypkg"
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-        for path in package_files(root):
-            archive.write(path, path.relative_to(root).as_posix())
+        for path, name in package_entries(root, models):
+            archive.write(path, name)
     data = buffer.getvalue()
     if private_key is not None:
         data = sign_package(data, Path(private_key).read_bytes(), category)

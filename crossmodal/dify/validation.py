@@ -1,18 +1,16 @@
-"""Checking provider settings for real: reach the store, resolve the model."""
+"""Checking provider settings for real: reach the store, resolve the model (its config, never its weights)."""
 
 from __future__ import annotations
 
-from crossmodal.errors import CrossmodalError
 from crossmodal.encoders.models import PRECISIONS, SUPPORTED_TYPES, model_identity, pick_device, resolve_model_config_dir
+from crossmodal.errors import CrossmodalError
 from crossmodal.settings import Settings
 from crossmodal.store import check_collection_name, open_store
 
 
 def validate_settings(settings: Settings) -> dict:
+    """The tool pack's credentials: collection name, routes, the store, and the model."""
     check_collection_name(settings.collection)
-    pick_device(settings.device)
-    if settings.precision not in PRECISIONS:
-        raise CrossmodalError(f"'{settings.precision}' is not one of {', '.join(PRECISIONS)}", param="precision")
     from crossmodal.encoders.routing import parse_routes
 
     parse_routes(settings.routes)
@@ -22,7 +20,16 @@ def validate_settings(settings: Settings) -> dict:
     finally:
         if settings.store_url:
             store.close()
-    # Config and processor files only: saving the credentials must not wait for gigabytes of weights.
+    validate_model(settings)
+    return {"backend": store.backend, "collections": len(collections), "model": model_identity(settings.model)}
+
+
+def validate_model(settings: Settings) -> str:
+    """Device, precision, and the model's config and processor files (a few KB): saving credentials must not
+    wait for gigabytes of weights. Returns the model's type."""
+    pick_device(settings.device)
+    if settings.precision not in PRECISIONS:
+        raise CrossmodalError(f"'{settings.precision}' is not one of {', '.join(PRECISIONS)}", param="precision")
     directory = resolve_model_config_dir(settings.model, settings.hub)
     from transformers import AutoConfig
 
@@ -30,4 +37,4 @@ def validate_settings(settings: Settings) -> dict:
     if model_type not in SUPPORTED_TYPES:
         raise CrossmodalError(f"'{settings.model}' is a {model_type} model, not a dual encoder "
                               f"({', '.join(SUPPORTED_TYPES)})", param="model")
-    return {"backend": store.backend, "collections": len(collections), "model": model_identity(settings.model)}
+    return model_type

@@ -8,7 +8,7 @@ from crossmodal.context import Context, precision_warnings, truncation_warning, 
 from crossmodal.errors import CrossmodalError
 from crossmodal.inputs.checks import check_text
 from crossmodal.inputs.images import decode_image
-from crossmodal.inputs.sources import ImageInput, read_input
+from crossmodal.inputs.sources import ImageInput, decode_base64, read_input
 
 
 def embed(ctx: Context, images: Sequence[ImageInput] = (), texts: Sequence[str] = (), model: str | None = None) -> dict:
@@ -37,3 +37,40 @@ def embed(ctx: Context, images: Sequence[ImageInput] = (), texts: Sequence[str] 
                 warnings.append(truncation_warning(text, encoder))
     return {"model": encoder.identity, "dimension": encoder.dim, "precision": encoder.precision, "items": items,
             "rejected": rejected, "warnings": warnings, "route": route.as_dict()}
+
+
+def embed_documents(ctx: Context, documents: Sequence[tuple[str, str]], model: str | None = None) -> dict:
+    """Texts and images (base64) of one call into one space, in the caller's order: what Dify's multimodal
+    embedding models return. Unlike ``embed``, a bad document fails the call, naming its index, so that no
+    vector ever lands at another document's place."""
+    if not documents:
+        raise CrossmodalError("give at least one text or image", param="documents")
+    images, texts, order = [], [], []
+    for index, (kind, content) in enumerate(documents):
+        param = f"documents[{index}]"
+        if kind == "image":
+            images.append(ImageInput.from_bytes(param, decode_base64(content, param)))
+            order.append(("image", len(images) - 1))
+        elif kind == "text":
+            texts.append(check_text(content, param))
+            order.append(("text", len(texts) - 1))
+        else:
+            raise CrossmodalError(f"content_type '{kind}' is not text or image", param=param)
+    result = embed(ctx, images, texts, model)
+    if result["rejected"]:
+        first = result["rejected"][0]
+        raise CrossmodalError(first["reason"].split(": ", 1)[-1], param=first["source"])
+    image_items = [item for item in result["items"] if item["kind"] == "image"]
+    text_items = [item for item in result["items"] if item["kind"] == "text"]
+    vectors = [(image_items if kind == "image" else text_items)[k]["vector"] for kind, k in order]
+    encoder = ctx.encoder(result["model"])
+    tokens = sum(encoder.token_counts(texts)) if texts else 0
+    tokens += len(images) * image_tokens(encoder)
+    return {"model": result["model"], "dimension": result["dimension"], "vectors": vectors, "tokens": tokens,
+            "warnings": result["warnings"]}
+
+
+def image_tokens(encoder) -> int:
+    """The vision tower's sequence length (patches and the class token): an image's share of usage."""
+    vision = encoder.model.config.vision_config
+    return (int(vision.image_size) // int(vision.patch_size)) ** 2 + 1

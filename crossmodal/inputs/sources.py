@@ -3,6 +3,8 @@ rules), so that a batch reads each item only when it is its turn and one unreada
 
 from __future__ import annotations
 
+import base64
+import binascii
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -44,3 +46,15 @@ def read_input(image: ImageInput) -> bytes:
         raise CrossmodalError(f"file not found: {image.source}", param="image") from None
     except Exception as exc:  # network errors of the Dify file server, permissions, ...
         raise CrossmodalError(f"cannot read {image.source}: {exc}", param="image") from None
+
+
+def decode_base64(value, param: str) -> bytes:
+    """Base64 text (or a browser's data URL) -> bytes, with an error naming the parameter."""
+    if not isinstance(value, str):
+        raise CrossmodalError("must be a base64 string", param=param)
+    if value.startswith("data:") and "," in value:
+        value = value.split(",", 1)[1]  # a data URL from a browser
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise CrossmodalError("is not valid base64", param=param) from None

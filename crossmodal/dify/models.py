@@ -1,0 +1,33 @@
+"""What the model-provider package's handlers share: credentials -> settings for one model, the work run off
+the gevent loop, and errors mapped onto the SDK's model errors (their text is what Dify shows)."""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from typing import Any, Callable
+
+from crossmodal.errors import CrossmodalError, redact
+from crossmodal.runtime import offload
+from crossmodal.service import Service
+from crossmodal.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+def service_for_model(model: str, credentials: dict | None) -> Service:
+    """The model name Dify sends is a preset, a hub id or a local directory; the credentials add device,
+    precision and hub settings."""
+    return Service(Settings.from_credentials({**(credentials or {}), "model": model}))
+
+
+def run(fn: Callable[..., Any], *args, bad_request: type[Exception], **kwargs) -> Any:
+    """Run ``fn`` in a worker thread; a CrossmodalError becomes ``bad_request`` with its message, anything else
+    is logged in full and raised as a short line."""
+    try:
+        return offload(fn, *args, **kwargs)
+    except CrossmodalError as exc:
+        raise bad_request(str(exc)) from None
+    except Exception as exc:  # an unexpected failure: details in the log, one line for the user
+        logger.error("crossmodal model call failed: %s", redact(traceback.format_exc()))
+        raise RuntimeError(f"internal error ({type(exc).__name__}); the plugin log has the details") from None

@@ -1,0 +1,53 @@
+import time
+
+from dify_plugin import TextEmbeddingModel
+from dify_plugin.entities import I18nObject
+from dify_plugin.entities.model import (AIModelEntity, EmbeddingInputType, FetchFrom, ModelFeature, ModelPropertyKey,
+                                        ModelType)
+from dify_plugin.entities.model.text_embedding import (EmbeddingUsage, MultiModalContent, MultiModalEmbeddingResult,
+                                                       TextEmbeddingResult)
+from dify_plugin.errors.model import CredentialsValidateFailedError, InvokeBadRequestError, InvokeError
+
+from crossmodal.dify.models import run, service_for_model
+from crossmodal.dify.validation import validate_model
+
+
+class CrossmodalTextEmbeddingModel(TextEmbeddingModel):
+    def _invoke(self, model: str, credentials: dict, texts: list[str], user: str | None = None,
+                input_type: EmbeddingInputType = EmbeddingInputType.DOCUMENT) -> TextEmbeddingResult:
+        result = self._embed(model, credentials, [("text", text) for text in texts])
+        return TextEmbeddingResult(model=model, embeddings=result["vectors"], usage=self._usage(result["tokens"]))
+
+    def _invoke_multimodal(self, model: str, credentials: dict, documents: list[MultiModalContent],
+                           user: str | None = None,
+                           input_type: EmbeddingInputType = EmbeddingInputType.DOCUMENT) -> MultiModalEmbeddingResult:
+        pairs = [(str(d.content_type.value if hasattr(d.content_type, "value") else d.content_type), d.content)
+                 for d in documents]
+        result = self._embed(model, credentials, pairs)
+        return MultiModalEmbeddingResult(model=model, embeddings=result["vectors"],
+                                         usage=self._usage(result["tokens"]))
+
+    def get_num_tokens(self, model: str, credentials: dict, texts: list[str]) -> list[int]:
+        service = service_for_model(model, credentials)
+        return run(lambda: service.encoder().token_counts(texts), bad_request=InvokeBadRequestError)
+
+    def validate_credentials(self, model: str, credentials: dict) -> None:
+        run(validate_model, service_for_model(model, credentials).settings,
+            bad_request=CredentialsValidateFailedError)
+
+    def get_customizable_model_schema(self, model: str, credentials: dict) -> AIModelEntity:
+        return AIModelEntity(model=model, label=I18nObject(en_US=model), model_type=ModelType.TEXT_EMBEDDING,
+                             fetch_from=FetchFrom.CUSTOMIZABLE_MODEL, features=[ModelFeature.VISION],
+                             model_properties={ModelPropertyKey.CONTEXT_SIZE: 77, ModelPropertyKey.MAX_CHUNKS: 64})
+
+    @property
+    def _invoke_error_mapping(self) -> dict[type[InvokeError], list[type[Exception]]]:
+        return {InvokeBadRequestError: [InvokeBadRequestError, ValueError]}
+
+    def _embed(self, model: str, credentials: dict, documents: list[tuple[str, str]]) -> dict:
+        service = service_for_model(model, credentials)
+        return run(service.embed_documents, documents, model, bad_request=InvokeBadRequestError)
+
+    def _usage(self, tokens: int) -> EmbeddingUsage:
+        return EmbeddingUsage(tokens=tokens, total_tokens=tokens, unit_price=0, price_unit=0, total_price=0,
+                              currency="USD", latency=time.perf_counter() - self.started_at)

@@ -1,0 +1,132 @@
+"""The model-provider package, built and unpacked as the daemon would, driven over stdio: Vision embedding
+models whose vectors are the tool package's, in the caller's order, with every bad input a clear error."""
+
+from __future__ import annotations
+
+import base64
+import io
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from stdio_harness import PluginProcess, errors, stream_messages, variables
+
+pytestmark = pytest.mark.protocol
+
+ROOT = Path(__file__).resolve().parents[1]
+PROVIDER = "crossmodal_models"
+
+
+@pytest.fixture(scope="module")
+def models_plugin(tmp_path_factory):
+    from crossmodal.dify.packaging import build_package
+
+    package = build_package(ROOT, str(tmp_path_factory.mktemp("pkg") / "models.difypkg"), models=True)
+    folder = tmp_path_factory.mktemp("cwd") / "crossmodal-models-0.1.0@abc123"
+    zipfile.ZipFile(package).extractall(folder)
+    process = PluginProcess(cwd=folder, heartbeat_interval=0.25)
+    process.wait_ready()
+    yield process
+    process.close()
+    assert not process.non_json and not process.oversized
+
+
+def model_request(action: str, **fields) -> dict:
+    return {"user_id": "u1", "type": "model", "action": action, "provider": PROVIDER, "model": "demo-shapes",
+            "model_type": "text-embedding", "credentials": {"device": "cpu", "precision": "fp32"}, **fields}
+
+
+def only_result(messages: list[dict]) -> dict:
+    assert not errors(messages), errors(messages)
+    (result,) = stream_messages(messages)
+    return result
+
+
+def png_b64(seed: int) -> tuple[str, object]:
+    from crossmodal.lab.scenes import generate_scene
+
+    scene = generate_scene(seed, 256, 256, 1)
+    buf = io.BytesIO()
+    scene.image.save(buf, "PNG")
+    return base64.b64encode(buf.getvalue()).decode(), scene
+
+
+def test_the_package_holds_models_only():
+    from crossmodal.dify.packaging import package_entries
+
+    names = {name for _, name in package_entries(ROOT, models=True)}
+    assert {"manifest.yaml", "main.py", "provider/crossmodal_models.yaml", "_assets/icon.svg", "requirements.txt",
+            "models/text_embedding/text_embedding.py", "crossmodal/service.py"} <= names
+    assert not any(n.startswith(("tools/", "endpoints/", "tests/", "model_provider/")) for n in names)
+    assert not any(name.startswith("model_provider/") for _, name in package_entries(ROOT))
+
+
+def test_credentials_are_checked_without_weights(models_plugin):
+    ok = models_plugin.call({"user_id": "u1", "type": "model", "action": "validate_provider_credentials",
+                             "provider": PROVIDER, "credentials": {"device": "cpu", "precision": "fp32"}})
+    assert only_result(ok)["result"] is True
+    bad = models_plugin.call({"user_id": "u1", "type": "model", "action": "validate_provider_credentials",
+                              "provider": PROVIDER, "credentials": {"precision": "fp64"}})
+    (error,) = errors(bad)
+    assert error["error_type"] == "CredentialsValidateFailedError" and "precision" in error["message"]
+    missing = models_plugin.call(model_request("validate_model_credentials", model="/no/such/model"))
+    (error,) = errors(missing)
+    assert error["error_type"] == "CredentialsValidateFailedError" and "model" in error["message"]
+
+
+def test_texts_and_images_embed_in_order_and_match_the_embed_node(models_plugin, plugin, file_server, tmp_path):
+    images = [png_b64(970_000_000 + k) for k in range(2)]
+    documents = [{"content": "a red circle", "content_type": "text"},
+                 {"content": images[0][0], "content_type": "image"},
+                 {"content": "一个蓝色星形", "content_type": "text"},
+                 {"content": images[1][0], "content_type": "image"}]
+    result = only_result(models_plugin.call(model_request("invoke_multimodal_embedding", documents=documents,
+                                                          input_type="document")))
+    vectors = np.asarray(result["embeddings"], dtype=np.float32)
+    assert result["model"] == "demo-shapes" and vectors.shape[0] == 4
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-4)
+    assert result["usage"]["total_tokens"] > 2
+
+    files = [file_server(f"mm{k}.png", base64.b64decode(b64)) for k, (b64, _) in enumerate(images)]
+    creds = {"data_dir": str(tmp_path / "store"), "model": "demo-shapes"}
+    node = variables(plugin.invoke_tool("embed", {"images": files, "texts": "a red circle\n一个蓝色星形"}, creds))
+    by_kind = {"image": [i["vector"] for i in node["items"] if i["kind"] == "image"],
+               "text": [i["vector"] for i in node["items"] if i["kind"] == "text"]}
+    expected = np.asarray([by_kind["text"][0], by_kind["image"][0], by_kind["text"][1], by_kind["image"][1]])
+    assert np.min(np.sum(vectors * expected, axis=1)) >= 0.9999
+
+    texts = only_result(models_plugin.call(model_request("invoke_text_embedding", texts=["a red circle"],
+                                                         input_type="query")))
+    assert np.dot(texts["embeddings"][0], expected[0]) >= 0.9999
+
+
+def test_a_text_finds_its_scene_among_images(models_plugin):
+    scenes = [png_b64(971_000_000 + k) for k in range(6)]
+    target = scenes[3][1].objects[0]
+    documents = [{"content": b64, "content_type": "image"} for b64, _ in scenes]
+    documents.append({"content": f"a {target.color} {target.shape}", "content_type": "text"})
+    vectors = np.asarray(only_result(models_plugin.call(model_request(
+        "invoke_multimodal_embedding", documents=documents)))["embeddings"])
+    assert int(np.argmax(vectors[:6] @ vectors[6])) == 3
+
+
+def test_token_counts_use_the_models_tokenizer(models_plugin):
+    from crossmodal.encoders.models import get_encoder
+
+    texts = ["a red circle", "a small blue star on the left of a large green square"]
+    counts = only_result(models_plugin.call(model_request("get_text_embedding_num_tokens", texts=texts)))
+    assert counts["num_tokens"] == get_encoder("demo-shapes", "cpu").token_counts(texts)
+
+
+@pytest.mark.parametrize("documents, needle", [
+    ([], "documents"),
+    ([{"content": "a red circle", "content_type": "text"}, {"content": "%%%", "content_type": "image"}],
+     "documents[1]: is not valid base64"),
+    ([{"content": base64.b64encode(b"not an image").decode(), "content_type": "image"}], "documents[0]"),
+    ([{"content": "   ", "content_type": "text"}], "documents[0]: is empty"),
+])
+def test_bad_documents_fail_the_call_naming_their_index(models_plugin, documents, needle):
+    (error,) = errors(models_plugin.call(model_request("invoke_multimodal_embedding", documents=documents)))
+    assert error["error_type"] == "InvokeBadRequestError" and needle in error["message"], error
