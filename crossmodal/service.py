@@ -15,7 +15,7 @@ from crossmodal.encoders import embedder
 from crossmodal.ingest import writer
 from crossmodal.ingest.items import IngestItem
 from crossmodal.inputs.sources import ImageInput
-from crossmodal.rerank import reranker
+from crossmodal.rerank import documents, reranker
 from crossmodal.search import searcher
 from crossmodal.store import collections
 
@@ -39,6 +39,7 @@ class Service(Context):
     search = _capability(searcher.search)
     align = _capability(aligner.align)
     rerank = _capability(reranker.rerank)
+    rerank_documents = _capability(documents.rerank_documents)
     list_collections = _capability(collections.list_collections)
     collection_info = _capability(collections.collection_info)
     delete_collection = _capability(collections.delete_collection)

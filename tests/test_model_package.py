@@ -130,3 +130,54 @@ def test_token_counts_use_the_models_tokenizer(models_plugin):
 def test_bad_documents_fail_the_call_naming_their_index(models_plugin, documents, needle):
     (error,) = errors(models_plugin.call(model_request("invoke_multimodal_embedding", documents=documents)))
     assert error["error_type"] == "InvokeBadRequestError" and needle in error["message"], error
+
+
+def rerank_request(action: str, query, docs, **fields) -> dict:
+    return {**model_request(action, query=query, docs=docs, score_threshold=None, top_n=None, **fields),
+            "model_type": "rerank"}
+
+
+def test_multimodal_rerank_puts_the_matching_scene_first(models_plugin):
+    scenes = [png_b64(972_000_000 + k) for k in range(8)]
+    docs = [{"content": b64, "content_type": "image"} for b64, _ in scenes]
+    hits = 0
+    for k in (1, 4, 6):
+        target = scenes[k][1].objects[0]
+        query = {"content": f"a {target.color} {target.shape}", "content_type": "text"}
+        result = only_result(models_plugin.call(rerank_request("invoke_multimodal_rerank", query, docs)))
+        ranked = result["docs"]
+        assert sorted(d["index"] for d in ranked) == list(range(8))  # every document, by its request index
+        assert [d["score"] for d in ranked] == sorted((d["score"] for d in ranked), reverse=True)
+        assert all(0.0 <= d["score"] <= 1.0 for d in ranked)
+        hits += ranked[0]["index"] == k
+    assert hits >= 2
+
+    # An image query over texts (captions of distinct colours, so that the demo model's weaker shape
+    # reading is not what is measured): its own caption first.
+    distinct = {}
+    for b64, scene in scenes:
+        distinct.setdefault(scene.objects[0].color, (b64, scene))
+    chosen = list(distinct.values())[:5]
+    captions = [{"content": f"a {s.objects[0].color} {s.objects[0].shape}", "content_type": "text"}
+                for _, s in chosen]
+    for k, (b64, scene) in enumerate(chosen):
+        result = only_result(models_plugin.call(rerank_request(
+            "invoke_multimodal_rerank", {"content": b64, "content_type": "image"}, captions)))
+        assert result["docs"][0]["index"] == k, (k, captions, result["docs"])
+
+
+def test_rerank_honours_threshold_and_top_n(models_plugin):
+    docs = ["a red circle", "a blue star", "a green square", "a yellow heart"]
+    full = only_result(models_plugin.call(rerank_request("invoke_rerank", "a red circle", docs)))["docs"]
+    assert full[0]["index"] == 0 and full[0]["text"] == "a red circle"
+    cut = (full[1]["score"] + full[2]["score"]) / 2
+    request = rerank_request("invoke_rerank", "a red circle", docs)
+    request.update(score_threshold=cut, top_n=None)
+    assert [d["index"] for d in only_result(models_plugin.call(request))["docs"]] == [d["index"] for d in full[:2]]
+    request.update(score_threshold=None, top_n=1)
+    assert [d["index"] for d in only_result(models_plugin.call(request))["docs"]] == [full[0]["index"]]
+    bad = rerank_request("invoke_multimodal_rerank", {"content": "a red circle", "content_type": "text"},
+                         [{"content": "a blue star", "content_type": "text"},
+                          {"content": "%%%", "content_type": "image"}])
+    (error,) = errors(models_plugin.call(bad))
+    assert "documents[2]" in error["message"]  # the query is documents[0]: the second doc is index 2

@@ -1,0 +1,53 @@
+from collections.abc import Sequence
+
+from dify_plugin import RerankModel
+from dify_plugin.entities import I18nObject
+from dify_plugin.entities.model import AIModelEntity, FetchFrom, ModelFeature, ModelType
+from dify_plugin.entities.model.rerank import MultiModalRerankResult, RerankDocument, RerankResult
+from dify_plugin.entities.model.text_embedding import MultiModalContent
+from dify_plugin.errors.model import CredentialsValidateFailedError, InvokeBadRequestError, InvokeError
+
+from crossmodal.dify.models import run, service_for_model
+from crossmodal.dify.validation import validate_model
+
+
+class CrossmodalRerankModel(RerankModel):
+    """A text or image query against text or image documents, scored by the dual encoder's calibrated match
+    probability (0-1)."""
+
+    def _invoke(self, model: str, credentials: dict, query: str, docs: list[str],
+                score_threshold: float | None = None, top_n: int | None = None,
+                user: str | None = None) -> RerankResult:
+        result = self._rerank(model, credentials, ("text", query), [("text", d) for d in docs], score_threshold,
+                              top_n)
+        return RerankResult(model=model, docs=result)
+
+    def _invoke_multimodal(self, model: str, credentials: dict, query: MultiModalContent,
+                           docs: Sequence[MultiModalContent], score_threshold: float | None = None,
+                           top_n: int | None = None, user: str | None = None) -> MultiModalRerankResult:
+        result = self._rerank(model, credentials, _pair(query), [_pair(d) for d in docs], score_threshold, top_n)
+        return MultiModalRerankResult(model=model, docs=result)
+
+    def validate_credentials(self, model: str, credentials: dict) -> None:
+        run(validate_model, service_for_model(model, credentials).settings,
+            bad_request=CredentialsValidateFailedError)
+
+    def get_customizable_model_schema(self, model: str, credentials: dict) -> AIModelEntity:
+        return AIModelEntity(model=model, label=I18nObject(en_US=model), model_type=ModelType.RERANK,
+                             fetch_from=FetchFrom.CUSTOMIZABLE_MODEL, features=[ModelFeature.VISION],
+                             model_properties={})
+
+    @property
+    def _invoke_error_mapping(self) -> dict[type[InvokeError], list[type[Exception]]]:
+        return {InvokeBadRequestError: [InvokeBadRequestError, ValueError]}
+
+    def _rerank(self, model, credentials, query, docs, score_threshold, top_n) -> list[RerankDocument]:
+        service = service_for_model(model, credentials)
+        result = run(service.rerank_documents, query, docs, score_threshold, top_n, model,
+                     bad_request=InvokeBadRequestError)
+        return [RerankDocument(index=d["index"], text=d["text"], score=d["score"]) for d in result["docs"]]
+
+
+def _pair(content: MultiModalContent) -> tuple[str, str]:
+    kind = content.content_type
+    return str(getattr(kind, "value", kind)), content.content
