@@ -181,3 +181,24 @@ def test_rerank_honours_threshold_and_top_n(models_plugin):
                           {"content": "%%%", "content_type": "image"}])
     (error,) = errors(models_plugin.call(bad))
     assert "documents[2]" in error["message"]  # the query is documents[0]: the second doc is index 2
+
+
+def test_rerank_finds_the_scene_at_least_as_often_as_the_search_node(models_plugin, plugin, file_server, tmp_path):
+    """The issue's target on 20 held-out scenes: a text query reranked over the scenes by
+    invoke_multimodal_rerank puts the matching scene first at least as often as the Search node does."""
+    from stdio_harness import json_message
+
+    scenes = [png_b64(973_000_000 + k) for k in range(20)]
+    creds = {"data_dir": str(tmp_path / "store"), "model": "demo-shapes", "default_collection": "held-out"}
+    files = [file_server(f"held{k}.png", base64.b64decode(b64)) for k, (b64, _) in enumerate(scenes)]
+    assert json_message(plugin.invoke_tool("ingest", {"files": files}, creds))["added"] == 20
+    docs = [{"content": b64, "content_type": "image"} for b64, _ in scenes]
+    search_hits = rerank_hits = 0
+    for k, (_, scene) in enumerate(scenes):
+        text = f"a {scene.objects[0].color} {scene.objects[0].shape}"
+        found = json_message(plugin.invoke_tool("search", {"query": text, "top_k": 1}, creds))["results"]
+        search_hits += found[0]["payload"]["source"] == f"held{k}.png"
+        ranked = only_result(models_plugin.call(rerank_request(
+            "invoke_multimodal_rerank", {"content": text, "content_type": "text"}, docs)))["docs"]
+        rerank_hits += ranked[0]["index"] == k
+    assert rerank_hits >= search_hits and rerank_hits >= 12, (rerank_hits, search_hits)
