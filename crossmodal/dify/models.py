@@ -7,6 +7,7 @@ import logging
 import traceback
 from typing import Any, Callable
 
+from crossmodal.dify.validation import validate_model
 from crossmodal.errors import CrossmodalError, redact
 from crossmodal.runtime import offload
 from crossmodal.service import Service
@@ -31,3 +32,9 @@ def run(fn: Callable[..., Any], *args, bad_request: type[Exception], **kwargs) -
     except Exception as exc:  # an unexpected failure: details in the log, one line for the user
         logger.error("crossmodal model call failed: %s", redact(traceback.format_exc()))
         raise RuntimeError(f"internal error ({type(exc).__name__}); the plugin log has the details") from None
+
+
+def check_model(model: str, credentials: dict | None, error: type[Exception]) -> None:
+    """Credential validation for a model (or, with a predefined model's name, for the provider): its settings
+    and its config files, never its weights; a problem becomes ``error``."""
+    run(validate_model, service_for_model(model, credentials).settings, bad_request=error)

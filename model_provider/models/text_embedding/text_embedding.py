@@ -8,8 +8,7 @@ from dify_plugin.entities.model.text_embedding import (EmbeddingUsage, MultiModa
                                                        TextEmbeddingResult)
 from dify_plugin.errors.model import CredentialsValidateFailedError, InvokeBadRequestError, InvokeError
 
-from crossmodal.dify.models import run, service_for_model
-from crossmodal.dify.validation import validate_model
+from crossmodal.dify.models import check_model, run, service_for_model
 
 
 class CrossmodalTextEmbeddingModel(TextEmbeddingModel):
@@ -32,8 +31,7 @@ class CrossmodalTextEmbeddingModel(TextEmbeddingModel):
         return run(lambda: service.encoder().token_counts(texts), bad_request=InvokeBadRequestError)
 
     def validate_credentials(self, model: str, credentials: dict) -> None:
-        run(validate_model, service_for_model(model, credentials).settings,
-            bad_request=CredentialsValidateFailedError)
+        check_model(model, credentials, CredentialsValidateFailedError)
 
     def get_customizable_model_schema(self, model: str, credentials: dict) -> AIModelEntity:
         return AIModelEntity(model=model, label=I18nObject(en_US=model), model_type=ModelType.TEXT_EMBEDDING,
