@@ -21,9 +21,11 @@ class Context:
     """What every capability shares: the settings, the store, the encoders (routed by language and task), the
     rules that tie a collection to its model, and the calibration of match probabilities."""
 
-    def __init__(self, settings: Settings | None = None, store: VectorStore | None = None):
+    def __init__(self, settings: Settings | None = None, store: VectorStore | None = None, workspace_models=None):
         self.settings = settings or Settings()
         self._store = store
+        # A tool node's door to the Dify workspace's own embedding models (crossmodal/encoders/workspace.py).
+        self.workspace_models = workspace_models
 
     @property
     def store(self) -> VectorStore:
@@ -33,6 +35,10 @@ class Context:
         return self._store
 
     def encoder(self, model: str | None = None) -> Encoder:
+        from crossmodal.encoders.workspace import WorkspaceEncoder, is_workspace_model
+
+        if is_workspace_model(model or self.settings.model):
+            return WorkspaceEncoder(model or self.settings.model, self.workspace_models)
         return get_encoder(model or self.settings.model, self.settings.device, self.settings.hub,
                            self.settings.precision)
 
@@ -62,8 +68,11 @@ class Context:
         the next plugin start loads it before any call (crossmodal/encoders/warmup.py)."""
         from crossmodal.encoders import warmup
         info = self.store.get_collection(self.collection_name(collection), with_count=False)
+        from crossmodal.encoders.workspace import is_workspace_model
+
         model = self.model_for(info.model, None)
-        warmup.remember(model, self.settings.device, self.settings.precision)
+        if not is_workspace_model(model):  # a workspace model has nothing here to warm
+            warmup.remember(model, self.settings.device, self.settings.precision)
         return self.encoder(model)
 
     def collection_name(self, name: str | None) -> str:

@@ -71,6 +71,38 @@ def offload(fn: Callable[..., T], *args, **kwargs) -> T:
     return gevent.get_hub().threadpool.spawn(fn, *args, **kwargs).get()
 
 
+def on_loop(fn: Callable[..., T], *args, **kwargs) -> T:
+    """Run ``fn`` in a greenlet on the gevent loop and wait for it in this worker thread: what a call into the
+    SDK's session needs (a backwards invocation reads and writes the protocol streams, which live on the
+    loop). From the loop itself, or outside the plugin, it simply calls fn."""
+    hub = _LOOP[0]
+    if hub is None or _original("_thread", "get_ident")() == _LOOP[1]:
+        return fn(*args, **kwargs)
+    import gevent
+
+    outcome = os_queue()
+
+    def run() -> None:
+        try:
+            outcome.put((True, fn(*args, **kwargs)))
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
+            outcome.put((False, exc))
+
+    hub.loop.run_callback_threadsafe(gevent.spawn, run)  # a worker's get_hub() would be its own hub
+    return unwrap(outcome.get())
+
+
+def mark_loop_thread() -> None:
+    """Record the loop's hub and OS thread (main.py calls this on the main thread before serving)."""
+    if gevent_patched():
+        import gevent
+
+        _LOOP[:] = [gevent.get_hub(), _original("_thread", "get_ident")()]
+
+
+_LOOP: list = [None, None]  # the plugin's gevent hub and its OS thread; None outside the plugin
+
+
 class StillRunning(Exception):
     """offload_within's deadline passed; the work goes on in its worker thread."""
 

@@ -71,3 +71,21 @@ def file_server(tmp_path_factory):
 
     yield publish
     server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def models_plugin(tmp_path_factory):
+    """The model-provider package, built and unpacked into a version folder as the daemon does, over stdio."""
+    import zipfile
+
+    from crossmodal.dify.packaging import build_package
+    from stdio_harness import ROOT, PluginProcess
+
+    package = build_package(ROOT, str(tmp_path_factory.mktemp("pkg") / "models.difypkg"), models=True)
+    folder = tmp_path_factory.mktemp("cwd") / "crossmodal-models-0.1.0@abc123"
+    zipfile.ZipFile(package).extractall(folder)
+    process = PluginProcess(cwd=folder, heartbeat_interval=0.25)
+    process.wait_ready()
+    yield process
+    process.close()
+    assert not process.non_json and not process.oversized

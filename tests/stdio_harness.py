@@ -25,7 +25,12 @@ class PluginKilled(RuntimeError):
 
 class PluginProcess:
     def __init__(self, env: dict | None = None, heartbeat_interval: float = 0.5, cwd: Path = ROOT,
-                 unset: tuple[str, ...] = ()):
+                 unset: tuple[str, ...] = (), dify=None):
+        """``dify``: answers the plugin's backwards invocations as Dify would, ``dify(type, request) -> dict``
+        (raising for an error); the daemon's permission check against the plugin's manifest comes first."""
+        self.dify = dify
+        self.permissions = _permissions(Path(cwd) / "manifest.yaml")
+        self.invocations: list[tuple[str, dict]] = []  # (type, request) of each backwards invocation
         full_env = {**os.environ, "INSTALL_METHOD": "local", "HEARTBEAT_INTERVAL": str(heartbeat_interval),
                     "PYTHONUNBUFFERED": "1", **(env or {})}
         for name in unset:
@@ -104,6 +109,9 @@ class PluginProcess:
                     held.append(event)
                 continue
             data = event["data"]
+            if data["type"] == "invoke":
+                self._answer(sid, data["data"])
+                continue
             if data["type"] == "end":
                 done[sid] = pending.pop(sid)
             else:
@@ -111,6 +119,29 @@ class PluginProcess:
         for event in held:
             self.events.put(event)
         return done
+
+    def _answer(self, session_id: str, invocation: dict) -> None:
+        """What the daemon does with a backwards invocation: check the manifest's permission, ask Dify, and
+        write the answer (one response, then end; or an error, then end) on the plugin's stdin."""
+        kind, request_id, request = invocation["type"], invocation["backwards_request_id"], invocation["request"]
+        self.invocations.append((kind, request))
+        needed = INVOKE_PERMISSIONS.get(kind)
+        replies = []
+        if needed is None or not self.permissions.get(needed):
+            replies.append({"event": "error", "message": f"permission denied, you need to enable {needed or kind} "
+                            "access in plugin manifest", "data": None})
+        else:
+            try:
+                replies.append({"event": "response", "message": "struct",
+                                "data": self.dify({**request, "type": kind, "tenant_id": "t1", "user_id": "u1"})})
+            except Exception as exc:  # noqa: BLE001 - Dify's failure, passed on as the daemon does
+                replies.append({"event": "error", "message": f"invoke {kind} model failed: {exc}", "data": None})
+        replies.append({"event": "end", "message": "", "data": None})
+        for reply in replies:
+            line = json.dumps({"session_id": session_id, "event": "backwards_response",
+                               "data": {"backwards_request_id": request_id, **reply}}) + "\n"
+            self.proc.stdin.write(line.encode())
+        self.proc.stdin.flush()
 
     def call(self, data: dict, timeout: float = 120) -> list[dict]:
         sid = self.send(data)
@@ -123,6 +154,23 @@ class PluginProcess:
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait(timeout=10)
+
+
+# The daemon's permission for each backwards invocation type (its backwards_invocation permissionMapping).
+INVOKE_PERMISSIONS = {"text_embedding": "text-embedding", "multimodal_embedding": "text-embedding",
+                      "rerank": "rerank", "multimodal_rerank": "rerank"}
+
+
+def _permissions(manifest: Path) -> dict:
+    """The model permissions a manifest grants (resource.permission.model)."""
+    import yaml
+
+    if not manifest.is_file():
+        return {}
+    model = ((yaml.safe_load(manifest.read_text()).get("resource") or {}).get("permission") or {}).get("model") or {}
+    enabled = bool(model.get("enabled"))
+    return {"text-embedding": enabled and bool(model.get("text_embedding")),
+            "rerank": enabled and bool(model.get("rerank"))}
 
 
 def tool_request(tool: str, params: dict, credentials: dict) -> dict:

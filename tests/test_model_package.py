@@ -5,32 +5,17 @@ from __future__ import annotations
 
 import base64
 import io
-import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from stdio_harness import PluginProcess, errors, stream_messages, variables
+from stdio_harness import errors, stream_messages, variables
 
 pytestmark = pytest.mark.protocol
 
 ROOT = Path(__file__).resolve().parents[1]
 PROVIDER = "crossmodal_models"
-
-
-@pytest.fixture(scope="module")
-def models_plugin(tmp_path_factory):
-    from crossmodal.dify.packaging import build_package
-
-    package = build_package(ROOT, str(tmp_path_factory.mktemp("pkg") / "models.difypkg"), models=True)
-    folder = tmp_path_factory.mktemp("cwd") / "crossmodal-models-0.1.0@abc123"
-    zipfile.ZipFile(package).extractall(folder)
-    process = PluginProcess(cwd=folder, heartbeat_interval=0.25)
-    process.wait_ready()
-    yield process
-    process.close()
-    assert not process.non_json and not process.oversized
 
 
 def model_request(action: str, **fields) -> dict:

@@ -14,7 +14,7 @@ CONTRACT = ("similarity_score", "match_probability", "phrases", "attention_map",
 class AlignTool(Tool):
     def _invoke(self, tool_parameters: dict[str, Any]) -> Generator[ToolInvokeMessage, None, None]:
         images = file_inputs(tool_parameters.get("image"))
-        service = service_for(self.runtime.credentials)
+        service = service_for(self.runtime.credentials, self.session)
         url = (tool_parameters.get("image_url") or "").strip()
         if url and not images:
             images = [ImageInput.from_url(url, service.settings.url_allowlist)]

@@ -10,7 +10,7 @@ from crossmodal.dify.adapter import ToolInputError, call, flag, service_for, var
 class CollectionsTool(Tool):
     def _invoke(self, tool_parameters: dict[str, Any]) -> Generator[ToolInvokeMessage, None, None]:
         action = tool_parameters.get("action") or "list"
-        service = service_for(self.runtime.credentials)
+        service = service_for(self.runtime.credentials, self.session)
         collection = tool_parameters.get("collection") or None
         if action == "list":
             result = call(service.list_collections)

@@ -13,7 +13,7 @@ class EmbedTool(Tool):
         texts = text_list(tool_parameters.get("texts"))
         if not images and not texts:
             raise ToolInputError("images / texts: give at least one image file or one line of text")
-        service = service_for(self.runtime.credentials)
+        service = service_for(self.runtime.credentials, self.session)
         result = call(service.embed, images, texts, tool_parameters.get("model") or None)
         items = variable_message(self, "items", result["items"])  # size-checked before anything is sent
         yield self.create_text_message(f"{len(result['items'])} vectors of {result['dimension']} dimensions "

@@ -24,7 +24,7 @@ class IngestTool(Tool):
         items = [IngestItem(image=f, caption=captions[i] if captions else None, tags=tags, metadata=metadata)
                  for i, f in enumerate(files)]
         items += [IngestItem(text=t, tags=tags, metadata=metadata) for t in texts]
-        service = service_for(self.runtime.credentials)
+        service = service_for(self.runtime.credentials, self.session)
         report = call(service.ingest, items, tool_parameters.get("collection") or None,
                       tool_parameters.get("model") or None, regions=flag(tool_parameters.get("regions")))
         yield self.create_text_message(

@@ -9,7 +9,7 @@ from crossmodal.dify.adapter import call, file_inputs, number, service_for, vari
 
 class RerankTool(Tool):
     def _invoke(self, tool_parameters: dict[str, Any]) -> Generator[ToolInvokeMessage, None, None]:
-        service = service_for(self.runtime.credentials)
+        service = service_for(self.runtime.credentials, self.session)
         query_images = file_inputs(tool_parameters.get("query_image"))
         top_n = number(tool_parameters.get("top_n"), "top_n")
         result = call(

@@ -11,7 +11,7 @@ class SearchTool(Tool):
     def _invoke(self, tool_parameters: dict[str, Any]) -> Generator[ToolInvokeMessage, None, None]:
         images = file_inputs(tool_parameters.get("image"))
         return_images = flag(tool_parameters.get("return_images"))
-        service = service_for(self.runtime.credentials)
+        service = service_for(self.runtime.credentials, self.session)
         result = call(
             service.search,
             text=tool_parameters.get("query") or None,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from crossmodal.alignment.align import AlignOptions, align as align_scores, split_phrases
 from crossmodal.context import Context
+from crossmodal.encoders.workspace import require_local
 from crossmodal.inputs.images import decode_image
 from crossmodal.inputs.sources import ImageInput, read_input
 
@@ -27,6 +28,7 @@ def align(
     split_phrases(text)  # text errors before any image work
     decoded = decode_image(read_input(image), param="image")
     encoder, route = ctx.routed_encoder(asked=model, text=text)
+    require_local(encoder, "Align")
     result = align_scores(encoder, decoded.image, text, options, ctx.calibration(encoder))
     result["route"] = route.as_dict()
     result["notes"] = decoded.notes + result["notes"]

@@ -27,8 +27,12 @@ class ToolInputError(ValueError):
     """Shown to the Dify user as the node's error message."""
 
 
-def service_for(credentials: dict | None) -> Service:
-    return Service(Settings.from_credentials(credentials))
+def service_for(credentials: dict | None, session=None) -> Service:
+    """The service for one call; with the tool's session, ``dify:<provider>/<model>`` reaches the workspace's
+    own embedding models."""
+    from crossmodal.dify.workspace import SessionModels
+
+    return Service(Settings.from_credentials(credentials), workspace_models=SessionModels(session) if session else None)
 
 
 def call(fn: Callable[..., Any], *args, **kwargs) -> Any:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from crossmodal.encoders.models import PRECISIONS, SUPPORTED_TYPES, model_identity, pick_device, resolve_model_config_dir
+from crossmodal.encoders.workspace import is_workspace_model, parse_workspace_model
 from crossmodal.errors import CrossmodalError
 from crossmodal.settings import Settings
 from crossmodal.store import check_collection_name, open_store
@@ -30,6 +31,9 @@ def validate_model(settings: Settings) -> str:
     pick_device(settings.device)
     if settings.precision not in PRECISIONS:
         raise CrossmodalError(f"'{settings.precision}' is not one of {', '.join(PRECISIONS)}", param="precision")
+    if is_workspace_model(settings.model):  # Dify checks it on first use; here only its spelling can be
+        parse_workspace_model(settings.model)
+        return "workspace"
     directory = resolve_model_config_dir(settings.model, settings.hub)
     from transformers import AutoConfig
 

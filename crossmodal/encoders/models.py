@@ -80,6 +80,10 @@ def model_identity(name: str | None) -> str:
     name = (name or "auto").strip()
     if name == "auto":
         name = default_model()
+    if name.startswith("dify:"):  # a workspace model (crossmodal/encoders/workspace.py)
+        from crossmodal.encoders.workspace import workspace_identity
+
+        return workspace_identity(name)
     if name in PRESETS:
         return name
     path = Path(name).expanduser()
