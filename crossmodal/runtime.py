@@ -220,7 +220,10 @@ def preload_libraries() -> None:
     if gevent_patched():
         sys.modules.setdefault("trio", None)
     import huggingface_hub.hf_api  # noqa: F401
-    import qdrant_edge  # noqa: F401
+    try:
+        import qdrant_edge  # noqa: F401
+    except ImportError:  # the model package installs no vector store
+        pass
     import torch  # noqa: F401
     import transformers  # noqa: F401
     from transformers import AutoConfig, AutoModel, AutoProcessor  # noqa: F401

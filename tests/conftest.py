@@ -84,8 +84,44 @@ def models_plugin(tmp_path_factory):
     package = build_package(ROOT, str(tmp_path_factory.mktemp("pkg") / "models.difypkg"), models=True)
     folder = tmp_path_factory.mktemp("cwd") / "crossmodal-models-0.1.0@abc123"
     zipfile.ZipFile(package).extractall(folder)
-    process = PluginProcess(cwd=folder, heartbeat_interval=0.25)
+    # The libraries that only the tool package installs are missing here, as in a model package's environment.
+    process = PluginProcess(cwd=folder, heartbeat_interval=0.25, missing=tool_package_only_modules())
     process.wait_ready()
     yield process
     process.close()
     assert not process.non_json and not process.oversized
+
+
+def requirement_names(path) -> set[str]:
+    import re
+
+    lines = [line.split("#")[0].strip() for line in open(path, encoding="utf-8")]
+    return {re.split(r"[<>=!~\[ ;]", line)[0].lower().replace("_", "-") for line in lines if line}
+
+
+def tool_package_only_modules() -> tuple[str, ...]:
+    """Top-level modules of the distributions in requirements.txt that model_provider/requirements.txt
+    neither lists nor pulls in (its requirements' own dependencies, followed through installed metadata)."""
+    import re
+    from importlib import metadata
+
+    from stdio_harness import ROOT
+
+    def normal(name: str) -> str:
+        return re.split(r"[<>=!~\[ ;(]", name.strip())[0].lower().replace("_", "-")
+
+    pulled, queue = set(), list(requirement_names(ROOT / "model_provider" / "requirements.txt"))
+    while queue:
+        name = queue.pop()
+        if name in pulled:
+            continue
+        pulled.add(name)
+        try:
+            requires = metadata.requires(name) or []
+        except metadata.PackageNotFoundError:
+            continue
+        queue += [normal(r) for r in requires if "extra ==" not in r]
+    owners = metadata.packages_distributions()
+    only_tools = requirement_names(ROOT / "requirements.txt") - pulled
+    return tuple(sorted(module for module, dists in owners.items()
+                        if module.isidentifier() and {normal(d) for d in dists} <= only_tools))

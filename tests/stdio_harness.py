@@ -19,13 +19,25 @@ FILE_IDENTITY = "__dify__file__"
 MAX_LINE_BYTES = 5 * 1024 * 1024
 
 
+MISSING_MODULES = """
+import runpy, sys
+class Missing:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {names!r}:
+            raise ModuleNotFoundError(f"No module named {{name!r}} (not installed for this package)", name=name)
+sys.meta_path.insert(0, Missing())
+sys.path.insert(0, "")
+runpy.run_module("main", run_name="__main__", alter_sys=True)
+"""
+
+
 class PluginKilled(RuntimeError):
     """The harness killed the plugin as the daemon would (a stdout line over MAX_LINE_BYTES)."""
 
 
 class PluginProcess:
     def __init__(self, env: dict | None = None, heartbeat_interval: float = 0.5, cwd: Path = ROOT,
-                 unset: tuple[str, ...] = (), dify=None):
+                 unset: tuple[str, ...] = (), dify=None, missing: tuple[str, ...] = ()):
         """``dify``: answers the plugin's backwards invocations as Dify would, ``dify(type, request) -> dict``
         (raising for an error); the daemon's permission check against the plugin's manifest comes first."""
         self.dify = dify
@@ -35,7 +47,10 @@ class PluginProcess:
                     "PYTHONUNBUFFERED": "1", **(env or {})}
         for name in unset:
             full_env.pop(name, None)
-        self.proc = subprocess.Popen([sys.executable, "-m", "main"], cwd=cwd, env=full_env, stdin=subprocess.PIPE,
+        # ``missing``: top-level modules the plugin must run without, as if not installed (an import fails).
+        command = [sys.executable, "-c", MISSING_MODULES.format(names=tuple(missing))] if missing else \
+            [sys.executable, "-m", "main"]
+        self.proc = subprocess.Popen(command, cwd=cwd, env=full_env, stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         self.events: queue.Queue = queue.Queue()
         self.heartbeats: list[float] = []

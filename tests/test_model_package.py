@@ -187,3 +187,78 @@ def test_rerank_finds_the_scene_at_least_as_often_as_the_search_node(models_plug
             "invoke_multimodal_rerank", {"content": text, "content_type": "text"}, docs)))["docs"]
         rerank_hits += ranked[0]["index"] == k
     assert rerank_hits >= search_hits and rerank_hits >= 12, (rerank_hits, search_hits)
+
+
+def test_a_text_cross_encoder_reranks_texts_as_the_library_scores(models_plugin, tmp_path):
+    from sentence_transformers import CrossEncoder
+    from tiny_models import save_tiny_cross_encoder
+
+    model = str(save_tiny_cross_encoder(tmp_path / "ce"))
+    ok = models_plugin.call({**model_request("validate_model_credentials", model=model), "model_type": "rerank"})
+    assert only_result(ok)["result"] is True
+    schema = only_result(models_plugin.call({**model_request("get_ai_model_schemas", model=model),
+                                             "model_type": "rerank"}))
+    assert not schema["model_schema"]["features"]  # no vision: Dify sends a text cross-encoder no images
+
+    docs = ["a red circle", "a blue star", "a dog on the left", "the large green square", "a cat"]
+    result = only_result(models_plugin.call(rerank_request("invoke_rerank", "a red circle", docs, model=model)))
+    reference = CrossEncoder(model).predict([("a red circle", d) for d in docs])
+    assert [d["index"] for d in result["docs"]] == list(np.argsort(-reference, kind="stable"))
+    assert np.allclose([d["score"] for d in result["docs"]], np.sort(reference)[::-1], atol=1e-5)
+    assert all(0.0 <= d["score"] <= 1.0 for d in result["docs"])
+
+    image, _ = png_b64(974_000_000)
+    mixed = rerank_request("invoke_multimodal_rerank", {"content": "a red circle", "content_type": "text"},
+                           [{"content": "a blue star", "content_type": "text"},
+                            {"content": image, "content_type": "image"}], model=model)
+    (error,) = errors(models_plugin.call(mixed))
+    assert "documents[2]" in error["message"] and "cross-encoder" in error["message"]
+
+
+def test_an_itm_model_scores_the_image_text_pairs(models_plugin, tmp_path):
+    import torch
+    from PIL import Image
+    from transformers import AutoProcessor, BlipForImageTextRetrieval
+    from tiny_models import save_tiny_blip_itm
+
+    blip = str(save_tiny_blip_itm(tmp_path / "blip"))
+    credentials = {"device": "cpu", "precision": "fp32", "itm_model": blip}
+    ok = models_plugin.call({**model_request("validate_model_credentials", credentials=credentials),
+                             "model_type": "rerank"})
+    assert only_result(ok)["result"] is True
+    not_itm = {**credentials, "itm_model": str(ROOT / "crossmodal" / "assets" / "demo-shapes")}
+    (error,) = errors(models_plugin.call({**model_request("validate_model_credentials", credentials=not_itm),
+                                          "model_type": "rerank"}))
+    assert "itm_model" in error["message"] and "BLIP" in error["message"]
+
+    scenes = [png_b64(975_000_000 + k) for k in range(3)]
+    docs = [{"content": b64, "content_type": "image"} for b64, _ in scenes]
+    docs.append({"content": "a red circle", "content_type": "text"})
+    query = {"content": "a red circle", "content_type": "text"}
+    with_itm = only_result(models_plugin.call(rerank_request("invoke_multimodal_rerank", query, docs,
+                                                             credentials=credentials)))["docs"]
+    without = only_result(models_plugin.call(rerank_request("invoke_multimodal_rerank", query, docs)))["docs"]
+    model, processor = BlipForImageTextRetrieval.from_pretrained(blip), AutoProcessor.from_pretrained(blip)
+    pictures = [Image.open(io.BytesIO(base64.b64decode(b64))).convert("RGB") for b64, _ in scenes]
+    inputs = processor(images=pictures, text=["a red circle"] * 3, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        expected = torch.softmax(model(**inputs).itm_score, dim=-1)[:, 1].numpy()
+    scores = {d["index"]: d["score"] for d in with_itm}
+    assert np.allclose([scores[k] for k in range(3)], expected, atol=1e-4)
+    assert scores[3] == pytest.approx({d["index"]: d["score"] for d in without}[3])  # text-text: the dual encoder
+
+
+def test_the_model_package_installs_only_what_it_imports():
+    """Its requirements are the tool package's lines minus the store and the endpoints; the stdio tests above
+    run with every library that only the tool package installs made unimportable (tests/conftest.py)."""
+    from conftest import tool_package_only_modules
+    from crossmodal.dify.packaging import package_entries
+
+    def lines(path):
+        return {line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")}
+
+    models, tools = lines(ROOT / "model_provider" / "requirements.txt"), lines(ROOT / "requirements.txt")
+    assert models < tools  # the same pins, fewer libraries
+    assert {"qdrant_edge", "qdrant_client", "prometheus_client"} <= set(tool_package_only_modules())
+    shipped = dict((name, path) for path, name in package_entries(ROOT, models=True))
+    assert shipped["requirements.txt"] == ROOT / "model_provider" / "requirements.txt"

@@ -141,6 +141,8 @@ def test_the_manifest_is_what_the_sdk_and_a_stock_dify_accept():
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "1.1.0"
     manifest = yaml.safe_load((ROOT / "manifest.yaml").read_text())
-    # The pack makes no reverse calls into Dify's tools; it serves endpoints.
-    assert manifest["resource"]["permission"] == {"tool": {"enabled": False}, "endpoint": {"enabled": True}}
+    # The pack makes no reverse calls into Dify's tools; it serves endpoints, and tool nodes may embed with the
+    # workspace's embedding models (the daemon checks the text-embedding permission).
+    assert manifest["resource"]["permission"] == {"tool": {"enabled": False}, "endpoint": {"enabled": True},
+                                                  "model": {"enabled": True, "text_embedding": True}}
     assert manifest["meta"]["runner"]["version"] == "3.12"

@@ -3,11 +3,12 @@ the gevent loop, and errors mapped onto the SDK's model errors (their text is wh
 
 from __future__ import annotations
 
+import json
 import logging
 import traceback
 from typing import Any, Callable
 
-from crossmodal.dify.validation import validate_model
+from crossmodal.dify.validation import validate_model, validate_reranker
 from crossmodal.errors import CrossmodalError, redact
 from crossmodal.runtime import offload
 from crossmodal.service import Service
@@ -18,8 +19,12 @@ logger = logging.getLogger(__name__)
 
 def service_for_model(model: str, credentials: dict | None) -> Service:
     """The model name Dify sends is a preset, a hub id or a local directory; the credentials add device,
-    precision and hub settings."""
-    return Service(Settings.from_credentials({**(credentials or {}), "model": model}))
+    precision, hub settings and (rerank models) an ITM model, which becomes the ``itm`` route."""
+    credentials = dict(credentials or {})
+    itm = str(credentials.pop("itm_model", "") or "").strip()
+    if itm:
+        credentials["routes"] = json.dumps({"itm": itm})
+    return Service(Settings.from_credentials({**credentials, "model": model}))
 
 
 def run(fn: Callable[..., Any], *args, bad_request: type[Exception], **kwargs) -> Any:
@@ -34,7 +39,12 @@ def run(fn: Callable[..., Any], *args, bad_request: type[Exception], **kwargs) -
         raise RuntimeError(f"internal error ({type(exc).__name__}); the plugin log has the details") from None
 
 
-def check_model(model: str, credentials: dict | None, error: type[Exception]) -> None:
+def check_model(model: str, credentials: dict | None, error: type[Exception], rerank: bool = False) -> None:
     """Credential validation for a model (or, with a predefined model's name, for the provider): its settings
-    and its config files, never its weights; a problem becomes ``error``."""
-    run(validate_model, service_for_model(model, credentials).settings, bad_request=error)
+    and its config files, never its weights; a problem becomes ``error``. A rerank model may also be a text
+    cross-encoder, and its ITM model is checked too."""
+    service = service_for_model(model, credentials)
+    if rerank:
+        run(validate_reranker, service, bad_request=error)
+    else:
+        run(validate_model, service.settings, bad_request=error)

@@ -37,8 +37,8 @@ ALWAYS_LEFT_OUT = [".git/", "*.difypkg", "*.pem", "venv/", ".venv*/", "env/", "b
 
 MODEL_PACKAGE_DIR = "model_provider"
 # What the model-provider package takes from the repository beside its own folder: the same core, entry point,
-# requirements, privacy policy and icon (assembled here, never copied by hand).
-SHARED_WITH_MODELS = ("main.py", "requirements.txt", "PRIVACY.md", "_assets", "crossmodal")
+# privacy policy and icon (assembled here, never copied by hand). Its requirements.txt is its own: no store.
+SHARED_WITH_MODELS = ("main.py", "PRIVACY.md", "_assets", "crossmodal")
 
 
 def package_entries(root: Path, models: bool = False) -> list[tuple[Path, str]]:

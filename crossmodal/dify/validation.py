@@ -25,12 +25,33 @@ def validate_settings(settings: Settings) -> dict:
     return {"backend": store.backend, "collections": len(collections), "model": model_identity(settings.model)}
 
 
+def validate_reranker(service) -> str:
+    """A rerank model's settings: a dual encoder or a text cross-encoder, and its ITM model's config."""
+    from crossmodal.rerank.documents import reranker_kind
+
+    settings = service.settings
+    check_runtime(settings)
+    kind = reranker_kind(service, settings.model)
+    if kind == "dual":
+        validate_model(settings)
+    itm = service.routes.get("itm")
+    if itm:
+        from transformers import AutoConfig
+
+        try:
+            model_type = AutoConfig.from_pretrained(resolve_model_config_dir(itm, settings.hub)).model_type
+        except CrossmodalError as exc:
+            raise CrossmodalError(str(exc).split(": ", 1)[-1], param="itm_model") from None
+        if model_type not in ("blip", "blip-2"):
+            raise CrossmodalError(f"'{itm}' is a {model_type} model, not a BLIP or BLIP-2 image-text retrieval "
+                                  "model such as Salesforce/blip-itm-base-coco", param="itm_model")
+    return kind
+
+
 def validate_model(settings: Settings) -> str:
     """Device, precision, and the model's config and processor files (a few KB): saving credentials must not
     wait for gigabytes of weights. Returns the model's type."""
-    pick_device(settings.device)
-    if settings.precision not in PRECISIONS:
-        raise CrossmodalError(f"'{settings.precision}' is not one of {', '.join(PRECISIONS)}", param="precision")
+    check_runtime(settings)
     if is_workspace_model(settings.model):  # Dify checks it on first use; here only its spelling can be
         parse_workspace_model(settings.model)
         return "workspace"
@@ -42,3 +63,9 @@ def validate_model(settings: Settings) -> str:
         raise CrossmodalError(f"'{settings.model}' is a {model_type} model, not a dual encoder "
                               f"({', '.join(SUPPORTED_TYPES)})", param="model")
     return model_type
+
+
+def check_runtime(settings: Settings) -> None:
+    pick_device(settings.device)
+    if settings.precision not in PRECISIONS:
+        raise CrossmodalError(f"'{settings.precision}' is not one of {', '.join(PRECISIONS)}", param="precision")

@@ -23,6 +23,7 @@ from crossmodal.encoders.acceleration import load_towers, pooled
 from crossmodal.errors import CrossmodalError, redact
 from crossmodal.locations import model_cache_dir
 from crossmodal.runtime import os_lock
+from crossmodal.encoders.vectors import TextEncoding, l2_normalize  # noqa: F401 - part of this module's API
 
 logger = logging.getLogger(__name__)
 
@@ -166,12 +167,6 @@ def pick_device(device: str | None) -> str:
     if device not in ("cpu", "cuda"):
         raise CrossmodalError(f"'{device}' is not one of auto, cpu, cuda", param="device")
     return device
-
-
-@dataclass
-class TextEncoding:
-    vectors: np.ndarray
-    truncated: list[int]  # indexes of texts cut to the model's context
 
 
 class Encoder:
@@ -408,11 +403,6 @@ def _calibration_batch():
     images = [Image.open(folder / f"scene-{k}.png").convert("RGB") for k in range(len(captions))]
     return images, captions
 
-
-
-def l2_normalize(vectors: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
-    return (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
 
 
 _ENCODERS: dict[tuple, Encoder] = {}

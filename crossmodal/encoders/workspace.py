@@ -19,7 +19,7 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
-from crossmodal.encoders.models import TextEncoding, l2_normalize
+from crossmodal.encoders.vectors import TextEncoding, l2_normalize
 from crossmodal.errors import CrossmodalError
 from crossmodal.runtime import os_lock
 

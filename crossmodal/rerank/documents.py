@@ -1,6 +1,14 @@
-"""Reranking Dify's documents (texts or base64 images) against a text or image query with the dual encoder:
-each document's score is the align node's calibrated match probability of its cosine with the query, so
-Dify's 0-1 score threshold means what it says; indices are always the request's."""
+"""Reranking Dify's documents (texts or base64 images) against a text or image query: what the model package's
+rerank models serve. Every score is a 0-1 match probability, so that Dify's score threshold means what it says,
+and indices are always the request's.
+
+The model decides how pairs are scored:
+- a dual encoder (CLIP, Chinese-CLIP, SigLIP): the align node's calibrated probability of the pair's cosine;
+  with an ITM model set (the ``itm`` route, the model package's ``itm_model`` field), image-text pairs are
+  scored by its image-text matching head instead (BLIP's P(match)), same-kind pairs still by the dual encoder;
+- a text cross-encoder (``*ForSequenceClassification``, e.g. cross-encoder/ms-marco-MiniLM-L-6-v2): the
+  sigmoid of its relevance logit for each query-document pair; it reads texts only.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +16,14 @@ from typing import Sequence
 
 import numpy as np
 
-from crossmodal.context import Context
+from crossmodal.context import Context, torch_device
 from crossmodal.encoders.embedder import embed_documents
 from crossmodal.errors import CrossmodalError
+from crossmodal.inputs.checks import check_text
+from crossmodal.runtime import os_lock
+
+_KINDS: dict[str, str] = {}  # model identity -> "dual" | "cross-encoder"
+_KINDS_LOCK = os_lock()
 
 
 def rerank_documents(ctx: Context, query: tuple[str, str], documents: Sequence[tuple[str, str]],
@@ -20,15 +33,106 @@ def rerank_documents(ctx: Context, query: tuple[str, str], documents: Sequence[t
         return {"model": model or ctx.settings.model, "docs": []}
     if top_n is not None and top_n < 1:
         raise CrossmodalError(f"{top_n} is not a positive number of documents", param="top_n")
-    embedded = embed_documents(ctx, [query, *documents], model)
-    vectors = np.asarray(embedded["vectors"], dtype=np.float32)
-    calibration = ctx.calibration(ctx.encoder(embedded["model"]))
-    cosines = vectors[1:] @ vectors[0]
-    scores = [calibration.probability(float(c)) for c in cosines]
+    if reranker_kind(ctx, model) == "cross-encoder":
+        used, scores, cosines = cross_encoder_scores(ctx, query, documents, model)
+    else:
+        used, scores, cosines = dual_encoder_scores(ctx, query, documents, model)
     order = sorted(range(len(documents)), key=lambda i: -scores[i])
     kept = [i for i in order if score_threshold is None or scores[i] >= score_threshold]
     if top_n is not None:
         kept = kept[:top_n]
-    docs = [{"index": i, "score": round(scores[i], 6), "text": documents[i][1], "cosine": round(float(cosines[i]), 6)}
-            for i in kept]
-    return {"model": embedded["model"], "docs": docs}
+    docs = []
+    for i in kept:
+        row = {"index": i, "score": round(float(scores[i]), 6), "text": documents[i][1]}
+        if cosines is not None:
+            row["cosine"] = round(float(cosines[i]), 6)
+        docs.append(row)
+    return {"model": used, "docs": docs}
+
+
+def reranker_kind(ctx: Context, model: str | None) -> str:
+    """'dual' or 'cross-encoder', read from the model's config (a few KB; never its weights)."""
+    from crossmodal.encoders.models import PRESETS, SUPPORTED_TYPES, model_identity, resolve_model_config_dir
+
+    identity = model_identity(model or ctx.settings.model)
+    if identity in PRESETS or identity.startswith("dify:"):
+        return "dual"
+    with _KINDS_LOCK:
+        if identity in _KINDS:
+            return _KINDS[identity]
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(resolve_model_config_dir(identity, ctx.settings.hub))
+    if config.model_type in SUPPORTED_TYPES:
+        kind = "dual"
+    elif any(a.endswith("ForSequenceClassification") for a in (config.architectures or [])):
+        kind = "cross-encoder"
+    else:
+        raise CrossmodalError(f"'{identity}' is a {config.model_type} model; a rerank model is a dual encoder "
+                              f"({', '.join(SUPPORTED_TYPES)}) or a text cross-encoder (a "
+                              "*ForSequenceClassification model such as cross-encoder/ms-marco-MiniLM-L-6-v2); "
+                              "a BLIP ITM model goes in the ITM model field", param="model")
+    with _KINDS_LOCK:
+        _KINDS[identity] = kind
+    return kind
+
+
+def dual_encoder_scores(ctx: Context, query: tuple[str, str], documents: Sequence[tuple[str, str]],
+                        model: str | None):
+    embedded = embed_documents(ctx, [query, *documents], model)
+    vectors = np.asarray(embedded["vectors"], dtype=np.float32)
+    calibration = ctx.calibration(ctx.encoder(embedded["model"]))
+    cosines = vectors[1:] @ vectors[0]
+    scores = np.asarray([calibration.probability(float(c)) for c in cosines], dtype=np.float64)
+    itm = ctx.routes.get("itm")
+    crossing = [i for i, (kind, _) in enumerate(documents) if kind != query[0]]
+    if itm and crossing:
+        scores[crossing] = itm_probabilities(ctx, itm, query, [documents[i] for i in crossing], crossing)
+    return embedded["model"], scores, cosines
+
+
+def itm_probabilities(ctx: Context, itm: str, query: tuple[str, str], pairs: list[tuple[str, str]],
+                      indices: list[int]) -> np.ndarray:
+    """BLIP's P(match) for each image-text pair (the query and a document of the other kind)."""
+    from crossmodal.inputs.images import decode_image
+    from crossmodal.inputs.sources import decode_base64
+    from crossmodal.rerank import scoring
+
+    try:
+        loaded = scoring.load_itm(itm, ctx.settings.hub, torch_device(ctx.settings.device))
+    except CrossmodalError as exc:
+        raise CrossmodalError(f"the ITM model '{itm}' cannot be loaded: {exc}", param="itm_model") from None
+
+    def picture(content: str, index: int):
+        param = f"documents[{index}]"
+        return decode_image(decode_base64(content, param), param=param).image
+
+    if query[0] == "image":
+        image = picture(query[1], 0)
+        candidates = [scoring.Candidate(str(i), image=image) for i in indices]
+        probabilities, _ = scoring.itm_scores(loaded, None, candidates, texts=[text for _, text in pairs])
+    else:
+        candidates = [scoring.Candidate(str(i), image=picture(content, i + 1)) for i, (_, content) in
+                      zip(indices, pairs)]
+        probabilities, _ = scoring.itm_scores(loaded, query[1], candidates)
+    return probabilities
+
+
+def cross_encoder_scores(ctx: Context, query: tuple[str, str], documents: Sequence[tuple[str, str]],
+                         model: str | None):
+    from crossmodal.encoders.models import model_identity
+    from crossmodal.rerank import scoring
+
+    name = model_identity(model or ctx.settings.model)
+    for index, (kind, content) in enumerate([query, *documents]):
+        if kind != "text":
+            raise CrossmodalError(f"is an image, and '{name}' is a text cross-encoder: rerank images with a "
+                                  "Vision rerank model (a dual encoder)", param=f"documents[{index}]")
+        check_text(content, f"documents[{index}]")
+    try:
+        encoder = scoring.load_cross_encoder(name, ctx.settings.hub, torch_device(ctx.settings.device))
+    except CrossmodalError as exc:
+        raise CrossmodalError(str(exc).split(": ", 1)[-1], param="model") from None
+    candidates = [scoring.Candidate(str(i), text=text) for i, (_, text) in enumerate(documents)]
+    scores = scoring.cross_encoder_scores(encoder, query[1], candidates, bf16=ctx.settings.precision == "bf16")
+    return name, np.asarray(scores, dtype=np.float64), None

@@ -8,11 +8,13 @@ from dify_plugin.entities.model.text_embedding import MultiModalContent
 from dify_plugin.errors.model import CredentialsValidateFailedError, InvokeBadRequestError, InvokeError
 
 from crossmodal.dify.models import check_model, run, service_for_model
+from crossmodal.rerank.documents import reranker_kind
 
 
 class CrossmodalRerankModel(RerankModel):
-    """A text or image query against text or image documents, scored by the dual encoder's calibrated match
-    probability (0-1)."""
+    """A text or image query against text or image documents, each scored as a 0-1 match probability: by the
+    dual encoder's calibration, by BLIP ITM for image-text pairs when an ITM model is set, or, for a text
+    cross-encoder, by its relevance (crossmodal/rerank/documents.py)."""
 
     def _invoke(self, model: str, credentials: dict, query: str, docs: list[str],
                 score_threshold: float | None = None, top_n: int | None = None,
@@ -28,12 +30,14 @@ class CrossmodalRerankModel(RerankModel):
         return MultiModalRerankResult(model=model, docs=result)
 
     def validate_credentials(self, model: str, credentials: dict) -> None:
-        check_model(model, credentials, CredentialsValidateFailedError)
+        check_model(model, credentials, CredentialsValidateFailedError, rerank=True)
 
     def get_customizable_model_schema(self, model: str, credentials: dict) -> AIModelEntity:
+        # A text cross-encoder reads no images: without the vision feature, Dify sends it no image documents.
+        kind = run(reranker_kind, service_for_model(model, credentials), model, bad_request=InvokeBadRequestError)
         return AIModelEntity(model=model, label=I18nObject(en_US=model), model_type=ModelType.RERANK,
-                             fetch_from=FetchFrom.CUSTOMIZABLE_MODEL, features=[ModelFeature.VISION],
-                             model_properties={})
+                             fetch_from=FetchFrom.CUSTOMIZABLE_MODEL,
+                             features=[ModelFeature.VISION] if kind == "dual" else [], model_properties={})
 
     @property
     def _invoke_error_mapping(self) -> dict[type[InvokeError], list[type[Exception]]]:
