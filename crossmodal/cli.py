@@ -17,7 +17,7 @@ def _store_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("store (default: the embedded store in $CROSSMODAL_HOME or ~/.crossmodal)")
     g.add_argument("--store", metavar="DIR", help="data directory of the embedded store")
     g.add_argument("--url", help="Qdrant server or cluster URL (instead of the embedded store)")
-    g.add_argument("--api-key", help="Qdrant API key (or $QDRANT_API_KEY)")
+    g.add_argument("--api-key", help="Qdrant API key (or $QDRANT_API_KEY); for migrate, the key of the server --to names")
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
@@ -74,7 +74,8 @@ def cmd_ingest(args) -> int:
     if not items:
         raise _usage("give image files, directories or --text")
     bar = tqdm(total=len(items), unit="item", disable=args.json, file=sys.stderr)
-    report = _service(args).ingest(items, args.collection, args.model, progress=bar.update, regions=args.regions)
+    report = _service(args).ingest(items, args.collection, args.model, progress=bar.update, regions=args.regions,
+                                   storage=args.storage)
     bar.close()
     summary = {"added": report["added"], "duplicates": report["duplicates"], "rejected": report["rejected"]}
     text = (f"{report['added']} added, {report['duplicates']} duplicates, {len(report['rejected'])} rejected; "
@@ -167,6 +168,8 @@ def cmd_serve(args) -> int:
 
 
 def cmd_collections(args) -> int:
+    if args.action == "migrate":
+        return cmd_migrate(args)
     service = _service(args)
     if args.action == "list":
         result = service.list_collections()
@@ -180,6 +183,54 @@ def cmd_collections(args) -> int:
         text = f"deleted {result['deleted']}"
     _emit(result, args.json, text)
     return 0
+
+
+def cmd_migrate(args) -> int:
+    """Copy a collection from this command's store (--store / --url) to --to, resumably (store/migrate.py)."""
+    import os
+
+    from tqdm.auto import tqdm
+
+    from crossmodal.store import open_store
+    from crossmodal.store.migrate import migrate
+
+    if not args.name or not args.to:
+        raise _usage("collections migrate NAME --to URL|embedded[:DIR]|path:DIR [--api-key KEY] [--as NEW]")
+    env_key = os.environ.get("QDRANT_API_KEY")
+    target_is_server = args.to.startswith(("http://", "https://"))
+    source = open_store(args.url, (env_key if target_is_server else args.api_key or env_key) if args.url else None,
+                        args.store)
+    target = open_target(args.to, (args.api_key or env_key) if target_is_server else None)
+    total = source.get_collection(args.name).count
+    bar = tqdm(total=total, unit="point", disable=args.json, file=sys.stderr, desc=f"copying {args.name}")
+    try:
+        report = migrate(source, target, args.name, args.as_name, progress=bar.update)
+    finally:
+        bar.close()
+        for store in (source, target):
+            store.close()
+    text = (f"{report['collection']} -> {report['to']}: {report['copied']} copied, {report['already_there']} "
+            f"already there; {report['count']} points, {report['sampled']} sampled vectors equal")
+    _emit(report, args.json, "\n".join([text, *report["notes"]]))
+    return 0
+
+
+def open_target(spec: str, api_key: str | None):
+    """--to: a server URL, ``embedded`` (the default data folder) or ``embedded:DIR``, or ``path:DIR``
+    (qdrant-client's local mode: a server's code path without a server)."""
+    from crossmodal.store import open_store
+
+    if spec.startswith(("http://", "https://")):
+        return open_store(spec, api_key)
+    if spec == "embedded" or spec.startswith("embedded:"):
+        return open_store(None, None, spec.partition(":")[2] or None)
+    if spec.startswith("path:") and spec[5:]:
+        from qdrant_client import QdrantClient
+
+        from crossmodal.store.remote import RemoteStore
+
+        return RemoteStore(url=spec, client=QdrantClient(path=spec[5:]))
+    raise _usage(f"--to '{spec}' is not a server URL (http[s]://...), embedded[:DIR] or path:DIR")
 
 
 def _usage(message: str):
@@ -212,6 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tags", help="comma-separated tags for every item")
     p.add_argument("--metadata", help="JSON object stored with every item")
     p.add_argument("--regions", action="store_true", help="also store tile vectors of large images")
+    p.add_argument("--storage", help="for a new collection: e.g. 'quantization=int8, on_disk=true' "
+                                     "(vectors, quantization, on_disk; shards, replicas, write_consistency on a server)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a progress bar")
     _store_args(p)
     _model_args(p)
@@ -271,10 +324,13 @@ def build_parser() -> argparse.ArgumentParser:
     _store_args(p)
     p.add_argument("--model", default=None)
 
-    p = sub.add_parser("collections", help="list, inspect or delete collections")
-    p.add_argument("action", nargs="?", default="list", choices=["list", "info", "delete"])
+    p = sub.add_parser("collections", help="list, inspect, delete or migrate collections")
+    p.add_argument("action", nargs="?", default="list", choices=["list", "info", "delete", "migrate"])
     p.add_argument("name", nargs="?")
     p.add_argument("--yes", action="store_true", help="confirm deletion")
+    p.add_argument("--to", help="migrate: where to copy the collection (a Qdrant URL, embedded[:DIR] or path:DIR); "
+                                "rerunning after an interruption goes on where it stopped")
+    p.add_argument("--as", dest="as_name", metavar="NEW", help="migrate: the copy's name (default: the same)")
     p.add_argument("--json", action="store_true")
     _store_args(p)
 

@@ -36,6 +36,7 @@ class Settings:
     routes: str | None = None  # JSON route table (crossmodal/encoders/routing.py); empty: the defaults
     url_allowlist: str | None = None  # hosts image URLs may reach even when they resolve to internal addresses
     precision: str = "fp32"  # fp32 | bf16 (checked against fp32 on first use; see Encoder.use_precision)
+    storage: str | None = None  # how new collections keep their vectors (crossmodal/store/options.py)
     hub: HubOptions = field(default_factory=HubOptions.from_env)
 
     def store_dir(self) -> Path:
@@ -57,6 +58,7 @@ class Settings:
             precision=_text(c.get("precision")) or "fp32",
             url_allowlist=_text(c.get("url_allowlist")),
             routes=_text(c.get("routes")),
+            storage=_text(c.get("storage")),
             hub=HubOptions(
                 endpoint=_text(c.get("hf_endpoint")) or env_hub.endpoint,
                 token=_text(c.get("hf_token")) or env_hub.token,

@@ -26,7 +26,8 @@ class IngestTool(Tool):
         items += [IngestItem(text=t, tags=tags, metadata=metadata) for t in texts]
         service = service_for(self.runtime.credentials, self.session)
         report = call(service.ingest, items, tool_parameters.get("collection") or None,
-                      tool_parameters.get("model") or None, regions=flag(tool_parameters.get("regions")))
+                      tool_parameters.get("model") or None, regions=flag(tool_parameters.get("regions")),
+                      storage=tool_parameters.get("storage") or None)
         yield self.create_text_message(
             f"{report['added']} added, {report['duplicates']} duplicates, {len(report['rejected'])} rejected; "
             f"'{report['collection']}' now holds {report['count']} points"

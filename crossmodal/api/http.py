@@ -143,7 +143,7 @@ def route_ingest(service: Service, body: dict, request: Request) -> dict:
     if not items:
         raise CrossmodalError("give at least one item (image, image_url or text), or multipart files", param="items")
     report = service.ingest(items, field(body, "collection", str), field(body, "model", str),
-                            regions=bool(field(body, "regions", bool, False)))
+                            regions=bool(field(body, "regions", bool, False)), storage=field(body, "storage", str))
     return report
 
 

@@ -7,6 +7,7 @@ from crossmodal.encoders.workspace import is_workspace_model, parse_workspace_mo
 from crossmodal.errors import CrossmodalError
 from crossmodal.settings import Settings
 from crossmodal.store import check_collection_name, open_store
+from crossmodal.store.options import BINARY_MIN_DIM, StorageOptions
 
 
 def validate_settings(settings: Settings) -> dict:
@@ -15,7 +16,9 @@ def validate_settings(settings: Settings) -> dict:
     from crossmodal.encoders.routing import parse_routes
 
     parse_routes(settings.routes)
+    storage = StorageOptions.parse(settings.storage)
     store = open_store(settings.store_url, settings.store_api_key, settings.store_dir())
+    storage.check(store.backend, BINARY_MIN_DIM)  # the dimension is the model's, checked when a collection is made
     try:
         collections = store.list_collections()
     finally:

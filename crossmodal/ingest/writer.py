@@ -13,6 +13,7 @@ from crossmodal.errors import NotFoundError
 from crossmodal.ingest.items import IngestItem, PreparedItem, Rejected, prepare_or_reject, region_points
 from crossmodal.ingest.pipeline import decode_workers, ordered_map
 from crossmodal.store import StoredPoint
+from crossmodal.store.options import StorageOptions
 
 
 INGEST_CHUNK = 128  # items decoded, embedded and written at a time: memory stays flat
@@ -25,14 +26,19 @@ def ingest(
     model: str | None = None,
     progress: Callable[[int], None] | None = None,
     regions: bool = False,
+    storage: str | dict | None = None,
 ) -> dict:
     """Add items; same content again is a duplicate; a bad item is rejected, never the batch.
 
     ``regions``: also store one child point per overlapping tile of each large image (see
-    ``region_points``), so that searches with ``regions`` find small objects in large images."""
+    ``region_points``), so that searches with ``regions`` find small objects in large images. ``storage``: how a
+    new collection keeps its vectors (crossmodal/store/options.py); the provider's default when empty."""
     name = ctx.collection_name(collection)
+    asked = StorageOptions.parse(storage) if storage else None
+    default = StorageOptions.parse(ctx.settings.storage, param="storage (provider default)")
     encoder = encoder_for_write(ctx, name, model)
-    ctx.store.ensure_collection(name, encoder.identity, encoder.dim, encoder.weights)
+    ctx.store.ensure_collection(name, encoder.identity, encoder.dim, encoder.weights, asked or default,
+                                strict=asked is not None)
     report = {"collection": name, "model": encoder.identity, "precision": encoder.precision, "added": 0,
               "duplicates": 0, "rejected": [], "items": [], "warnings": precision_warnings(encoder)}
     seen: set[str] = set()

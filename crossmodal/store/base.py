@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from crossmodal.errors import CrossmodalError, NotFoundError
+from crossmodal.store.options import StorageOptions
 
 VECTOR_NAME = "embedding"
 COLLECTION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
@@ -24,10 +25,11 @@ class CollectionInfo:
     count: int = 0
     created_at: str | None = None
     weights: str | None = None  # the model's weights_fingerprint when it was made; None: made before it was kept
+    storage: StorageOptions = field(default_factory=StorageOptions)  # how its vectors are kept (store/options.py)
 
     def as_dict(self) -> dict[str, Any]:
         return {"name": self.name, "model": self.model, "dimension": self.dim, "count": self.count,
-                "created_at": self.created_at, "weights": self.weights}
+                "created_at": self.created_at, "weights": self.weights, "storage": self.storage.as_dict()}
 
 
 @dataclass
@@ -76,7 +78,9 @@ class VectorStore(ABC):
     backend = "abstract"
 
     @abstractmethod
-    def create_collection(self, name: str, model: str, dim: int, weights: str | None = None) -> CollectionInfo: ...
+    def create_collection(self, name: str, model: str, dim: int, weights: str | None = None,
+                          storage: StorageOptions | None = None) -> CollectionInfo:
+        """A new collection; ``storage`` is checked against the backend and the dimension first."""
 
     @abstractmethod
     def get_collection(self, name: str, with_count: bool = True) -> CollectionInfo:
@@ -113,20 +117,35 @@ class VectorStore(ABC):
     @abstractmethod
     def count(self, name: str, conditions: list[Condition] = ()) -> int: ...
 
+    @abstractmethod
+    def scroll(self, name: str, offset=None, limit: int = 256) -> tuple[list[StoredPoint], Any]:
+        """Points in id order with their vectors and full payloads (thumbnails included), and the offset of
+        the next page (None after the last): what a copy of the collection needs."""
+
+    @abstractmethod
+    def vectors(self, name: str, ids: list[str]) -> dict[str, list[float]]:
+        """Stored vectors by id (missing ids are left out)."""
+
     def finish_writes(self, name: str) -> None:
         """Called after an ingest: build indexes, flush. Backends that index on their own do nothing."""
 
     def close(self) -> None:
         """Release files and connections."""
 
-    def ensure_collection(self, name: str, model: str, dim: int, weights: str | None = None) -> CollectionInfo:
-        """The collection, made on first use; a clear error if another model, or other weights, made it."""
+    def ensure_collection(self, name: str, model: str, dim: int, weights: str | None = None,
+                          storage: StorageOptions | None = None, strict: bool = False) -> CollectionInfo:
+        """The collection, made on first use (with ``storage``); a clear error if another model, or other
+        weights, made it, or (``strict``: the caller asked for these options) if it keeps its vectors otherwise."""
         try:
             info = self.get_collection(name, with_count=False)
         except NotFoundError:
-            return self.create_collection(name, model, dim, weights)
+            return self.create_collection(name, model, dim, weights, storage)
         check_model(info, model, dim)
         check_weights(info, weights)
+        if strict and storage is not None and storage != info.storage:
+            raise CrossmodalError(f"collection '{name}' exists with storage '{info.storage.describe()}'; storage "
+                                  "options apply when a collection is made: leave them empty, or use a new "
+                                  "collection (python -m crossmodal collections migrate copies one)", param="storage")
         return info
 
 

@@ -27,6 +27,7 @@ import qdrant_edge as qe
 
 from crossmodal.runtime import os_lock, os_rlock
 from crossmodal.errors import CrossmodalError
+from crossmodal.store.options import INT8_QUANTILE, StorageOptions
 from crossmodal.store.base import (
     INTEGER_FIELDS,
     KEYWORD_FIELDS,
@@ -48,10 +49,11 @@ META_FILE = "collection.json"
 
 
 class _OpenShard:
-    def __init__(self, shard: qe.EdgeShard, lock_fd: int):
+    def __init__(self, shard: qe.EdgeShard, lock_fd: int, storage: StorageOptions):
         self.shard = shard
         self.lock_fd = lock_fd
         self.mutex = os_rlock()
+        self.search_params = search_params(storage)
 
 
 # One open shard per directory per process: Qdrant's files must not be opened twice.
@@ -73,17 +75,16 @@ class EdgeStore(VectorStore):
     def _dir(self, name: str) -> Path:
         return self.root / "collections" / check_collection_name(name)
 
-    def create_collection(self, name: str, model: str, dim: int, weights: str | None = None) -> CollectionInfo:
+    def create_collection(self, name: str, model: str, dim: int, weights: str | None = None,
+                          storage: StorageOptions | None = None) -> CollectionInfo:
+        storage = (storage or StorageOptions()).check(self.backend, int(dim))
         directory = self._dir(name)
         if (directory / META_FILE).exists():
             raise CrossmodalError(f"collection '{name}' already exists", param="collection")
         directory.mkdir(parents=True, exist_ok=True)
         info = CollectionInfo(name, model, int(dim), 0, datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                              weights)
-        config = qe.EdgeConfig(
-            vectors={VECTOR_NAME: qe.EdgeVectorParams(size=int(dim), distance=qe.Distance.Cosine)},
-            optimizers=qe.EdgeOptimizersConfig(indexing_threshold=INDEXING_THRESHOLD),
-        )
+                              weights, storage)
+        config = edge_config(int(dim), storage)
         lock_fd = _lock(directory, name)
         shard = qe.EdgeShard.create(str(directory / "shard"), config)
         for field in KEYWORD_FIELDS:
@@ -91,10 +92,10 @@ class EdgeStore(VectorStore):
         for field in INTEGER_FIELDS:
             shard.update(qe.UpdateOperation.create_field_index(field, qe.PayloadSchemaType.Integer))
         with _OPEN_LOCK:
-            _OPEN[str(directory)] = _OpenShard(shard, lock_fd)
+            _OPEN[str(directory)] = _OpenShard(shard, lock_fd, storage)
         # The metadata file is written last and atomically: its presence marks a complete collection.
         _write_json(directory / META_FILE, {"model": model, "dim": int(dim), "created_at": info.created_at,
-                                            "weights": weights})
+                                            "weights": weights, "storage": storage.as_dict()})
         return info
 
     def _meta(self, name: str) -> dict:
@@ -107,7 +108,7 @@ class EdgeStore(VectorStore):
         meta = self._meta(name)
         count = self.count(name) if with_count else 0
         return CollectionInfo(name, meta["model"], int(meta["dim"]), count, meta.get("created_at"),
-                              meta.get("weights"))
+                              meta.get("weights"), StorageOptions.parse(meta.get("storage")))
 
     def list_collections(self) -> list[CollectionInfo]:
         names = sorted(p.parent.name for p in (self.root / "collections").glob(f"*/{META_FILE}"))
@@ -137,13 +138,14 @@ class EdgeStore(VectorStore):
                 return _OPEN[key]
             if not (directory / META_FILE).is_file():
                 raise missing_collection(name)
+            storage = StorageOptions.parse(json.loads((directory / META_FILE).read_text()).get("storage"))
             lock_fd = _lock(directory, name)
             try:
                 shard = qe.EdgeShard.load(str(directory / "shard"))
             except Exception:
                 os.close(lock_fd)
                 raise
-            _OPEN[key] = _OpenShard(shard, lock_fd)
+            _OPEN[key] = _OpenShard(shard, lock_fd, storage)
             return _OPEN[key]
 
     def existing_ids(self, name: str, ids: list[str]) -> set[str]:
@@ -204,7 +206,7 @@ class EdgeStore(VectorStore):
             filter=_edge_filter(conditions),
             score_threshold=score_threshold,
             with_payload=True,
-            params=qe.SearchParams(hnsw_ef=HNSW_EF, exact=exact),
+            params=qe.SearchParams(hnsw_ef=HNSW_EF, exact=exact, **({} if exact else opened.search_params)),
         )
         with opened.mutex:
             points = opened.shard.query(request)
@@ -215,6 +217,23 @@ class EdgeStore(VectorStore):
         with opened.mutex:
             return int(opened.shard.count(qe.CountRequest(exact=True, filter=_edge_filter(conditions))))
 
+    def scroll(self, name: str, offset=None, limit: int = 256):
+        opened = self._shard(name)
+        with opened.mutex:
+            records, following = opened.shard.scroll(qe.ScrollRequest(offset=offset, limit=int(limit),
+                                                                      with_payload=True, with_vector=True))
+        points = [StoredPoint(str(r.id), list(r.vector[VECTOR_NAME]), self._hit(name, r.id, 0.0, r.payload).payload)
+                  for r in records]
+        return points, following
+
+    def vectors(self, name: str, ids: list[str]) -> dict[str, list[float]]:
+        if not ids:
+            return {}
+        opened = self._shard(name)
+        with opened.mutex:
+            records = opened.shard.retrieve(list(ids), with_payload=False, with_vector=True)
+        return {str(r.id): list(r.vector[VECTOR_NAME]) for r in records}
+
     def close(self) -> None:
         """Close this store's shards (other EdgeStore objects on the same root share them)."""
         prefix = str(self.root / "collections")
@@ -224,6 +243,29 @@ class EdgeStore(VectorStore):
                 with opened.mutex:
                     opened.shard.close()
                     os.close(opened.lock_fd)
+
+
+def edge_config(dim: int, storage: StorageOptions) -> qe.EdgeConfig:
+    """Qdrant-edge's configuration for these storage options: originals Cached (memory-mapped and kept in the
+    page cache) or Cold (on disk, read as needed); the quantised copy, when there is one, Pinned in RAM."""
+    quantization = None
+    if storage.quantization == "int8":
+        quantization = qe.ScalarQuantizationConfig(qe.ScalarType.Int8, quantile=INT8_QUANTILE, memory=qe.Memory.Pinned)
+    elif storage.quantization == "binary":
+        quantization = qe.BinaryQuantizationConfig(memory=qe.Memory.Pinned)
+    placement = qe.Memory.Cold if storage.on_disk else qe.Memory.Cached
+    vector = qe.EdgeVectorParams(
+        size=dim, distance=qe.Distance.Cosine, memory=placement, quantization_config=quantization,
+        datatype=qe.VectorStorageDatatype.Float16 if storage.vectors == "float16" else qe.VectorStorageDatatype.Float32)
+    return qe.EdgeConfig(vectors={VECTOR_NAME: vector}, payload_memory=placement,
+                         optimizers=qe.EdgeOptimizersConfig(indexing_threshold=INDEXING_THRESHOLD))
+
+
+def search_params(storage: StorageOptions) -> dict:
+    """Quantised collections search the codes first, then rescore the best candidates on the originals."""
+    if storage.quantization == "none":
+        return {}
+    return {"quantization": qe.QuantizationSearchParams(rescore=True, oversampling=storage.oversampling)}
 
 
 def _edge_filter(conditions) -> qe.Filter | None:

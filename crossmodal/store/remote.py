@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 from crossmodal.errors import CrossmodalError, NotFoundError, StoreUnavailableError
+from crossmodal.store.options import INT8_QUANTILE, StorageOptions
 from crossmodal.store.base import (
     INTEGER_FIELDS,
     KEYWORD_FIELDS,
@@ -29,13 +30,15 @@ class RemoteStore(VectorStore):
         from qdrant_client import QdrantClient
 
         self.url = url
+        self._storage: dict[str, StorageOptions] = {}  # each collection's options, read once (queries need them)
         try:
             self.client = client or QdrantClient(url=url, api_key=api_key or None, timeout=CONNECT_TIMEOUT_S)
         except ValueError as exc:
             raise CrossmodalError(f"'{url}' is not a usable Qdrant URL ({exc})", param="store_url") from None
 
-    def _call(self, fn, *args, **kwargs):
-        """Run one client call, mapping the client's many exception types onto ours."""
+    def _call(self, fn, *args, refused_param: str = "collection", **kwargs):
+        """Run one client call, mapping the client's many exception types onto ours. A 400 (a request the
+        server or cluster cannot satisfy) names ``refused_param`` with the server's own reason."""
         from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
         try:
@@ -47,6 +50,9 @@ class RemoteStore(VectorStore):
         except UnexpectedResponse as exc:
             if exc.status_code == 404:
                 raise NotFoundError(str(exc.content[:200]), param="collection") from None
+            if exc.status_code == 400:
+                raise CrossmodalError(f"Qdrant refused it: {exc.content[:300].decode('utf-8', 'replace')}",
+                                      param=refused_param) from None
             if exc.status_code in (401, 403):
                 raise CrossmodalError("the Qdrant server refused the API key; check store_api_key",
                                       param="store_api_key", status=401) from None
@@ -59,24 +65,32 @@ class RemoteStore(VectorStore):
     def _exists(self, name: str) -> bool:
         return bool(self._call(self.client.collection_exists, check_collection_name(name)))
 
-    def create_collection(self, name: str, model: str, dim: int, weights: str | None = None) -> CollectionInfo:
+    def create_collection(self, name: str, model: str, dim: int, weights: str | None = None,
+                          storage: StorageOptions | None = None) -> CollectionInfo:
         from qdrant_client import models
 
+        storage = (storage or StorageOptions()).check(self.backend, int(dim))
         if self._exists(name):
             raise CrossmodalError(f"collection '{name}' already exists", param="collection")
         created = datetime.now(timezone.utc).isoformat(timespec="seconds")
         self._call(
             self.client.create_collection,
             name,
-            vectors_config={VECTOR_NAME: models.VectorParams(size=int(dim), distance=models.Distance.COSINE)},
+            vectors_config={VECTOR_NAME: vector_params(int(dim), storage, models)},
+            on_disk_payload=storage.on_disk,
+            shard_number=storage.shards,
+            replication_factor=storage.replicas,
+            write_consistency_factor=storage.write_consistency,
             metadata={"crossmodal_model": model, "crossmodal_dim": int(dim), "created_at": created,
-                      "crossmodal_weights": weights},
+                      "crossmodal_weights": weights, "crossmodal_storage": storage.as_dict()},
+            refused_param="storage",
         )
         for field in KEYWORD_FIELDS:
             self._call(self.client.create_payload_index, name, field, models.PayloadSchemaType.KEYWORD)
         for field in INTEGER_FIELDS:
             self._call(self.client.create_payload_index, name, field, models.PayloadSchemaType.INTEGER)
-        return CollectionInfo(name, model, int(dim), 0, created, weights)
+        self._storage[name] = storage
+        return CollectionInfo(name, model, int(dim), 0, created, weights, storage)
 
     def get_collection(self, name: str, with_count: bool = True) -> CollectionInfo:
         try:
@@ -90,8 +104,10 @@ class RemoteStore(VectorStore):
                 param="collection",
             )
         count = self.count(name) if with_count else 0
+        storage = StorageOptions.parse(meta.get("crossmodal_storage"))
+        self._storage[name] = storage
         return CollectionInfo(name, meta["crossmodal_model"], int(meta["crossmodal_dim"]), count,
-                              meta.get("created_at"), meta.get("crossmodal_weights"))
+                              meta.get("created_at"), meta.get("crossmodal_weights"), storage)
 
     def list_collections(self) -> list[CollectionInfo]:
         names = sorted(c.name for c in self._call(self.client.get_collections).collections)
@@ -106,6 +122,7 @@ class RemoteStore(VectorStore):
     def delete_collection(self, name: str) -> bool:
         if not self._exists(name):
             return False
+        self._storage.pop(name, None)
         return bool(self._call(self.client.delete_collection, name))
 
     def existing_ids(self, name: str, ids: list[str]) -> set[str]:
@@ -131,6 +148,10 @@ class RemoteStore(VectorStore):
     def query(self, name, vector, limit, conditions=(), score_threshold=None, exact=False) -> list[Hit]:
         from qdrant_client import models
 
+        storage = self._storage.get(name) or self.get_collection(name, with_count=False).storage
+        quantization = None
+        if storage.quantization != "none" and not exact:
+            quantization = models.QuantizationSearchParams(rescore=True, oversampling=storage.oversampling)
         try:
             response = self._call(
                 self.client.query_points,
@@ -141,7 +162,7 @@ class RemoteStore(VectorStore):
                 query_filter=_client_filter(conditions),
                 score_threshold=score_threshold,
                 with_payload=True,
-                search_params=models.SearchParams(hnsw_ef=HNSW_EF, exact=exact),
+                search_params=models.SearchParams(hnsw_ef=HNSW_EF, exact=exact, quantization=quantization),
             )
         except NotFoundError:
             raise missing_collection(name) from None
@@ -150,8 +171,33 @@ class RemoteStore(VectorStore):
     def count(self, name: str, conditions=()) -> int:
         return int(self._call(self.client.count, name, count_filter=_client_filter(conditions), exact=True).count)
 
+    def scroll(self, name: str, offset=None, limit: int = 256):
+        records, following = self._call(self.client.scroll, name, offset=offset, limit=int(limit),
+                                        with_payload=True, with_vectors=[VECTOR_NAME])
+        return [StoredPoint(str(r.id), list(r.vector[VECTOR_NAME]), dict(r.payload or {})) for r in records], following
+
+    def vectors(self, name: str, ids: list[str]) -> dict[str, list[float]]:
+        if not ids:
+            return {}
+        records = self._call(self.client.retrieve, name, ids=list(ids), with_payload=False,
+                             with_vectors=[VECTOR_NAME])
+        return {str(r.id): list(r.vector[VECTOR_NAME]) for r in records}
+
     def close(self) -> None:
         self.client.close()
+
+
+def vector_params(dim: int, storage: StorageOptions, models):
+    """qdrant-client's vector parameters for these storage options (the quantised copy always in RAM)."""
+    quantization = None
+    if storage.quantization == "int8":
+        quantization = models.ScalarQuantization(scalar=models.ScalarQuantizationConfig(
+            type=models.ScalarType.INT8, quantile=INT8_QUANTILE, always_ram=True))
+    elif storage.quantization == "binary":
+        quantization = models.BinaryQuantization(binary=models.BinaryQuantizationConfig(always_ram=True))
+    return models.VectorParams(size=dim, distance=models.Distance.COSINE, on_disk=storage.on_disk,
+                               datatype=models.Datatype.FLOAT16 if storage.vectors == "float16" else None,
+                               quantization_config=quantization)
 
 
 def _client_filter(conditions):
