@@ -50,13 +50,21 @@ def timed(fn, *args, repeat: int = 1, **kwargs):
     return result, (time.perf_counter() - started) / repeat
 
 
-def embedding_like(n: int, dim: int = 512, latent: int = 24, clusters: int = 200, seed: int = 0) -> np.ndarray:
+def embedding_like(n: int, dim: int = 512, latent: int = 24, clusters: int = 200, seed: int = 0,
+                   basis_seed: int | None = None) -> np.ndarray:
     """Unit vectors with low intrinsic dimension, as real embeddings have (uniform random 512-d
-    vectors are the worst case for any graph index and unlike any model's output)."""
+    vectors are the worst case for any graph index and unlike any model's output). ``basis_seed``: draw the
+    cluster centres and the projection from it, so that chunks made with other ``seed``s share one space."""
     rng = np.random.default_rng(seed)
-    centres = rng.normal(size=(clusters, latent))
+    if basis_seed is None:
+        centres = rng.normal(size=(clusters, latent))
+        z = centres[rng.integers(0, clusters, n)] + 0.35 * rng.normal(size=(n, latent))
+        x = z @ rng.normal(size=(latent, dim)) + 0.05 * rng.normal(size=(n, dim))
+        return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    basis = np.random.default_rng(basis_seed)
+    centres, projection = basis.normal(size=(clusters, latent)), basis.normal(size=(latent, dim))
     z = centres[rng.integers(0, clusters, n)] + 0.35 * rng.normal(size=(n, latent))
-    x = z @ rng.normal(size=(latent, dim)) + 0.05 * rng.normal(size=(n, dim))
+    x = z @ projection + 0.05 * rng.normal(size=(n, dim))
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 

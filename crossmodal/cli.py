@@ -153,9 +153,7 @@ def cmd_rerank(args) -> int:
 def cmd_serve(args) -> int:
     import os
 
-    from werkzeug.serving import run_simple
-
-    from crossmodal.api.http import wsgi_app
+    from crossmodal.api.server import serve
 
     key = os.environ.get("CROSSMODAL_API_KEY")
     if not key:
@@ -163,7 +161,7 @@ def cmd_serve(args) -> int:
     settings = {"api_key": key, "store_url": args.url, "store_api_key": args.api_key, "data_dir": args.store,
                 "model": args.model or "auto"}
     print(f"serving http://{args.host}:{args.port}/viewer (API under /v1, OpenAPI at /openapi.json)", file=sys.stderr)
-    run_simple(args.host, args.port, wsgi_app(settings), threaded=True)
+    serve(settings, args.host, args.port, args.workers, args.threads, args.timeout)
     return 0
 
 
@@ -321,6 +319,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="the HTTP API and viewer outside Dify (key from $CROSSMODAL_API_KEY)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--workers", type=int, default=1, help="worker processes (more than 1 needs a Qdrant server, --url)")
+    p.add_argument("--threads", type=int, default=8, help="request threads per worker")
+    p.add_argument("--timeout", type=int, default=120, help="seconds before a stuck worker is restarted")
     _store_args(p)
     p.add_argument("--model", default=None)
 

@@ -117,7 +117,7 @@ def test_an_unreachable_server_stops_the_copy_intact_and_a_rerun_finishes_it(tmp
 def test_the_command_survives_a_kill_9_and_a_rerun(tmp_path):
     """The CLI killed with SIGKILL in the middle of a copy; the same command again completes it."""
     store = EdgeStore(tmp_path / "edge")
-    synthetic(store, "big", 30_000, dim=64)
+    synthetic(store, "big", 12_000, dim=64)
     store.close()
     command = [sys.executable, "-m", "crossmodal", "collections", "migrate", "big", "--store",
                str(tmp_path / "edge"), "--to", f"path:{tmp_path / 'server'}"]
@@ -140,9 +140,9 @@ def test_the_command_survives_a_kill_9_and_a_rerun(tmp_path):
 
     report = json.loads(second.stdout)
     assert report["already_there"] > 0 and report["copied"] > 0  # the kill came mid-copy
-    assert report["copied"] + report["already_there"] == report["count"] == 30_000
+    assert report["copied"] + report["already_there"] == report["count"] == 12_000
     server = local_server(tmp_path / "server")
-    assert server.count("big") == 30_000 and server.get_collection("big").weights == "w1"
+    assert server.count("big") == 12_000 and server.get_collection("big").weights == "w1"
     server.close()
 
 
