@@ -1,7 +1,7 @@
 """The whole benchmark suite in one command: a table of headline figures beside their baselines and targets,
 and one JSON file for comparison between commits.
 
-    python -m benchmarks.suite                     # everything (about 15 minutes on a 2-core CPU)
+    python -m benchmarks.suite                     # everything (about 30 minutes on a 2-core CPU)
     python -m benchmarks.suite --quick             # smaller sizes (about 5 minutes)
     python -m benchmarks.suite --only ingest,align --compare benchmarks/results/suite-OLDCOMMIT.json
 """
@@ -16,10 +16,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks import bench_align, bench_batching, bench_ingest, bench_memory, bench_rerank, bench_store  # noqa
+from benchmarks import (bench_align, bench_batching, bench_ingest, bench_memory, bench_rerank, bench_serve,  # noqa
+                        bench_storage, bench_store)
 from benchmarks.common import RESULTS, machine, table  # noqa: E402
 
-SECTIONS = ("ingest", "store", "batching", "align", "rerank", "memory")
+SECTIONS = ("ingest", "store", "batching", "align", "rerank", "memory", "storage", "serve")
 
 
 def run_sections(only: list[str], quick: bool) -> dict:
@@ -32,6 +33,11 @@ def run_sections(only: list[str], quick: bool) -> dict:
         "align": lambda: bench_align.main(["--repeat", "2" if quick else "5"]),
         "rerank": lambda: bench_rerank.main(["--pairs", "64" if quick else "256"]),
         "memory": lambda: bench_memory.main(["--sizes", "300,3000" if quick else "1000,10000"]),
+        # 1M points take about ten minutes per option here; run bench_storage.py alone for the full table.
+        "storage": lambda: bench_storage.main(["--size", "50000" if quick else "200000",
+                                               "--options", "float32,int8,int8-disk",
+                                               "--local-size", "10000" if quick else "50000"]),
+        "serve": lambda: bench_serve.main(["--clients", "16" if quick else "50", "--seconds", "15" if quick else "60"]),
     }
     results = {}
     for name in only:
@@ -80,6 +86,17 @@ def headlines(results: dict) -> list[dict]:
         rows.append({"figure": f"peak RSS MB ingesting {last['images']:,} images", "value": last["peak_rss_mb"],
                      "baseline": f"{first['images']:,} images: {first['peak_rss_mb']} (x{last['vs_smallest']})",
                      "target": "within 20 %"})
+    if "storage" in results:
+        for r in results["storage"]["rows"]:
+            if r["backend"] == "embedded":
+                rows.append({"figure": f"storage {r['storage']}, {r['size']:,} points: query p50 ms", "value": r["p50_ms"],
+                             "baseline": f"recall@10 {r['recall@10']}, peak RSS x{r['rss_vs_float32']} of float32",
+                             "target": "int8: <= 10 ms, recall >= 0.95, RSS <= 0.4x"})
+    if "serve" in results:
+        r = results["serve"]["rows"][0]
+        rows.append({"figure": f"serve p95 ms, {r['clients']} clients for {r['seconds']:.0f} s", "value": r["p95_ms"],
+                     "baseline": f"single-client p50 {r['single_p50_ms']} (x{r['p95_vs_single_p50']}), "
+                                 f"{r['errors']} errors", "target": "no error, < 5x"})
     return rows
 
 

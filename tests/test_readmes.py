@@ -51,4 +51,5 @@ def test_links_and_pictures_resolve(path):
     targets = re.findall(r"\]\(([^)#:]+)\)", text) + re.findall(r'<img src="([^"]+)"', text)
     missing = [t for t in targets if not (path.parent / t).exists()]
     assert not missing, missing
-    assert ENGLISH.stat().st_size <= 25 * 1024  # a user's guide; the rest lives in docs/
+    # A user's guide for two packages and their scaling (issue 31 asks for its tables here); the rest lives in docs/.
+    assert ENGLISH.stat().st_size <= 27 * 1024

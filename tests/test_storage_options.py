@@ -154,8 +154,16 @@ def test_ingest_takes_storage_from_the_node_or_the_provider(tmp_path):
     from crossmodal.service import IngestItem, Service
     from crossmodal.settings import Settings
 
-    service = Service(Settings(data_dir=str(tmp_path), model="demo-shapes", storage="vectors=float16"))
+    from crossmodal.store.options import DEFAULT_FOR_NEW
+
     texts = [IngestItem(text=t) for t in ("a red circle", "a blue star")]
+    plain = Service(Settings(data_dir=str(tmp_path / "plain"), model="demo-shapes"))
+    plain.ingest(texts, "new")
+    assert plain.collection_info("new")["storage"] == DEFAULT_FOR_NEW.as_dict() == {
+        "vectors": "float32", "quantization": "int8", "on_disk": True}
+    found = plain.search("a red circle", collection="new", target="text", top_k=1)["results"][0]
+    assert found["payload"]["text"] == "a red circle" and found["score"] == pytest.approx(1.0, abs=1e-5)
+    service = Service(Settings(data_dir=str(tmp_path), model="demo-shapes", storage="vectors=float16"))
     service.ingest(texts, "by-default")
     assert service.collection_info("by-default")["storage"]["vectors"] == "float16"
     service.ingest(texts, "asked", storage="quantization=int8")

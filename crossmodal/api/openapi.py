@@ -59,6 +59,8 @@ def openapi_document() -> dict:
                  "model": _STR})),
             "/v1/ingest": _post("Add images and texts to a collection", _body(
                 {"collection": _STR, "model": _STR, "regions": _BOOL,
+                 "storage": {"type": "string", "description": "for a new collection, e.g. 'quantization=int8, "
+                                                              "on_disk=true' (docs/scale.md)"},
                  "items": {"type": "array", "items": {"type": "object", "properties": {
                      "image": _B64, "image_url": _STR, "text": _STR, "caption": _STR,
                      "tags": {"type": "array", "items": _STR}, "metadata": _OBJ, "source": _STR}}}},

@@ -13,7 +13,7 @@ from crossmodal.errors import NotFoundError
 from crossmodal.ingest.items import IngestItem, PreparedItem, Rejected, prepare_or_reject, region_points
 from crossmodal.ingest.pipeline import decode_workers, ordered_map
 from crossmodal.store import StoredPoint
-from crossmodal.store.options import StorageOptions
+from crossmodal.store.options import DEFAULT_FOR_NEW, StorageOptions
 
 
 INGEST_CHUNK = 128  # items decoded, embedded and written at a time: memory stays flat
@@ -35,7 +35,8 @@ def ingest(
     new collection keeps its vectors (crossmodal/store/options.py); the provider's default when empty."""
     name = ctx.collection_name(collection)
     asked = StorageOptions.parse(storage) if storage else None
-    default = StorageOptions.parse(ctx.settings.storage, param="storage (provider default)")
+    default = (StorageOptions.parse(ctx.settings.storage, param="storage (provider default)")
+               if ctx.settings.storage else DEFAULT_FOR_NEW)
     encoder = encoder_for_write(ctx, name, model)
     ctx.store.ensure_collection(name, encoder.identity, encoder.dim, encoder.weights, asked or default,
                                 strict=asked is not None)
