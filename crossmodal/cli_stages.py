@@ -1,4 +1,4 @@
-"""The laboratory and packaging subcommands (calibrate, train, average, eval, demo, package, keygen), kept apart
+"""The laboratory and packaging subcommands (calibrate, train, average, eval, demo, package, keygen, export), kept apart
 from the store stages in cli.py, which adds STAGES to its table."""
 
 from __future__ import annotations
@@ -204,7 +204,25 @@ def _add_keygen(sub):
     p.add_argument("--bits", type=int, default=4096)
 
 
+def cmd_export(args) -> int:
+    from crossmodal.encoders.onnx_export import export_model
+
+    report = export_model(args.model, args.out, int8=args.int8)
+    print(json.dumps(report, ensure_ascii=False) if args.json else
+          f"{report['model']} -> {report['out']} ({len(report['files'])} files{', int8' if args.int8 else ''})")
+    return 0
+
+
+def _add_export(sub):
+    p = sub.add_parser("export", help="a model as ONNX towers in the hub's layout, for the torch-free runtime")
+    p.add_argument("model", help="preset, hub id or local directory")
+    p.add_argument("--out", required=True, help="a new folder")
+    p.add_argument("--int8", action="store_true", help="dynamically quantised towers (ONNX Runtime int8)")
+    p.add_argument("--json", action="store_true")
+
+
 # name -> (function, add_parser), added to cli.py's table
 STAGES = {"calibrate": (cmd_calibrate, _add_calibrate), "package": (cmd_package, _add_package),
           "keygen": (cmd_keygen, _add_keygen), "train": (cmd_train, _add_train),
-          "average": (cmd_average, _add_average), "eval": (cmd_eval, _add_eval), "demo": (cmd_demo, _add_demo)}
+          "average": (cmd_average, _add_average), "eval": (cmd_eval, _add_eval), "demo": (cmd_demo, _add_demo),
+          "export": (cmd_export, _add_export)}

@@ -16,6 +16,8 @@ from PIL import Image
 
 
 DRAFT_GAP = 1.5
+CONFIG_KEYS = ("size", "crop_size", "do_resize", "do_center_crop", "do_rescale", "do_normalize", "do_pad", "resample",
+               "rescale_factor", "image_mean", "image_std")
 
 
 @dataclass(frozen=True)
@@ -32,9 +34,13 @@ class FastPreprocessor:
     def from_processor(cls, processor) -> "FastPreprocessor | None":
         """The processor's recipe, or None when it does something this class does not reproduce."""
         ip = getattr(processor, "image_processor", processor)
-        cfg = {k: getattr(ip, k, None) for k in ("size", "crop_size", "do_resize", "do_center_crop", "do_rescale",
-                                                  "do_normalize", "do_pad", "resample", "rescale_factor",
-                                                  "image_mean", "image_std")}
+        return cls.from_config({k: getattr(ip, k, None) for k in CONFIG_KEYS})
+
+    @classmethod
+    def from_config(cls, config: dict) -> "FastPreprocessor | None":
+        """The same from a saved image-processor config (``preprocessor_config.json``, or the ``image_processor``
+        part of ``processor_config.json``): what the torch-free runtime reads, with no transformers import."""
+        cfg = {k: config.get(k) for k in CONFIG_KEYS}
         size = dict(cfg["size"] or {})
         if not cfg["do_resize"] or cfg["do_pad"] or not cfg["do_normalize"] or not cfg["do_rescale"]:
             return None
@@ -93,6 +99,13 @@ class FastPreprocessor:
         return np.asarray(image, dtype=np.uint8)
 
     # -- a batch (the inference thread) --------------------------------------
+    def normalise_numpy(self, arrays: list[np.ndarray]) -> np.ndarray:
+        """``normalise`` without torch: N x 3 x H x W float32 numpy (the torch-free runtime's input)."""
+        batch = np.stack(arrays).transpose(0, 3, 1, 2).astype(np.float32)
+        factor = np.asarray([self.scale / s for s in self.std], dtype=np.float32).reshape(1, 3, 1, 1)
+        offset = np.asarray([m / s for m, s in zip(self.mean, self.std)], dtype=np.float32).reshape(1, 3, 1, 1)
+        return np.ascontiguousarray(batch * factor - offset)
+
     def normalise(self, arrays: list[np.ndarray]):
         """N uint8 H x W x 3 arrays -> N x 3 x H x W float32 tensor, rescaled and normalised in one pass."""
         import torch

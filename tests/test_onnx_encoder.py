@@ -1,0 +1,108 @@
+"""The torch-free encoder (issue 30, first part): an export in the hub's ONNX layout, loaded with onnxruntime,
+tokenizers and numpy only, gives the torch encoder's vectors; a corrupt file is refused."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TEXTS = ["a red circle", "a small blue star on the left of a large green square", "一个蓝色星形",
+         " ".join(["a red circle"] * 20)]  # past the demo model's 32-token context
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    from crossmodal.encoders.onnx_export import export_model
+
+    out = tmp_path_factory.mktemp("export") / "demo-onnx"
+    export_model("demo-shapes", out)
+    return out
+
+
+def scenes(n: int = 4):
+    from crossmodal.lab.scenes import generate_scene
+
+    return [generate_scene(6_000 + k, 200 + 40 * k, 180, 2).image for k in range(n)]
+
+
+def test_the_export_has_the_hub_layout(exported):
+    names = {p.relative_to(exported).as_posix() for p in exported.rglob("*") if p.is_file()}
+    assert {"onnx/vision_model.onnx", "onnx/text_model.onnx", "tokenizer.json", "preprocessor_config.json",
+            "config.json", "crossmodal_onnx.json"} <= names
+
+
+def test_vectors_agree_with_the_torch_encoder(exported):
+    from crossmodal.encoders.models import get_encoder
+    from crossmodal.encoders.onnx_encoder import OnnxEncoder
+
+    lean, full = OnnxEncoder(exported), get_encoder("demo-shapes", "cpu")
+    assert (lean.identity, lean.dim, lean.context_length) == (full.identity, full.dim, full.context_length)
+    ours, theirs = lean.encode_texts(TEXTS), full.encode_texts(TEXTS)
+    assert ours.truncated == theirs.truncated == [3]
+    assert lean.token_counts(TEXTS) == full.token_counts(TEXTS)
+    assert np.min(np.sum(ours.vectors * theirs.vectors, axis=1)) >= 0.9999
+    images = scenes()
+    assert np.min(np.sum(lean.encode_images(images) * full.encode_images(images), axis=1)) >= 0.9999
+
+
+def test_a_corrupt_export_is_refused(exported, tmp_path):
+    import shutil
+
+    from crossmodal.encoders.onnx_encoder import OnnxEncoder
+    from crossmodal.errors import CrossmodalError
+
+    copy = tmp_path / "copy"
+    shutil.copytree(exported, copy)
+    with open(copy / "onnx" / "text_model.onnx", "r+b") as f:
+        f.seek(1000)
+        f.write(b"\x00\x01\x02")
+    with pytest.raises(CrossmodalError, match="text_model.onnx does not match its recorded sha256"):
+        OnnxEncoder(copy)
+
+
+def test_the_lean_encoder_runs_with_torch_and_transformers_unimportable(exported):
+    code = f"""
+import sys
+class Missing:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("torch", "transformers", "sentence_transformers"):
+            raise ModuleNotFoundError(name)
+sys.meta_path.insert(0, Missing())
+from crossmodal.encoders.onnx_encoder import OnnxEncoder
+encoder = OnnxEncoder({str(exported)!r})
+print(encoder.encode_texts(["a red circle"]).vectors.shape)
+"""
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    import json
+
+    dim = json.loads((exported / "crossmodal_onnx.json").read_text())["dimension"]
+    assert result.stdout.strip() == f"(1, {dim})"
+
+
+def test_the_export_command_writes_int8_towers_that_agree(tmp_path):
+    """The CLI stage, with --int8: ONNX Runtime's dynamic quantisation, within the precision check's bound."""
+    import json
+
+    from crossmodal.encoders.models import get_encoder
+    from crossmodal.encoders.onnx_encoder import OnnxEncoder
+
+    out = tmp_path / "int8"
+    result = subprocess.run([sys.executable, "-m", "crossmodal", "export", "demo-shapes", "--out", str(out), "--int8",
+                             "--json"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(result.stdout)["quantized"] is True
+    assert (out / "onnx" / "vision_model_quantized.onnx").is_file()
+    lean, full = OnnxEncoder(out), get_encoder("demo-shapes", "cpu")
+    assert lean.precision == "int8"
+    images = scenes()
+    assert np.mean(np.sum(lean.encode_images(images) * full.encode_images(images), axis=1)) >= 0.999
+    assert np.mean(np.sum(lean.encode_texts(TEXTS).vectors * full.encode_texts(TEXTS).vectors, axis=1)) >= 0.999
+    again = subprocess.run([sys.executable, "-m", "crossmodal", "export", "demo-shapes", "--out", str(out)],
+                           cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 2 and "is not empty" in again.stderr
