@@ -8,6 +8,7 @@ import numpy as np
 from crossmodal.alignment.align import Calibration
 from crossmodal.encoders.models import Encoder, get_encoder, model_identity
 from crossmodal.encoders.routing import Route
+from crossmodal.encoders.workspace import WorkspaceEncoder, is_workspace_model
 from crossmodal.errors import CrossmodalError
 from crossmodal.runtime import os_lock
 from crossmodal.settings import Settings
@@ -35,8 +36,6 @@ class Context:
         return self._store
 
     def encoder(self, model: str | None = None) -> Encoder:
-        from crossmodal.encoders.workspace import WorkspaceEncoder, is_workspace_model
-
         if is_workspace_model(model or self.settings.model):
             return WorkspaceEncoder(model or self.settings.model, self.workspace_models)
         return get_encoder(model or self.settings.model, self.settings.device, self.settings.hub,
@@ -68,8 +67,6 @@ class Context:
         the next plugin start loads it before any call (crossmodal/encoders/warmup.py)."""
         from crossmodal.encoders import warmup
         info = self.store.get_collection(self.collection_name(collection), with_count=False)
-        from crossmodal.encoders.workspace import is_workspace_model
-
         model = self.model_for(info.model, None)
         if not is_workspace_model(model):  # a workspace model has nothing here to warm
             warmup.remember(model, self.settings.device, self.settings.precision)

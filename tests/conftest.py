@@ -125,3 +125,20 @@ def tool_package_only_modules() -> tuple[str, ...]:
     only_tools = requirement_names(ROOT / "requirements.txt") - pulled
     return tuple(sorted(module for module, dists in owners.items()
                         if module.isidentifier() and {normal(d) for d in dists} <= only_tools))
+
+
+@pytest.fixture(params=["embedded", "qdrant-client"])
+def store(request, tmp_path):
+    """Each store test runs against both backends: the embedded engine, and qdrant-client's local mode for the
+    server's code path."""
+    from qdrant_client import QdrantClient
+
+    from crossmodal.store.edge import EdgeStore
+    from crossmodal.store.remote import RemoteStore
+
+    if request.param == "embedded":
+        s = EdgeStore(tmp_path / "edge")
+    else:
+        s = RemoteStore(url="local", client=QdrantClient(path=str(tmp_path / "local")))
+    yield s
+    s.close()

@@ -15,18 +15,6 @@ from crossmodal.store.options import StorageOptions
 from crossmodal.store.remote import RemoteStore
 
 
-@pytest.fixture(params=["embedded", "qdrant-client"])
-def store(request, tmp_path):
-    if request.param == "embedded":
-        s = EdgeStore(tmp_path / "edge")
-    else:
-        from qdrant_client import QdrantClient
-
-        s = RemoteStore(url="local", client=QdrantClient(path=str(tmp_path / "local")))
-    yield s
-    s.close()
-
-
 def clustered(n: int, dim: int, seed: int = 0) -> np.ndarray:
     """Embedding-like vectors: a few hundred directions with noise (real embeddings have a low intrinsic
     dimension; uniformly random vectors are every index's worst case)."""

@@ -13,18 +13,6 @@ from crossmodal.store.edge import EdgeStore
 from crossmodal.store.remote import RemoteStore
 
 
-@pytest.fixture(params=["embedded", "qdrant-client"])
-def store(request, tmp_path):
-    if request.param == "embedded":
-        s = EdgeStore(tmp_path / "edge")
-    else:
-        from qdrant_client import QdrantClient
-
-        s = RemoteStore(url="local", client=QdrantClient(path=str(tmp_path / "local")))
-    yield s
-    s.close()
-
-
 def unit(v):
     v = np.asarray(v, dtype=np.float32)
     return (v / np.linalg.norm(v)).tolist()

@@ -111,7 +111,7 @@ def verify(directory: Path) -> str | None:
         path = directory / name
         if not path.is_file():
             return f"{name} is missing"
-        if _sha256(path) != expected.get(name):
+        if file_sha256(path) != expected.get(name):
             return f"{name} does not match its recorded sha256"
     return None
 
@@ -125,7 +125,7 @@ def build(encoder, kind: str, directory: Path) -> None:
         if kind == "int8":
             for name in ("vision.onnx", "text.onnx"):
                 quantize_int8(staging / name)
-        sums = {name: _sha256(staging / name) for name in ("vision.onnx", "text.onnx")}
+        sums = {name: file_sha256(staging / name) for name in ("vision.onnx", "text.onnx")}
         (staging / MANIFEST).write_text(json.dumps({"model": encoder.identity, "kind": kind, "sha256": sums}))
         try:
             os.replace(staging, directory)
@@ -193,7 +193,7 @@ def _uses_text_mask(encoder) -> bool:
     return not encoder.model_type.startswith("siglip")  # SigLIP was trained without a text mask
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     """Read afresh each time (not models._file_sha256's memo): it must see an export damaged in place."""
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()

@@ -8,7 +8,6 @@ preprocessing (FastPreprocessor from the saved processor config) and tokenisatio
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -16,10 +15,10 @@ from typing import Sequence
 
 import numpy as np
 
+from crossmodal.encoders.acceleration import file_sha256
 from crossmodal.encoders.preprocess import FastPreprocessor
 from crossmodal.encoders.vectors import TextEncoding, l2_normalize
 from crossmodal.errors import CrossmodalError
-from crossmodal.runtime import os_lock
 
 MANIFEST = "crossmodal_onnx.json"
 
@@ -52,13 +51,16 @@ class OnnxEncoder:
         pad_id = self.tokenizer.padding["pad_id"] if self.tokenizer.padding else 0
         length = self.context_length if m.get("padding") == "max_length" else None
         self.tokenizer.enable_padding(pad_id=pad_id, length=length)
+        # The same tokenizer without truncation or padding: how many tokens a text needs (token_counts).
+        self.counter = Tokenizer.from_str(self.tokenizer.to_str())
+        self.counter.no_truncation()
+        self.counter.no_padding()
         config = json.loads((self.model_dir / "preprocessor_config.json").read_text())
         fast = FastPreprocessor.from_config(config.get("image_processor", config))
         if fast is None:
             raise CrossmodalError(f"{self.model_dir}: its image preprocessing is not one the lean runtime "
                                   "reproduces; use the full package", param="model")
         self.fast_preprocessor = fast
-        self._lock = os_lock()
 
     # -- the encoder interface -------------------------------------------------------------------
     def preprocess(self, images: Sequence) -> np.ndarray:
@@ -91,10 +93,7 @@ class OnnxEncoder:
 
     def token_counts(self, texts: Sequence[str]) -> list[int]:
         """Tokens each text needs, before truncation (special tokens included)."""
-        counter = self.tokenizer.__class__.from_str(self.tokenizer.to_str())
-        counter.no_truncation()
-        counter.no_padding()
-        return [len(e.ids) for e in counter.encode_batch(list(texts))]
+        return [len(e.ids) for e in self.counter.encode_batch(list(texts))]
 
     def query_text_vector(self, text: str) -> tuple[np.ndarray, bool]:
         encoded = self.encode_texts([text])
@@ -121,8 +120,7 @@ def read_manifest(directory: Path) -> dict:
         path = directory / name
         if not path.is_file():
             raise CrossmodalError(f"{directory}: {name} is missing; export the model again", param="model")
-        with open(path, "rb") as f:
-            if hashlib.file_digest(f, "sha256").hexdigest() != expected:
-                raise CrossmodalError(f"{directory}: {name} does not match its recorded sha256 (a corrupt or "
-                                      "edited file); export the model again", param="model")
+        if file_sha256(path) != expected:
+            raise CrossmodalError(f"{directory}: {name} does not match its recorded sha256 (a corrupt or "
+                                  "edited file); export the model again", param="model")
     return manifest

@@ -16,14 +16,14 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from crossmodal.encoders.onnx_encoder import MANIFEST
 from crossmodal.errors import CrossmodalError
 
-MANIFEST = "crossmodal_onnx.json"
 FORMAT = 1
 
 
 def export_model(name: str, out: str | Path, int8: bool = False) -> dict:
-    from crossmodal.encoders.acceleration import _sha256, _uses_text_mask, export_towers, quantize_int8
+    from crossmodal.encoders.acceleration import _uses_text_mask, export_towers, file_sha256, quantize_int8
     from crossmodal.encoders.models import load_encoder, model_identity
 
     encoder = load_encoder(model_identity(name), "cpu")
@@ -56,7 +56,7 @@ def export_model(name: str, out: str | Path, int8: bool = False) -> dict:
             "padding": "max_length" if encoder.model_type.startswith("siglip") else "longest",
             "quantized": int8, "logit_scale": float(model.logit_scale.detach().exp()),
             "logit_bias": float(bias.detach()) if bias is not None else None,
-            "sha256": {name: _sha256(staging / name) for name in files},
+            "sha256": {name: file_sha256(staging / name) for name in files},
         }
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2))
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -18,6 +18,7 @@ import numpy as np
 
 from crossmodal.context import Context, torch_device
 from crossmodal.encoders.embedder import embed_documents
+from crossmodal.encoders.workspace import is_workspace_model
 from crossmodal.errors import CrossmodalError
 from crossmodal.inputs.checks import check_text
 from crossmodal.runtime import os_lock
@@ -55,7 +56,7 @@ def reranker_kind(ctx: Context, model: str | None) -> str:
     from crossmodal.encoders.models import PRESETS, SUPPORTED_TYPES, model_identity, resolve_model_config_dir
 
     identity = model_identity(model or ctx.settings.model)
-    if identity in PRESETS or identity.startswith("dify:"):
+    if identity in PRESETS or is_workspace_model(identity):
         return "dual"
     with _KINDS_LOCK:
         if identity in _KINDS:

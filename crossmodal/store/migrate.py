@@ -31,7 +31,7 @@ def migrate(source: VectorStore, target: VectorStore, name: str, new_name: str |
     new_name = new_name or name
     storage = info.storage
     notes = []
-    if target.backend != "qdrant" and any(getattr(storage, k) is not None for k in SERVER_ONLY):
+    if target.backend != "qdrant" and storage.server_options():
         storage = replace(storage, **{k: None for k in SERVER_ONLY})
         notes.append("shards, replicas and write_consistency have no meaning in the embedded store: left out")
     target.ensure_collection(new_name, info.model, info.dim, info.weights, storage)

@@ -66,7 +66,7 @@ class StorageOptions:
     def check(self, backend: str, dim: int, param: str = "storage") -> "StorageOptions":
         """Options the backend or the model cannot honour are errors, never silent defaults."""
         if backend != "qdrant":
-            asked = [k for k in SERVER_ONLY if getattr(self, k) is not None]
+            asked = self.server_options()
             if asked:
                 raise CrossmodalError(f"{', '.join(asked)} need a Qdrant server or cluster (store_url); the "
                                       "embedded store is one shard on one machine", param=param)
@@ -77,6 +77,10 @@ class StorageOptions:
             raise CrossmodalError(f"write_consistency {self.write_consistency} exceeds replicas {self.replicas}",
                                   param=param)
         return self
+
+    def server_options(self) -> list[str]:
+        """The server-only options that are set (shards, replicas, write_consistency)."""
+        return [k for k in SERVER_ONLY if getattr(self, k) is not None]
 
     @property
     def oversampling(self) -> float | None:
