@@ -224,6 +224,12 @@ def preload_libraries() -> None:
         import qdrant_edge  # noqa: F401
     except ImportError:  # the model package installs no vector store
         pass
+    from crossmodal.encoders.catalog import engine
+
+    if engine() == "onnx":  # the lean build: a fraction of a second where torch takes seconds
+        import onnxruntime  # noqa: F401
+        import tokenizers  # noqa: F401
+        return
     import torch  # noqa: F401
     import transformers  # noqa: F401
     from transformers import AutoConfig, AutoModel, AutoProcessor  # noqa: F401

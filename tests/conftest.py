@@ -102,15 +102,22 @@ def requirement_names(path) -> set[str]:
 def tool_package_only_modules() -> tuple[str, ...]:
     """Top-level modules of the distributions in requirements.txt that model_provider/requirements.txt
     neither lists nor pulls in (its requirements' own dependencies, followed through installed metadata)."""
+    from stdio_harness import ROOT
+
+    return modules_outside(ROOT / "model_provider" / "requirements.txt", requirement_names(ROOT / "requirements.txt"))
+
+
+def modules_outside(requirements, candidates: set[str] | None = None) -> tuple[str, ...]:
+    """Top-level modules installed here whose distributions (among ``candidates``; default: all installed) the
+    ``requirements`` file neither lists nor pulls in (their own dependencies, followed through installed
+    metadata): what a plugin installed from that file could not import."""
     import re
     from importlib import metadata
-
-    from stdio_harness import ROOT
 
     def normal(name: str) -> str:
         return re.split(r"[<>=!~\[ ;(]", name.strip())[0].lower().replace("_", "-")
 
-    pulled, queue = set(), list(requirement_names(ROOT / "model_provider" / "requirements.txt"))
+    pulled, queue = set(), list(requirement_names(requirements))
     while queue:
         name = queue.pop()
         if name in pulled:
@@ -122,9 +129,11 @@ def tool_package_only_modules() -> tuple[str, ...]:
             continue
         queue += [normal(r) for r in requires if "extra ==" not in r]
     owners = metadata.packages_distributions()
-    only_tools = requirement_names(ROOT / "requirements.txt") - pulled
+    if candidates is None:
+        candidates = {normal(d.metadata["Name"]) for d in metadata.distributions()}
+    outside = set(candidates) - pulled
     return tuple(sorted(module for module, dists in owners.items()
-                        if module.isidentifier() and {normal(d) for d in dists} <= only_tools))
+                        if module.isidentifier() and {normal(d) for d in dists} <= outside))
 
 
 @pytest.fixture(params=["embedded", "qdrant-client"])

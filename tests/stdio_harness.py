@@ -37,9 +37,10 @@ class PluginKilled(RuntimeError):
 
 class PluginProcess:
     def __init__(self, env: dict | None = None, heartbeat_interval: float = 0.5, cwd: Path = ROOT,
-                 unset: tuple[str, ...] = (), dify=None, missing: tuple[str, ...] = ()):
+                 unset: tuple[str, ...] = (), dify=None, missing: tuple[str, ...] = (), python: str | None = None):
         """``dify``: answers the plugin's backwards invocations as Dify would, ``dify(type, request) -> dict``
-        (raising for an error); the daemon's permission check against the plugin's manifest comes first."""
+        (raising for an error); the daemon's permission check against the plugin's manifest comes first.
+        ``python``: the interpreter of the plugin's own environment (default: this one)."""
         self.dify = dify
         self.permissions = _permissions(Path(cwd) / "manifest.yaml")
         self.invocations: list[tuple[str, dict]] = []  # (type, request) of each backwards invocation
@@ -48,8 +49,8 @@ class PluginProcess:
         for name in unset:
             full_env.pop(name, None)
         # ``missing``: top-level modules the plugin must run without, as if not installed (an import fails).
-        command = [sys.executable, "-c", MISSING_MODULES.format(names=tuple(missing))] if missing else \
-            [sys.executable, "-m", "main"]
+        python = python or sys.executable
+        command = [python, "-c", MISSING_MODULES.format(names=tuple(missing))] if missing else [python, "-m", "main"]
         self.proc = subprocess.Popen(command, cwd=cwd, env=full_env, stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         self.events: queue.Queue = queue.Queue()

@@ -121,12 +121,12 @@ def choose_mode(options: AlignOptions, width: int, height: int) -> str:
     return "tiled" if max(width, height) > TILED_ABOVE or aspect > MAX_ASPECT_GLOBAL else "global"
 
 
-def global_view_box(processor, width: int, height: int) -> tuple[float, float, float, float]:
+def global_view_box(image_config: dict, width: int, height: int) -> tuple[float, float, float, float]:
     """The part of the image the model sees as its global view: CLIP's processor crops the centre square
-    after resizing; SigLIP's and Chinese-CLIP's squash the whole image to the input size."""
-    ip = getattr(processor, "image_processor", processor)
-    size = getattr(ip, "size", None) or {}
-    if getattr(ip, "do_center_crop", False) and "shortest_edge" in size:
+    after resizing; SigLIP's and Chinese-CLIP's squash the whole image to the input size. ``image_config``:
+    the image processor's settings (``encoder.image_config``)."""
+    size = image_config.get("size") or {}
+    if image_config.get("do_center_crop") and "shortest_edge" in size:
         side = min(width, height)
         x0, y0 = (width - side) / 2, (height - side) / 2
         return (x0, y0, x0 + side, y0 + side)
@@ -183,9 +183,11 @@ def occlusion_drops(encoder, pixels, phrase_vectors: np.ndarray, masks,
                     reference: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Cosine of each phrase with the whole view, and how much it drops with each window hidden.
 
-    ``pixels`` is one normalised input (1 x 3 x S x S); hidden pixels are set to 0, the dataset mean.
+    ``pixels`` is one normalised input (1 x 3 x S x S, a torch tensor or a numpy array, as the encoder's
+    preprocess gives it); hidden pixels are set to 0, the dataset mean.
     ``reference``: the view's vector when already known (it is then not computed again)."""
-    batch = pixels.repeat(len(masks) + (reference is None), 1, 1, 1)
+    copies = len(masks) + (reference is None)
+    batch = np.repeat(pixels, copies, axis=0) if isinstance(pixels, np.ndarray) else pixels.repeat(copies, 1, 1, 1)
     first = 1 if reference is None else 0
     for k, (x0, y0, x1, y1) in enumerate(masks, start=first):
         batch[k, :, y0:y1, x0:x1] = 0
@@ -225,7 +227,7 @@ def align(encoder, image, text: str, options: AlignOptions | None = None, calibr
     timings["text_ms"] = _ms(clock)
 
     mode = choose_mode(options, width, height)
-    view = global_view_box(encoder.processor, width, height)
+    view = global_view_box(encoder.image_config, width, height)
     clock = time.perf_counter()
     pixels = encoder.preprocess([image])
     timings["preprocess_ms"] = _ms(clock)

@@ -44,8 +44,7 @@ def load_calibration(encoder, data_dir: str | Path | None) -> Calibration:
 
 def default_calibration(encoder) -> Calibration:
     """What a model gets with no fit on disk (SigLIP's bias, or the CLIP default)."""
-    scale = float(encoder.model.logit_scale.detach().exp())
-    bias = getattr(encoder.model, "logit_bias", None)
+    scale, bias = encoder.logit_scale, encoder.logit_bias
     if bias is not None:
-        return Calibration(scale, float(bias.detach()), "SigLIP's own sigmoid")
+        return Calibration(scale, bias, "SigLIP's own sigmoid")
     return Calibration(scale, -scale * DEFAULT_MIDPOINT, "default, not fitted")

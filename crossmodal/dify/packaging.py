@@ -35,30 +35,50 @@ ALWAYS_LEFT_OUT = [".git/", "*.difypkg", "*.pem", "venv/", ".venv*/", "env/", "b
                    "node_modules/", ".env", VERIFICATION_FILE]
 
 
+RUNTIMES = ("torch", "onnx")
+# What each build leaves out beyond the ignore files (gitignore syntax, from the repository root). The lean build
+# (ONNX Runtime alone) has no torch: no training, evaluation or export code, and the demo model as its ONNX
+# export; the torch build ships the demo model's weights and loads any ONNX export it is given.
+BUILD_REQUIREMENTS = ["/requirements.txt", "/requirements-onnx.txt", "/model_provider/requirements.txt",
+                      "/model_provider/requirements-onnx.txt"]  # the chosen one is shipped as requirements.txt
+RUNTIME_LEFT_OUT = {
+    "torch": ["crossmodal/assets/demo-shapes-onnx/", *BUILD_REQUIREMENTS],
+    "onnx": ["crossmodal/lab/", "crossmodal/assets/demo-shapes/", "crossmodal/encoders/onnx_export.py",
+             *BUILD_REQUIREMENTS],
+}
+# Each build's requirements, shipped as the package's requirements.txt (the daemon installs that name).
+RUNTIME_REQUIREMENTS = {"torch": "requirements.txt", "onnx": "requirements-onnx.txt"}
 MODEL_PACKAGE_DIR = "model_provider"
 # What the model-provider package takes from the repository beside its own folder: the same core, entry point,
 # privacy policy and icon (assembled here, never copied by hand). Its requirements.txt is its own: no store.
 SHARED_WITH_MODELS = ("main.py", "PRIVACY.md", "_assets", "crossmodal")
 
 
-def package_entries(root: Path, models: bool = False) -> list[tuple[Path, str]]:
-    """(file, name in the archive) for the tool package, or for the model-provider package."""
-    files = package_files(root)
+def package_entries(root: Path, models: bool = False, runtime: str = "torch") -> list[tuple[Path, str]]:
+    """(file, name in the archive) for the tool package, or for the model-provider package, of one build."""
+    if runtime not in RUNTIMES:
+        raise CrossmodalError(f"'{runtime}' is not one of {', '.join(RUNTIMES)}", param="runtime")
+    files = package_files(root, RUNTIME_LEFT_OUT[runtime])
+    own = root / MODEL_PACKAGE_DIR if models else root
+    requirements = own / RUNTIME_REQUIREMENTS[runtime]
+    if not requirements.is_file():
+        raise CrossmodalError(f"no {requirements.relative_to(root)}: the {runtime} build's requirements", param="runtime")
+    entries = [(requirements, "requirements.txt")]
     if not models:
-        return [(path, path.relative_to(root).as_posix()) for path in files
-                if path.relative_to(root).parts[0] != MODEL_PACKAGE_DIR]
-    own = root / MODEL_PACKAGE_DIR
-    entries = [(path, path.relative_to(own).as_posix()) for path in files if own in path.parents]
-    entries += [(path, path.relative_to(root).as_posix()) for path in files
-                if path.relative_to(root).parts[0] in SHARED_WITH_MODELS]
+        entries += [(path, path.relative_to(root).as_posix()) for path in files
+                    if path.relative_to(root).parts[0] != MODEL_PACKAGE_DIR]
+    else:
+        entries += [(path, path.relative_to(own).as_posix()) for path in files if own in path.parents]
+        entries += [(path, path.relative_to(root).as_posix()) for path in files
+                    if path.relative_to(root).parts[0] in SHARED_WITH_MODELS]
     return sorted(entries, key=lambda entry: entry[1])
 
 
-def package_files(root: Path) -> list[Path]:
+def package_files(root: Path, left_out: list[str] = ()) -> list[Path]:
     """The files that go into the package, in a stable order."""
     import pathspec
 
-    lines = list(ALWAYS_LEFT_OUT)
+    lines = list(ALWAYS_LEFT_OUT) + list(left_out)
     for name in (".gitignore", ".difyignore"):
         path = root / name
         if path.is_file():
@@ -77,9 +97,10 @@ def package_files(root: Path) -> list[Path]:
 
 
 def build_package(root: str | Path = ".", out: str | None = None, private_key: str | Path | None = None,
-                  category: str = "community", models: bool = False) -> Path:
+                  category: str = "community", models: bool = False, runtime: str = "torch") -> Path:
     """The tool package (manifest.yaml at the root), or with ``models`` the model-provider package (its
-    manifest in model_provider/): Dify refuses one package that declares both."""
+    manifest in model_provider/): Dify refuses one package that declares both. ``runtime``: torch (the full
+    package) or onnx (the lean build: ONNX Runtime alone, RUNTIME_LEFT_OUT)."""
     root = Path(root).resolve()
     manifest = (root / MODEL_PACKAGE_DIR if models else root) / "manifest.yaml"
     if not manifest.is_file():
@@ -88,7 +109,7 @@ def build_package(root: str | Path = ".", out: str | None = None, private_key: s
     target = Path(out) if out else root / f"{meta['name']}-{meta['version']}.difypkg"
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-        for path, name in package_entries(root, models):
+        for path, name in package_entries(root, models, runtime):
             archive.write(path, name)
     data = buffer.getvalue()
     if private_key is not None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from crossmodal.encoders.models import PRECISIONS, SUPPORTED_TYPES, model_identity, pick_device, resolve_model_config_dir
+from crossmodal.encoders.catalog import (PRECISIONS, SUPPORTED_TYPES, engine, model_identity, read_config,
+                                         resolve_model_config_dir)
+from crossmodal.encoders.models import pick_device
 from crossmodal.encoders.workspace import is_workspace_model, parse_workspace_model
 from crossmodal.errors import CrossmodalError
 from crossmodal.settings import Settings
@@ -39,10 +41,11 @@ def validate_reranker(service) -> str:
         validate_model(settings)
     itm = service.routes.get("itm")
     if itm:
-        from transformers import AutoConfig
-
+        if engine() == "onnx":
+            raise CrossmodalError("BLIP ITM runs on torch, which this lean build leaves out: install the full "
+                                  "package, or leave the ITM model empty", param="itm_model")
         try:
-            model_type = AutoConfig.from_pretrained(resolve_model_config_dir(itm, settings.hub)).model_type
+            model_type = read_config(resolve_model_config_dir(itm, settings.hub)).get("model_type")
         except CrossmodalError as exc:
             raise CrossmodalError(str(exc).split(": ", 1)[-1], param="itm_model") from None
         if model_type not in ("blip", "blip-2"):
@@ -59,9 +62,7 @@ def validate_model(settings: Settings) -> str:
         parse_workspace_model(settings.model)
         return "workspace"
     directory = resolve_model_config_dir(settings.model, settings.hub)
-    from transformers import AutoConfig
-
-    model_type = AutoConfig.from_pretrained(directory).model_type
+    model_type = read_config(directory).get("model_type")
     if model_type not in SUPPORTED_TYPES:
         raise CrossmodalError(f"'{settings.model}' is a {model_type} model, not a dual encoder "
                               f"({', '.join(SUPPORTED_TYPES)})", param="model")

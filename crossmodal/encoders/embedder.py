@@ -65,12 +65,7 @@ def embed_documents(ctx: Context, documents: Sequence[tuple[str, str]], model: s
     vectors = [(image_items if kind == "image" else text_items)[k]["vector"] for kind, k in order]
     encoder = ctx.encoder(result["model"])
     tokens = sum(encoder.token_counts(texts)) if texts else 0
-    tokens += len(images) * image_tokens(encoder)
+    tokens += len(images) * encoder.image_tokens
     return {"model": result["model"], "dimension": result["dimension"], "vectors": vectors, "tokens": tokens,
             "warnings": result["warnings"]}
 
-
-def image_tokens(encoder) -> int:
-    """The vision tower's sequence length (patches and the class token): an image's share of usage."""
-    vision = encoder.model.config.vision_config
-    return (int(vision.image_size) // int(vision.patch_size)) ** 2 + 1

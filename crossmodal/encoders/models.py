@@ -1,4 +1,5 @@
-"""Model presets, loading (hub id, mirror, token, offline, local directory) and the encoder.
+"""The torch encoder, and get_encoder: one loaded encoder per model, device and precision, on torch or (for
+ONNX exports, and always in the lean build) on ONNX Runtime. Presets and model files: crossmodal/encoders/catalog.py.
 
 A model always travels with its own processor (tokenizer + image preprocessing),
 loaded from the same directory, so embeddings are computed the way the model was trained.
@@ -7,170 +8,43 @@ loaded from the same directory, so embeddings are computed the way the model was
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import logging
-import os
 import time
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from crossmodal.encoders.acceleration import load_towers, pooled
-from crossmodal.errors import CrossmodalError, redact
-from crossmodal.locations import model_cache_dir
+# Callers have always found these here; they live in crossmodal/encoders/catalog.py.
+from crossmodal.encoders.catalog import (DEMO_MODEL_DIR, PRECISION_AGREEMENT, PRECISION_FALLBACK, PRECISIONS,  # noqa: F401
+                                         PRESETS, SUPPORTED_TYPES, HubOptions, engine, model_identity,
+                                         precision_check_batch, resolve_model_dir, weights_fingerprint)
+from crossmodal.encoders.interface import DualEncoderBase
+from crossmodal.errors import CrossmodalError
 from crossmodal.runtime import os_lock
 from crossmodal.encoders.vectors import TextEncoding, l2_normalize  # noqa: F401 - part of this module's API
 
 logger = logging.getLogger(__name__)
 
-PACKAGE_DIR = Path(__file__).resolve().parents[1]  # crossmodal/
-DEMO_MODEL_DIR = PACKAGE_DIR / "assets" / "demo-shapes"
-
-# Preset name -> hub id (or a directory shipped with the package).
-PRESETS: dict[str, str] = {
-    "clip-vit-base-patch32": "openai/clip-vit-base-patch32",
-    "chinese-clip": "OFA-Sys/chinese-clip-vit-base-patch16",
-    "siglip": "google/siglip-base-patch16-224",
-    "demo-shapes": str(DEMO_MODEL_DIR),
-}
-DEFAULT_MODEL = "clip-vit-base-patch32"
-SUPPORTED_TYPES = ("clip", "chinese_clip", "siglip", "siglip2")
-# fp32; bf16 = half-precision autocast (bf16 on CPUs with bf16 units, fp16 on CUDA); onnx = ONNX Runtime fp32;
-# int8 = ONNX Runtime with dynamic int8 quantisation (crossmodal/encoders/acceleration.py).
-PRECISIONS = ("fp32", "bf16", "onnx", "int8")
-# When a precision is unavailable or disagrees with fp32, the next one is tried.
-PRECISION_FALLBACK = {"int8": "bf16", "bf16": "fp32", "onnx": "fp32"}
-PRECISION_AGREEMENT = 0.999
-HUB_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken"]
-CONFIG_FILES = ["*.json", "*.txt", "*.model", "*.tiktoken"]  # config, tokenizer and processor; no weights
-
-
-@dataclass(frozen=True)
-class HubOptions:
-    """How to reach the Hugging Face hub: a mirror endpoint, a token, offline mode, a cache."""
-
-    endpoint: str | None = None
-    token: str | None = field(default=None, repr=False)
-    offline: bool = False
-    cache_dir: str | None = None
-
-    def __repr__(self) -> str:  # the endpoint may carry user:password@
-        endpoint = redact(self.endpoint) if self.endpoint else None
-        return f"HubOptions(endpoint={endpoint!r}, offline={self.offline}, cache_dir={self.cache_dir!r})"
-
-    @classmethod
-    def from_env(cls) -> "HubOptions":
-        return cls(
-            endpoint=os.environ.get("HF_ENDPOINT") or None,
-            token=os.environ.get("HF_TOKEN") or None,
-            offline=os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"),
-            cache_dir=model_cache_dir(),
-        )
-
-
-def default_model() -> str:
-    return os.environ.get("CROSSMODAL_DEFAULT_MODEL") or DEFAULT_MODEL
-
-
-def model_identity(name: str | None) -> str:
-    """The name recorded in a collection: preset names stay short, directories become absolute."""
-    name = (name or "auto").strip()
-    if name == "auto":
-        name = default_model()
-    if name.startswith("dify:"):  # a workspace model (crossmodal/encoders/workspace.py)
-        from crossmodal.encoders.workspace import workspace_identity
-
-        return workspace_identity(name)
-    if name in PRESETS:
-        return name
-    path = Path(name).expanduser()
-    if path.is_dir():
-        return str(path.resolve())
-    return name
-
-
-def resolve_model_dir(name: str, hub: HubOptions | None = None) -> Path:
-    """A local directory holding the model's files: the preset's, the given one, or a hub snapshot."""
-    identity = model_identity(name)
-    ref = PRESETS.get(identity, identity)
-    path = Path(ref).expanduser()
-    if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise CrossmodalError(f"the directory {path} holds no config.json; point to a saved model", param="model")
-        return path
-    if identity == "demo-shapes":
-        raise CrossmodalError(f"the demo model is missing from {DEMO_MODEL_DIR}; reinstall the package", param="model")
-    if ref.count("/") != 1 or ref.startswith(("/", ".")):
-        raise CrossmodalError(
-            f"'{name}' is neither a preset ({', '.join(PRESETS)}), a Hugging Face id (owner/name) "
-            "nor an existing directory",
-            param="model",
-        )
-    return _download(ref, hub or HubOptions.from_env())
-
-
-def resolve_model_config_dir(name: str, hub: HubOptions | None = None) -> Path:
-    """Like resolve_model_dir, but a hub model brings only its config and processor files (a few KB), not
-    its weights: what saving the credentials needs (the weights load on first use, inside a node)."""
-    identity = model_identity(name)
-    ref = PRESETS.get(identity, identity)
-    is_hub_id = ref.count("/") == 1 and not ref.startswith(("/", ".")) and not Path(ref).expanduser().is_dir()
-    if not is_hub_id or identity == "demo-shapes":
-        return resolve_model_dir(name, hub)  # local directories, and the same errors for bad names
-    return _download(ref, hub or HubOptions.from_env(), patterns=CONFIG_FILES)
-
-
-def _download(repo_id: str, hub: HubOptions, patterns: list[str] | None = None) -> Path:
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
-
-    try:
-        return Path(
-            snapshot_download(
-                repo_id,
-                allow_patterns=patterns or HUB_FILES,
-                endpoint=hub.endpoint,
-                token=hub.token,
-                cache_dir=hub.cache_dir,
-                local_files_only=hub.offline,
-            )
-        )
-    except LocalEntryNotFoundError:
-        raise CrossmodalError(
-            f"'{repo_id}' is not in the local cache and offline mode is on (or the hub is unreachable); "
-            "download it once with network access, set hf_endpoint to a reachable mirror, or give a local directory",
-            param="model",
-        ) from None
-    except RepositoryNotFoundError:
-        raise CrossmodalError(
-            f"'{repo_id}' was not found on the hub; check the id, or give hf_token for a private model", param="model"
-        ) from None
-    except (HfHubHTTPError, OSError) as exc:
-        where = redact(hub.endpoint) if hub.endpoint else "the Hugging Face hub"
-        raise CrossmodalError(f"could not download '{repo_id}' from {where}: {exc}; check hf_endpoint "
-                              "(HF_ENDPOINT), hf_token and the network, or give a local directory",
-                              param="model") from None
-
-
 def pick_device(device: str | None) -> str:
+    device = (device or "auto").lower()
+    if device not in ("auto", "cpu", "cuda"):
+        raise CrossmodalError(f"'{device}' is not one of auto, cpu, cuda", param="device")
+    if engine() == "onnx":
+        return "cpu"  # the lean build runs ONNX Runtime on the CPU; get_encoder notes a CUDA request
     import torch
 
-    device = (device or "auto").lower()
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
         return "cpu"  # get_encoder notes the fallback; a missing GPU never fails a node
-    if device not in ("cpu", "cuda"):
-        raise CrossmodalError(f"'{device}' is not one of auto, cpu, cuda", param="device")
     return device
 
 
-class Encoder:
-    """A dual encoder (CLIP, Chinese-CLIP, SigLIP) with its processor; outputs L2-normalised float32."""
+class Encoder(DualEncoderBase):
+    """A dual encoder (CLIP, Chinese-CLIP, SigLIP) on torch with its processor; outputs L2-normalised float32."""
 
     def __init__(self, identity: str, model, processor, device: str, model_dir: Path | None = None,
                  weights: str | None = None):
@@ -188,6 +62,10 @@ class Encoder:
         if self.model_type.startswith("siglip"):
             self.context_length = min(self.context_length, 64)
         self.image_size = int(model.config.vision_config.image_size)
+        self.patch_size = int(model.config.vision_config.patch_size)
+        self.logit_scale = float(model.logit_scale.detach().exp())
+        bias = getattr(model, "logit_bias", None)
+        self.logit_bias = float(bias.detach()) if bias is not None else None
         self._torch = torch
         # Images per forward pass: a GPU wants large batches; on a CPU 32 already fills the matrix units
         # and keeps memory small.
@@ -202,42 +80,14 @@ class Encoder:
         # FastPreprocessor does not reproduce. Made here, once: functools.cached_property would guard it with
         # an RLock that gevent's patching turns into a greenlet lock, which hangs when worker threads contend.
         self.fast_preprocessor = FastPreprocessor.from_processor(processor)
-        from crossmodal.encoders.batching import DynamicBatcher
-
-        # Concurrent sessions' query vectors share forward passes (crossmodal/encoders/batching.py).
-        self.text_queries = DynamicBatcher(self._text_query_batch, max_batch=2 * self.batch_size)
-        self.image_queries = DynamicBatcher(self._image_query_batch, max_batch=self.batch_size)
+        self.image_config = image_processor_config(processor)
+        self.start_query_batching()
         self._lock = os_lock()  # torch modules are not re-entrant across threads for one model
 
     def _probe_dim(self) -> int:
         return int(self.model.config.text_config.hidden_size)
 
     # -- public API -------------------------------------------------------
-    def encode(
-        self,
-        inputs: Sequence,
-        *,
-        batch_size: int | None = None,
-        show_progress_bar: bool = False,
-        normalize_embeddings: bool = True,
-    ) -> np.ndarray:
-        """Embed a mixed list of texts (str) and PIL images, in the caller's order."""
-        texts = [(i, x) for i, x in enumerate(inputs) if isinstance(x, str)]
-        images = [(i, x) for i, x in enumerate(inputs) if not isinstance(x, str)]
-        out = np.zeros((len(inputs), self.dim), dtype=np.float32)
-        if texts:
-            enc = self.encode_texts([t for _, t in texts], batch_size=batch_size, normalize=normalize_embeddings)
-            out[[i for i, _ in texts]] = enc.vectors
-        if images:
-            vecs = self.encode_images(
-                [im for _, im in images],
-                batch_size=batch_size,
-                show_progress_bar=show_progress_bar,
-                normalize=normalize_embeddings,
-            )
-            out[[i for i, _ in images]] = vecs
-        return out
-
     def encode_images(self, images: Sequence, *, batch_size: int | None = None, show_progress_bar: bool = False,
                       normalize=True):
         from tqdm.auto import tqdm
@@ -251,19 +101,8 @@ class Encoder:
             chunks.append(self.image_features(pixels))
         return self._finish(chunks, normalize)
 
-    def query_text_vector(self, text: str) -> tuple[np.ndarray, bool]:
-        """One query's unit vector, computed in a batch with concurrent queries; (vector, truncated)."""
-        return self.text_queries.submit(text)
-
-    def query_image_vector(self, image) -> np.ndarray:
-        return self.image_queries.submit(self.preprocess([image])[0])
-
-    def _text_query_batch(self, texts: Sequence[str]) -> list:
-        encoded = self.encode_texts(list(texts))
-        return [(vector, i in encoded.truncated) for i, vector in enumerate(encoded.vectors)]
-
-    def _image_query_batch(self, pixels: Sequence) -> list:
-        return list(self.embed_pixels(self._torch.stack(list(pixels))))
+    def stack(self, pixels: list):
+        return self._torch.stack(pixels)
 
     def preprocess(self, images: Sequence):
         """PIL images -> normalised pixel tensor (N x 3 x S x S): the processor's recipe run by
@@ -273,6 +112,10 @@ class Encoder:
         if fast is None:
             return self.processor(images=list(images), return_tensors="pt")["pixel_values"]
         return fast.normalise([fast.to_uint8(im if im.mode == "RGB" else im.convert("RGB")) for im in images])
+
+    def normalise(self, arrays: list[np.ndarray]):
+        """Resized uint8 arrays (FastPreprocessor.to_uint8, in worker threads) -> the towers' input."""
+        return self.fast_preprocessor.normalise(arrays)
 
     def embed_pixels(self, pixels, *, batch_size: int | None = None, normalize=True) -> np.ndarray:
         """Embed already preprocessed (possibly edited, e.g. occluded) pixel tensors."""
@@ -336,7 +179,7 @@ class Encoder:
         self.precision_note, self.precision_agreement = None, None
         if wanted == "fp32":
             return self.precision
-        images, texts = _calibration_batch()
+        images, texts = precision_check_batch()
         reference = np.vstack([self.encode_images(images), self.encode_texts(texts).vectors])
         notes = []
         candidate = wanted
@@ -384,6 +227,14 @@ class Encoder:
         return l2_normalize(vectors) if normalize else vectors
 
 
+def image_processor_config(processor) -> dict:
+    """The image processor's settings as the saved config has them (preprocessor_config.json)."""
+    from crossmodal.encoders.preprocess import CONFIG_KEYS
+
+    ip = getattr(processor, "image_processor", processor)
+    return {key: getattr(ip, key, None) for key in CONFIG_KEYS}
+
+
 def cpu_has_bf16() -> bool:
     import torch
 
@@ -391,18 +242,6 @@ def cpu_has_bf16() -> bool:
         return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
         return False
-
-
-def _calibration_batch():
-    """Eight generated scenes (448 px) and a caption of each, bundled (crossmodal/assets/precision-check/,
-    written once by the laboratory's scene generator, which the runtime does not import)."""
-    from PIL import Image
-
-    folder = PACKAGE_DIR / "assets" / "precision-check"
-    captions = json.loads((folder / "captions.json").read_text(encoding="utf-8"))
-    images = [Image.open(folder / f"scene-{k}.png").convert("RGB") for k in range(len(captions))]
-    return images, captions
-
 
 
 _ENCODERS: dict[tuple, Encoder] = {}
@@ -428,15 +267,33 @@ def get_encoder(name: str | None = None, device: str | None = None, hub: HubOpti
     with _ENCODERS_LOCK:
         if key not in _ENCODERS:
             started = time.perf_counter()
-            encoder = load_encoder(identity, device, hub)
+            if uses_onnx_export(identity):
+                from crossmodal.encoders.onnx_encoder import load_onnx_encoder
+
+                encoder = load_onnx_encoder(identity, hub, precision)
+            else:
+                encoder = load_encoder(identity, device, hub)
+                encoder.use_precision(precision)
             LOAD_SECONDS[identity] = time.perf_counter() - started
             logger.info("loaded model %s in %.1f s", identity, LOAD_SECONDS[identity])
-            encoder.use_precision(precision)
             if no_gpu:
-                note = "CUDA was asked for but no GPU is visible: running on the CPU"
+                note = ("CUDA was asked for but no GPU is visible: running on the CPU" if engine() == "torch" else
+                        "CUDA was asked for, but this lean build runs ONNX Runtime on the CPU; install the full "
+                        "package for a GPU")
                 encoder.precision_note = "; ".join(filter(None, [note, encoder.precision_note]))
             _ENCODERS[key] = encoder
         return _ENCODERS[key]
+
+
+def uses_onnx_export(identity: str) -> bool:
+    """The lean build loads every model as an ONNX export; the full package does so for a directory that
+    holds one (python -m crossmodal export), and loads the rest with torch."""
+    if engine() == "onnx":
+        return True
+    from crossmodal.encoders.onnx_encoder import is_onnx_export
+
+    path = Path(PRESETS.get(identity, identity)).expanduser()
+    return path.is_dir() and is_onnx_export(path)
 
 
 def load_encoder(identity: str, device: str = "cpu", hub: HubOptions | None = None) -> Encoder:
@@ -462,32 +319,3 @@ def load_encoder(identity: str, device: str = "cpu", hub: HubOptions | None = No
     logger.info("loaded %s (%s) on %s", identity, config.model_type, device)
     return Encoder(identity, model, processor, device, model_dir=directory, weights=weights_fingerprint(directory))
 
-
-def weights_fingerprint(directory: Path) -> str:
-    """A short hash of the files that decide a model's vectors (weights, configs, tokenizer), by content.
-
-    A collection records it, so that a model whose files were replaced under the same name is caught
-    before its vectors are mixed with the old ones. By content, not modification time, so that a fresh
-    copy of the same files (a new clone, a re-download) keeps it. Crossmodal's own files beside the
-    model (a calibration fit) and read-mes do not count: they do not change a vector."""
-    digest = hashlib.sha256()
-    for path in sorted(Path(directory).iterdir()):
-        name = path.name
-        if not path.is_file() or name.startswith((".", "crossmodal_", "README")):
-            continue
-        digest.update(f"{name}\0{_file_sha256(path)}\0".encode())
-    return digest.hexdigest()[:16]
-
-
-_FILE_HASHES: dict[tuple, str] = {}
-
-
-def _file_sha256(path: Path) -> str:
-    """sha256 of a file, remembered per (path, size, mtime) for this process (a CLIP-base file: ~1 s)."""
-    resolved = path.resolve()
-    stat = resolved.stat()
-    key = (str(resolved), stat.st_size, stat.st_mtime_ns)
-    if key not in _FILE_HASHES:
-        with open(resolved, "rb") as handle:
-            _FILE_HASHES[key] = hashlib.file_digest(handle, "sha256").hexdigest()
-    return _FILE_HASHES[key]

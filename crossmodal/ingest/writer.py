@@ -115,7 +115,7 @@ def vectors_for(encoder: Encoder, fresh: list[PreparedItem], report: dict) -> np
     ready = [i for i in image_rows if fresh[i].pixels is not None]
     others = [i for i in image_rows if fresh[i].pixels is None]
     if ready:
-        pixels = encoder.fast_preprocessor.normalise([fresh[i].pixels for i in ready])
+        pixels = encoder.normalise([fresh[i].pixels for i in ready])
         vectors[ready] = encoder.embed_pixels(pixels, batch_size=encoder.batch_size)
     if others:
         vectors[others] = encoder.encode_images([fresh[i].decoded.image for i in others])

@@ -53,7 +53,8 @@ def rerank_documents(ctx: Context, query: tuple[str, str], documents: Sequence[t
 
 def reranker_kind(ctx: Context, model: str | None) -> str:
     """'dual' or 'cross-encoder', read from the model's config (a few KB; never its weights)."""
-    from crossmodal.encoders.models import PRESETS, SUPPORTED_TYPES, model_identity, resolve_model_config_dir
+    from crossmodal.encoders.catalog import (PRESETS, SUPPORTED_TYPES, model_identity, read_config,
+                                             resolve_model_config_dir)
 
     identity = model_identity(model or ctx.settings.model)
     if identity in PRESETS or is_workspace_model(identity):
@@ -61,15 +62,13 @@ def reranker_kind(ctx: Context, model: str | None) -> str:
     with _KINDS_LOCK:
         if identity in _KINDS:
             return _KINDS[identity]
-    from transformers import AutoConfig
-
-    config = AutoConfig.from_pretrained(resolve_model_config_dir(identity, ctx.settings.hub))
-    if config.model_type in SUPPORTED_TYPES:
+    config = read_config(resolve_model_config_dir(identity, ctx.settings.hub))
+    if config.get("model_type") in SUPPORTED_TYPES:
         kind = "dual"
-    elif any(a.endswith("ForSequenceClassification") for a in (config.architectures or [])):
+    elif any(str(a).endswith("ForSequenceClassification") for a in (config.get("architectures") or [])):
         kind = "cross-encoder"
     else:
-        raise CrossmodalError(f"'{identity}' is a {config.model_type} model; a rerank model is a dual encoder "
+        raise CrossmodalError(f"'{identity}' is a {config.get('model_type')} model; a rerank model is a dual encoder "
                               f"({', '.join(SUPPORTED_TYPES)}) or a text cross-encoder (a "
                               "*ForSequenceClassification model such as cross-encoder/ms-marco-MiniLM-L-6-v2); "
                               "a BLIP ITM model goes in the ITM model field", param="model")

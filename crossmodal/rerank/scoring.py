@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -83,26 +84,56 @@ _LOCK = os_lock()
 
 
 def load_cross_encoder(name: str, hub=None, device: str = "cpu"):
-    from crossmodal.encoders.models import resolve_model_dir
-
+    """sentence-transformers' CrossEncoder on torch; on the lean build, or for a directory holding an ONNX
+    export, the same scoring on ONNX Runtime (crossmodal/rerank/onnx_cross_encoder.py)."""
     key = ("ce", name, device)
     with _LOCK:
         if key not in _LOADED:
-            from sentence_transformers import CrossEncoder
-
-            directory = resolve_model_dir(name, hub)
-            try:
-                _LOADED[key] = CrossEncoder(str(directory), device=device, local_files_only=True)
-            except (OSError, ValueError) as exc:
-                raise CrossmodalError(f"cannot load the cross-encoder '{name}': {exc}", param="model") from None
+            _LOADED[key] = _onnx_cross_encoder(name, hub) if _runs_on_onnx(name) else _torch_cross_encoder(
+                name, hub, device)
         return _LOADED[key]
+
+
+def _runs_on_onnx(name: str) -> bool:
+    from crossmodal.encoders.catalog import engine
+    from crossmodal.rerank.onnx_cross_encoder import is_cross_encoder_export
+
+    return engine() == "onnx" or (Path(name).is_dir() and is_cross_encoder_export(Path(name)))
+
+
+def _torch_cross_encoder(name: str, hub, device: str):
+    from sentence_transformers import CrossEncoder
+
+    from crossmodal.encoders.catalog import resolve_model_dir
+
+    directory = resolve_model_dir(name, hub)
+    try:
+        return CrossEncoder(str(directory), device=device, local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise CrossmodalError(f"cannot load the cross-encoder '{name}': {exc}", param="model") from None
+
+
+def _onnx_cross_encoder(name: str, hub):
+    from crossmodal.encoders.catalog import HubOptions, _download
+    from crossmodal.rerank.onnx_cross_encoder import GRAPH, OnnxCrossEncoder
+
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return OnnxCrossEncoder(path)
+    if name.count("/") != 1 or name.startswith(("/", ".")):
+        raise CrossmodalError(f"'{name}' is neither a Hugging Face id (owner/name) nor an existing directory",
+                              param="model")
+    return OnnxCrossEncoder(_download(name, hub or HubOptions.from_env(), patterns=["*.json", "*.txt", GRAPH]))
 
 
 def cross_encoder_scores(model, query: str, candidates: list[Candidate], batch_size: int = 32,
                          bf16: bool = False) -> np.ndarray:
+    pairs = [(query, c.text) for c in candidates]
+    if not hasattr(model, "to"):  # OnnxCrossEncoder: no torch, no autocast
+        scores = np.asarray(model.predict(pairs, batch_size=batch_size), dtype=np.float32)
+        return scores if scores.ndim == 1 else scores[:, -1]
     import torch
 
-    pairs = [(query, c.text) for c in candidates]
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         scores = model.predict(pairs, batch_size=batch_size, show_progress_bar=False, convert_to_numpy=True)
     scores = np.asarray(scores, dtype=np.float32)
@@ -111,8 +142,12 @@ def cross_encoder_scores(model, query: str, candidates: list[Candidate], batch_s
 
 # -- image-text matching head ------------------------------------------------------------------
 def load_itm(name: str, hub=None, device: str = "cpu"):
-    from crossmodal.encoders.models import resolve_model_dir
+    from crossmodal.encoders.catalog import engine, resolve_model_dir
 
+    if engine() == "onnx":
+        raise CrossmodalError("BLIP ITM runs on torch, which this lean build leaves out: install the full "
+                              "package (python -m crossmodal package --runtime torch), or rerank with region or "
+                              "cross-encoder", param="method")
     key = ("itm", name, device)
     with _LOCK:
         if key not in _LOADED:

@@ -1,0 +1,234 @@
+"""Which models there are and where their files come from: presets for each engine (torch, or the lean
+build's ONNX Runtime), hub options (mirror, token, offline, cache), resolving a name to a local directory,
+the fingerprint that ties a collection to a model's files, and the precision check's bundled batch.
+
+Both encoders (crossmodal/encoders/models.py on torch, crossmodal/encoders/onnx_encoder.py on ONNX Runtime)
+load through here; nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from crossmodal.errors import CrossmodalError, redact
+from crossmodal.locations import model_cache_dir
+
+PACKAGE_DIR = Path(__file__).resolve().parents[1]  # crossmodal/
+DEMO_MODEL_DIR = PACKAGE_DIR / "assets" / "demo-shapes"
+
+# Preset name -> hub id (or a directory shipped with the package).
+PRESETS: dict[str, str] = {
+    "clip-vit-base-patch32": "openai/clip-vit-base-patch32",
+    "chinese-clip": "OFA-Sys/chinese-clip-vit-base-patch16",
+    "siglip": "google/siglip-base-patch16-224",
+    "demo-shapes": str(DEMO_MODEL_DIR),
+}
+# The lean build (no torch) runs the same presets from ONNX exports in the hub's layout: published ones, and
+# the demo model's export shipped beside it (python -m crossmodal export; tests/test_onnx_encoder.py keeps it
+# in step with the torch weights).
+DEMO_ONNX_DIR = PACKAGE_DIR / "assets" / "demo-shapes-onnx"
+ONNX_PRESETS: dict[str, str] = {
+    "clip-vit-base-patch32": "Xenova/clip-vit-base-patch32",
+    "chinese-clip": "Xenova/chinese-clip-vit-base-patch16",
+    "siglip": "Xenova/siglip-base-patch16-224",
+    "demo-shapes": str(DEMO_ONNX_DIR),
+}
+ENGINES = ("torch", "onnx")
+DEFAULT_MODEL = "clip-vit-base-patch32"
+SUPPORTED_TYPES = ("clip", "chinese_clip", "siglip", "siglip2")
+# fp32; bf16 = half-precision autocast (bf16 on CPUs with bf16 units, fp16 on CUDA); onnx = ONNX Runtime fp32;
+# int8 = ONNX Runtime with dynamic int8 quantisation (crossmodal/encoders/acceleration.py).
+PRECISIONS = ("fp32", "bf16", "onnx", "int8")
+# When a precision is unavailable or disagrees with fp32, the next one is tried.
+PRECISION_FALLBACK = {"int8": "bf16", "bf16": "fp32", "onnx": "fp32"}
+PRECISION_AGREEMENT = 0.999
+HUB_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken"]
+CONFIG_FILES = ["*.json", "*.txt", "*.model", "*.tiktoken"]  # config, tokenizer and processor; no weights
+
+
+@dataclass(frozen=True)
+class HubOptions:
+    """How to reach the Hugging Face hub: a mirror endpoint, a token, offline mode, a cache."""
+
+    endpoint: str | None = None
+    token: str | None = field(default=None, repr=False)
+    offline: bool = False
+    cache_dir: str | None = None
+
+    def __repr__(self) -> str:  # the endpoint may carry user:password@
+        endpoint = redact(self.endpoint) if self.endpoint else None
+        return f"HubOptions(endpoint={endpoint!r}, offline={self.offline}, cache_dir={self.cache_dir!r})"
+
+    @classmethod
+    def from_env(cls) -> "HubOptions":
+        return cls(
+            endpoint=os.environ.get("HF_ENDPOINT") or None,
+            token=os.environ.get("HF_TOKEN") or None,
+            offline=os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"),
+            cache_dir=model_cache_dir(),
+        )
+
+
+def engine() -> str:
+    """'torch' (the full package) or 'onnx' (the lean build, ONNX Runtime alone): CROSSMODAL_ENGINE when set,
+    else torch when torch and transformers are installed."""
+    asked = os.environ.get("CROSSMODAL_ENGINE", "").strip().lower()
+    if asked in ENGINES:
+        return asked
+    return "torch" if _installed("torch") and _installed("transformers") else "onnx"
+
+
+def _installed(module: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def default_model() -> str:
+    return os.environ.get("CROSSMODAL_DEFAULT_MODEL") or DEFAULT_MODEL
+
+
+def model_identity(name: str | None) -> str:
+    """The name recorded in a collection: preset names stay short, directories become absolute."""
+    name = (name or "auto").strip()
+    if name == "auto":
+        name = default_model()
+    if name.startswith("dify:"):  # a workspace model (crossmodal/encoders/workspace.py)
+        from crossmodal.encoders.workspace import workspace_identity
+
+        return workspace_identity(name)
+    if name in PRESETS:
+        return name
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return str(path.resolve())
+    return name
+
+
+def presets() -> dict[str, str]:
+    """The preset names' hub ids or directories for this engine (the lean build's are ONNX exports)."""
+    return ONNX_PRESETS if engine() == "onnx" else PRESETS
+
+
+def read_config(directory: Path) -> dict:
+    """A model's config.json as plain JSON (model type, architectures): no transformers import."""
+    try:
+        config = json.loads((Path(directory) / "config.json").read_text(encoding="utf-8"))
+        if not isinstance(config, dict):
+            raise ValueError("not a JSON object")
+        return config
+    except (OSError, ValueError) as exc:
+        raise CrossmodalError(f"cannot read the model config in {directory}: {exc}", param="model") from None
+
+
+def resolve_model_dir(name: str, hub: HubOptions | None = None) -> Path:
+    """A local directory holding the model's files: the preset's, the given one, or a hub snapshot."""
+    identity = model_identity(name)
+    ref = presets().get(identity, identity)
+    path = Path(ref).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise CrossmodalError(f"the directory {path} holds no config.json; point to a saved model", param="model")
+        return path
+    if identity == "demo-shapes":
+        raise CrossmodalError(f"the demo model is missing from {ref}; reinstall the package", param="model")
+    if ref.count("/") != 1 or ref.startswith(("/", ".")):
+        raise CrossmodalError(
+            f"'{name}' is neither a preset ({', '.join(PRESETS)}), a Hugging Face id (owner/name) "
+            "nor an existing directory",
+            param="model",
+        )
+    return _download(ref, hub or HubOptions.from_env())
+
+
+def resolve_model_config_dir(name: str, hub: HubOptions | None = None) -> Path:
+    """Like resolve_model_dir, but a hub model brings only its config and processor files (a few KB), not
+    its weights: what saving the credentials needs (the weights load on first use, inside a node)."""
+    identity = model_identity(name)
+    ref = presets().get(identity, identity)
+    is_hub_id = ref.count("/") == 1 and not ref.startswith(("/", ".")) and not Path(ref).expanduser().is_dir()
+    if not is_hub_id or identity == "demo-shapes":
+        return resolve_model_dir(name, hub)  # local directories, and the same errors for bad names
+    return _download(ref, hub or HubOptions.from_env(), patterns=CONFIG_FILES)
+
+
+def _download(repo_id: str, hub: HubOptions, patterns: list[str] | None = None) -> Path:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    try:
+        return Path(
+            snapshot_download(
+                repo_id,
+                allow_patterns=patterns or HUB_FILES,
+                endpoint=hub.endpoint,
+                token=hub.token,
+                cache_dir=hub.cache_dir,
+                local_files_only=hub.offline,
+            )
+        )
+    except LocalEntryNotFoundError:
+        raise CrossmodalError(
+            f"'{repo_id}' is not in the local cache and offline mode is on (or the hub is unreachable); "
+            "download it once with network access, set hf_endpoint to a reachable mirror, or give a local directory",
+            param="model",
+        ) from None
+    except RepositoryNotFoundError:
+        raise CrossmodalError(
+            f"'{repo_id}' was not found on the hub; check the id, or give hf_token for a private model", param="model"
+        ) from None
+    except (HfHubHTTPError, OSError) as exc:
+        where = redact(hub.endpoint) if hub.endpoint else "the Hugging Face hub"
+        raise CrossmodalError(f"could not download '{repo_id}' from {where}: {exc}; check hf_endpoint "
+                              "(HF_ENDPOINT), hf_token and the network, or give a local directory",
+                              param="model") from None
+
+
+
+def precision_check_batch():
+    """Eight generated scenes (448 px) and a caption of each, bundled (crossmodal/assets/precision-check/,
+    written once by the laboratory's scene generator, which the runtime does not import)."""
+    from PIL import Image
+
+    folder = PACKAGE_DIR / "assets" / "precision-check"
+    captions = json.loads((folder / "captions.json").read_text(encoding="utf-8"))
+    images = [Image.open(folder / f"scene-{k}.png").convert("RGB") for k in range(len(captions))]
+    return images, captions
+
+
+
+def weights_fingerprint(directory: Path) -> str:
+    """A short hash of the files that decide a model's vectors (weights, configs, tokenizer), by content.
+
+    A collection records it, so that a model whose files were replaced under the same name is caught
+    before its vectors are mixed with the old ones. By content, not modification time, so that a fresh
+    copy of the same files (a new clone, a re-download) keeps it. Crossmodal's own files beside the
+    model (a calibration fit) and read-mes do not count: they do not change a vector."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(directory).iterdir()):
+        name = path.name
+        if not path.is_file() or name.startswith((".", "crossmodal_", "README")):
+            continue
+        digest.update(f"{name}\0{_file_sha256(path)}\0".encode())
+    return digest.hexdigest()[:16]
+
+
+_FILE_HASHES: dict[tuple, str] = {}
+
+
+def _file_sha256(path: Path) -> str:
+    """sha256 of a file, remembered per (path, size, mtime) for this process (a CLIP-base file: ~1 s)."""
+    resolved = path.resolve()
+    stat = resolved.stat()
+    key = (str(resolved), stat.st_size, stat.st_mtime_ns)
+    if key not in _FILE_HASHES:
+        with open(resolved, "rb") as handle:
+            _FILE_HASHES[key] = hashlib.file_digest(handle, "sha256").hexdigest()
+    return _FILE_HASHES[key]

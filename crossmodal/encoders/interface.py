@@ -1,0 +1,61 @@
+"""What every local encoder shares, whichever engine runs its towers (torch: crossmodal/encoders/models.py;
+ONNX Runtime alone: crossmodal/encoders/onnx_encoder.py). Callers use only this interface and never learn
+which engine answers.
+
+A subclass sets identity, model_dir, weights, model_type, dim, context_length, image_size, patch_size,
+batch_size, precision, precision_note, logit_scale, logit_bias, image_config and fast_preprocessor, and
+implements preprocess, normalise, embed_pixels, encode_images, encode_texts, token_counts and stack.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from crossmodal.encoders.batching import DynamicBatcher
+
+
+class DualEncoderBase:
+    precision: str = "fp32"
+    precision_note: str | None = None
+    logit_bias: float | None = None  # SigLIP's learned bias; None for the CLIP family
+
+    def start_query_batching(self) -> None:
+        """Concurrent sessions' query vectors share forward passes (crossmodal/encoders/batching.py)."""
+        self.text_queries = DynamicBatcher(self._text_query_batch, max_batch=2 * self.batch_size)
+        self.image_queries = DynamicBatcher(self._image_query_batch, max_batch=self.batch_size)
+
+    def encode(self, inputs: Sequence, *, batch_size: int | None = None, show_progress_bar: bool = False,
+               normalize_embeddings: bool = True) -> np.ndarray:
+        """Embed a mixed list of texts (str) and PIL images, in the caller's order."""
+        texts = [(i, x) for i, x in enumerate(inputs) if isinstance(x, str)]
+        images = [(i, x) for i, x in enumerate(inputs) if not isinstance(x, str)]
+        out = np.zeros((len(inputs), self.dim), dtype=np.float32)
+        if texts:
+            enc = self.encode_texts([t for _, t in texts], batch_size=batch_size, normalize=normalize_embeddings)
+            out[[i for i, _ in texts]] = enc.vectors
+        if images:
+            out[[i for i, _ in images]] = self.encode_images([im for _, im in images], batch_size=batch_size,
+                                                             show_progress_bar=show_progress_bar,
+                                                             normalize=normalize_embeddings)
+        return out
+
+    def query_text_vector(self, text: str) -> tuple[np.ndarray, bool]:
+        """One query's unit vector, computed in a batch with concurrent queries; (vector, truncated)."""
+        return self.text_queries.submit(text)
+
+    def query_image_vector(self, image) -> np.ndarray:
+        return self.image_queries.submit(self.preprocess([image])[0])
+
+    def _text_query_batch(self, texts: Sequence[str]) -> list:
+        encoded = self.encode_texts(list(texts))
+        return [(vector, i in encoded.truncated) for i, vector in enumerate(encoded.vectors)]
+
+    def _image_query_batch(self, pixels: Sequence) -> list:
+        return list(self.embed_pixels(self.stack(list(pixels))))
+
+    @property
+    def image_tokens(self) -> int:
+        """The vision tower's sequence length (patches and the class token): an image's share of usage."""
+        return (self.image_size // self.patch_size) ** 2 + 1
