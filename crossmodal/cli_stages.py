@@ -100,8 +100,11 @@ def cmd_demo(args) -> int:
 def _add_train(sub):
     from dataclasses import fields
 
-    from crossmodal.lab.training import MIN_SCENE_SIDE, TrainConfig  # light: torch loads when training starts
-
+    try:
+        from crossmodal.lab.training import MIN_SCENE_SIDE, TrainConfig  # light: torch loads when training starts
+    except ImportError:  # the lean build ships no laboratory: `train` answers with needs_torch's error
+        sub.add_parser("train", help="contrastive training (the full package only)")
+        return
     default = {f.name: f.default for f in fields(TrainConfig)}  # one source for the defaults
     p = sub.add_parser("train", help="contrastive (InfoNCE) training: the demo model or fine-tuning on your pairs")
     p.add_argument("--out", required=True, help="directory for the checkpoint (save_pretrained format)")
@@ -225,8 +228,24 @@ def _add_export(sub):
     p.add_argument("--json", action="store_true")
 
 
+def needs_torch(command: str, function):
+    """A laboratory stage: on the lean build (no torch, no crossmodal/lab/) a clear error instead of an ImportError."""
+
+    def run(args) -> int:
+        from crossmodal.engine import engine
+        from crossmodal.errors import CrossmodalError
+
+        if engine() == "onnx":
+            raise CrossmodalError(f"'{command}' runs on torch, which this lean build leaves out: run it where the full "
+                                  "package is installed (pip install -r requirements.txt)", param="command")
+        return function(args)
+
+    return run
+
+
 # name -> (function, add_parser), added to cli.py's table
-STAGES = {"calibrate": (cmd_calibrate, _add_calibrate), "package": (cmd_package, _add_package),
-          "keygen": (cmd_keygen, _add_keygen), "train": (cmd_train, _add_train),
-          "average": (cmd_average, _add_average), "eval": (cmd_eval, _add_eval), "demo": (cmd_demo, _add_demo),
-          "export": (cmd_export, _add_export)}
+STAGES = {"calibrate": (needs_torch("calibrate", cmd_calibrate), _add_calibrate), "package": (cmd_package, _add_package),
+          "keygen": (cmd_keygen, _add_keygen), "train": (needs_torch("train", cmd_train), _add_train),
+          "average": (needs_torch("average", cmd_average), _add_average),
+          "eval": (needs_torch("eval", cmd_eval), _add_eval), "demo": (needs_torch("demo", cmd_demo), _add_demo),
+          "export": (needs_torch("export", cmd_export), _add_export)}

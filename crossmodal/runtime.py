@@ -224,7 +224,7 @@ def preload_libraries() -> None:
         import qdrant_edge  # noqa: F401
     except ImportError:  # the model package installs no vector store
         pass
-    from crossmodal.encoders.catalog import engine
+    from crossmodal.engine import engine
 
     if engine() == "onnx":  # the lean build: a fraction of a second where torch takes seconds
         import onnxruntime  # noqa: F401

@@ -269,3 +269,37 @@ def test_the_lean_model_package_embeds_and_reranks_as_the_full_one(models_plugin
               for name, process in (("torch", models_plugin), ("onnx", lean_models_plugin))}
     assert [d["index"] for d in ranked["onnx"]] == [d["index"] for d in ranked["torch"]]
     assert np.allclose([d["score"] for d in ranked["onnx"]], [d["score"] for d in ranked["torch"]], atol=2e-3)
+
+
+def test_the_lean_command_line_embeds_and_names_the_full_package_for_the_laboratory(tmp_path_factory, tmp_path):
+    """`python -m crossmodal` inside the lean package: the pipeline stages run; calibrate, train and export say
+    they need the full package."""
+    import subprocess
+    import sys
+
+    folder = unpacked(tmp_path_factory, models=False)
+    blocked = modules_outside(ROOT / "requirements-onnx.txt")
+    runner = ("import runpy, sys\n"
+              "class Missing:\n"
+              "    def find_spec(self, name, path=None, target=None):\n"
+              f"        if name.split('.')[0] in {blocked!r}:\n"
+              "            raise ModuleNotFoundError(name)\n"
+              "sys.meta_path.insert(0, Missing())\n"
+              "sys.path.insert(0, '')\n"
+              "sys.argv[0] = 'crossmodal'\n"
+              "runpy.run_module('crossmodal', run_name='__main__', alter_sys=True)\n")
+    python = os.environ.get("CROSSMODAL_LEAN_PYTHON") or sys.executable
+
+    def run(*args):
+        return subprocess.run([python, "-c", runner, *args], cwd=folder, capture_output=True, text=True, timeout=300,
+                              env={**os.environ, "CROSSMODAL_HOME": str(tmp_path / "home")})
+
+    embedded = run("embed", "--text", "a red circle", "--model", "demo-shapes", "--json")
+    assert embedded.returncode == 0, embedded.stderr[-2000:]
+    assert json.loads(embedded.stdout)["dimension"] > 0
+    for command in (["calibrate"], ["export", "demo-shapes", "--out", str(tmp_path / "x")], ["train", "--help"]):
+        refused = run(*command)
+        if command == ["train", "--help"]:
+            assert refused.returncode == 0
+            continue
+        assert refused.returncode == 2 and "full package" in refused.stderr, (command, refused.stderr[-1000:])

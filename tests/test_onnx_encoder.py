@@ -106,3 +106,95 @@ def test_the_export_command_writes_int8_towers_that_agree(tmp_path):
     again = subprocess.run([sys.executable, "-m", "crossmodal", "export", "demo-shapes", "--out", str(out)],
                            cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert again.returncode == 2 and "is not empty" in again.stderr
+
+
+def published_layout(exported: Path, folder: Path, int8_from: Path | None = None) -> Path:
+    """Our export as a published one looks: no manifest or calibration, CLIP's output names (image_embeds,
+    text_embeds, as optimum and transformers.js name them), optionally the _quantized towers beside."""
+    import shutil
+
+    import onnx
+
+    shutil.copytree(exported, folder)
+    for name in ("crossmodal_onnx.json", "crossmodal_calibration.json"):
+        (folder / name).unlink(missing_ok=True)
+    for tower, output in (("vision", "image_embeds"), ("text", "text_embeds")):
+        path = folder / "onnx" / f"{tower}_model.onnx"
+        graph = onnx.load(str(path))
+        old = graph.graph.output[0].name
+        for node in graph.graph.node:
+            node.output[:] = [output if o == old else o for o in node.output]
+        graph.graph.output[0].name = output
+        onnx.save(graph, str(path))
+        if int8_from is not None:
+            shutil.copy(int8_from / "onnx" / f"{tower}_model_quantized.onnx", folder / "onnx")
+    return folder
+
+
+def test_a_published_export_loads_by_directory_and_by_hub_id(exported, tmp_path, monkeypatch):
+    """The hub's layout without our manifest (the Xenova/ exports): read from config.json, by directory and, from
+    the hub cache with offline mode on, by id."""
+    import shutil
+
+    from crossmodal.encoders.models import get_encoder
+    from crossmodal.encoders.onnx_encoder import TRAINED_CLIP_SCALE, load_onnx_encoder
+
+    monkeypatch.setenv("CROSSMODAL_ENGINE", "onnx")
+    folder = published_layout(exported, tmp_path / "published")
+    full = get_encoder("demo-shapes", "cpu")
+    images = scenes()
+    snapshot = tmp_path / "hub" / "models--Xenova--demo-shapes" / "snapshots" / "0123abcd"
+    shutil.copytree(folder, snapshot)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("0123abcd")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    for name in (str(folder), "Xenova/demo-shapes"):
+        lean = load_onnx_encoder(name, None, "fp32")
+        assert (lean.identity, lean.dim, lean.context_length, lean.precision) == (name, full.dim, full.context_length,
+                                                                                   "onnx")
+        assert lean.logit_scale == TRAINED_CLIP_SCALE and lean.logit_bias is None and lean.weights != full.weights
+        assert np.min(np.sum(lean.encode_texts(TEXTS).vectors * full.encode_texts(TEXTS).vectors, axis=1)) >= 0.9999
+        assert np.min(np.sum(lean.encode_images(images) * full.encode_images(images), axis=1)) >= 0.9999
+    noted = load_onnx_encoder(str(folder), None, "int8")
+    assert noted.precision == "onnx" and "no int8 towers" in noted.precision_note
+
+
+def test_int8_towers_are_checked_against_fp32_and_fall_back(exported, tmp_path, monkeypatch):
+    from crossmodal.encoders import catalog
+    from crossmodal.encoders.onnx_encoder import load_onnx_encoder
+    from crossmodal.encoders.onnx_export import export_model
+
+    int8 = tmp_path / "int8"
+    export_model("demo-shapes", int8, int8=True)
+    monkeypatch.setenv("CROSSMODAL_ENGINE", "onnx")
+    folder = published_layout(exported, tmp_path / "both", int8_from=int8)
+    checked = load_onnx_encoder(str(folder), None, "int8")
+    assert checked.precision == "int8" and checked.precision_agreement >= 0.999 and checked.precision_note is None
+    monkeypatch.setattr(catalog, "PRECISION_AGREEMENT", 1.01)  # nothing but fp32 itself can pass
+    fallen = load_onnx_encoder(str(folder), None, "int8")
+    assert fallen.precision == "onnx" and "agree with fp32" in fallen.precision_note
+
+
+@pytest.mark.parametrize("kind", ["siglip", "chinese_clip"])
+def test_siglip_and_chinese_clip_exports_agree_and_calibrate_alike(kind, tmp_path):
+    """SigLIP: padded to its context, no text mask, its own logit bias; Chinese-CLIP: a BERT tokenizer."""
+    import tiny_models
+
+    from crossmodal.alignment.calibration import default_calibration
+    from crossmodal.encoders.models import load_encoder
+    from crossmodal.encoders.onnx_encoder import OnnxEncoder
+    from crossmodal.encoders.onnx_export import export_model
+
+    model = getattr(tiny_models, f"save_tiny_{kind}")(tmp_path / kind)
+    export_model(str(model), tmp_path / "onnx")
+    lean, full = OnnxEncoder(tmp_path / "onnx"), load_encoder(str(model))
+    texts = ["a red circle", "一个蓝色星形", "a " * 40]
+    ours, theirs = lean.encode_texts(texts), full.encode_texts(texts)
+    assert ours.truncated == theirs.truncated and lean.token_counts(texts) == full.token_counts(texts)
+    assert np.min(np.sum(ours.vectors * theirs.vectors, axis=1)) >= 0.9999
+    images = scenes(2)
+    assert np.min(np.sum(lean.encode_images(images) * full.encode_images(images), axis=1)) >= 0.9999
+    ours, theirs = default_calibration(lean), default_calibration(full)
+    assert (ours.a, ours.b, ours.source) == (pytest.approx(theirs.a), pytest.approx(theirs.b), theirs.source)
+    assert (lean.logit_bias is None) == (kind != "siglip")

@@ -61,9 +61,9 @@ def package_entries(root: Path, models: bool = False, runtime: str = "torch") ->
     files = package_files(root, RUNTIME_LEFT_OUT[runtime])
     own = root / MODEL_PACKAGE_DIR if models else root
     requirements = own / RUNTIME_REQUIREMENTS[runtime]
-    if not requirements.is_file():
+    if runtime != "torch" and not requirements.is_file():
         raise CrossmodalError(f"no {requirements.relative_to(root)}: the {runtime} build's requirements", param="runtime")
-    entries = [(requirements, "requirements.txt")]
+    entries = [(requirements, "requirements.txt")] if requirements.is_file() else []
     if not models:
         entries += [(path, path.relative_to(root).as_posix()) for path in files
                     if path.relative_to(root).parts[0] != MODEL_PACKAGE_DIR]

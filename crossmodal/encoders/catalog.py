@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from crossmodal.engine import ENGINES, engine  # noqa: F401 - part of this module's API
 from crossmodal.errors import CrossmodalError, redact
 from crossmodal.locations import model_cache_dir
 
@@ -37,7 +38,6 @@ ONNX_PRESETS: dict[str, str] = {
     "siglip": "Xenova/siglip-base-patch16-224",
     "demo-shapes": str(DEMO_ONNX_DIR),
 }
-ENGINES = ("torch", "onnx")
 DEFAULT_MODEL = "clip-vit-base-patch32"
 SUPPORTED_TYPES = ("clip", "chinese_clip", "siglip", "siglip2")
 # fp32; bf16 = half-precision autocast (bf16 on CPUs with bf16 units, fp16 on CUDA); onnx = ONNX Runtime fp32;
@@ -71,24 +71,6 @@ class HubOptions:
             offline=os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"),
             cache_dir=model_cache_dir(),
         )
-
-
-def engine() -> str:
-    """'torch' (the full package) or 'onnx' (the lean build, ONNX Runtime alone): CROSSMODAL_ENGINE when set,
-    else torch when torch and transformers are installed."""
-    asked = os.environ.get("CROSSMODAL_ENGINE", "").strip().lower()
-    if asked in ENGINES:
-        return asked
-    return "torch" if _installed("torch") and _installed("transformers") else "onnx"
-
-
-def _installed(module: str) -> bool:
-    import importlib.util
-
-    try:
-        return importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):
-        return False
 
 
 def default_model() -> str:
