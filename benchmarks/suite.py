@@ -16,11 +16,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks import (bench_align, bench_batching, bench_ingest, bench_memory, bench_rerank, bench_serve,  # noqa
-                        bench_storage, bench_store)
+from benchmarks import (bench_align, bench_batching, bench_ingest, bench_memory, bench_rerank, bench_runtimes,  # noqa
+                        bench_serve, bench_storage, bench_store)
 from benchmarks.common import RESULTS, machine, table  # noqa: E402
 
-SECTIONS = ("ingest", "store", "batching", "align", "rerank", "memory", "storage", "serve")
+SECTIONS = ("ingest", "store", "batching", "align", "rerank", "memory", "storage", "serve", "runtimes")
 
 
 def run_sections(only: list[str], quick: bool) -> dict:
@@ -38,6 +38,9 @@ def run_sections(only: list[str], quick: bool) -> dict:
                                                "--options", "float32,int8,int8-disk",
                                                "--local-size", "10000" if quick else "50000"]),
         "serve": lambda: bench_serve.main(["--clients", "16" if quick else "50", "--seconds", "15" if quick else "60"]),
+        # The lean build runs here with torch made unimportable; bench_runtimes.py --lean-python measures it in its
+        # own virtualenv (docs/lean-runtime.md).
+        "runtimes": lambda: bench_runtimes.main(["--images", "32" if quick else "64", "--queries", "10" if quick else "30"]),
     }
     results = {}
     for name in only:
@@ -97,6 +100,12 @@ def headlines(results: dict) -> list[dict]:
         rows.append({"figure": f"serve p95 ms, {r['clients']} clients for {r['seconds']:.0f} s", "value": r["p95_ms"],
                      "baseline": f"single-client p50 {r['single_p50_ms']} (x{r['p95_vs_single_p50']}), "
                                  f"{r['errors']} errors", "target": "no error, < 5x"})
+    if "runtimes" in results:
+        full, lean = results["runtimes"]["rows"]
+        for key, target in (("installed_mb", "<= 400"), ("start_s", "<= 1.5"), ("idle_rss_mb", "<= 250"),
+                            ("ingest_images_per_s", ">= full"), ("query_p50_ms", "<= full")):
+            rows.append({"figure": f"lean build {key}", "value": lean[key], "baseline": f"full build {full[key]}",
+                         "target": target})
     return rows
 
 

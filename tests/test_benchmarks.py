@@ -37,8 +37,14 @@ def test_suite_headlines_carry_baselines_and_targets():
                              "vs_naive": 4.0, "vs_limit": 2.0, "cosine_to_fp32": 0.9998}]},
         "memory": {"rows": [{"images": 1000, "peak_rss_mb": 500.0, "vs_smallest": 1.0},
                             {"images": 10000, "peak_rss_mb": 550.0, "vs_smallest": 1.1}]},
+        "runtimes": {"rows": [{"installed_mb": 1255.0, "start_s": 3.8, "idle_rss_mb": 404.0, "ingest_images_per_s": 21.0,
+                               "query_p50_ms": 10.0},
+                              {"installed_mb": 275.0, "start_s": 0.96, "idle_rss_mb": 116.0, "ingest_images_per_s": 22.0,
+                               "query_p50_ms": 9.0}]},
     }
     rows = {r["figure"]: r for r in headlines(results)}
     ingest = rows["ingest images/s, int8"]
     assert ingest["value"] == 40.0 and "naive x4.0" in ingest["baseline"] and "x2.0" in ingest["baseline"]
     assert rows["peak RSS MB ingesting 10,000 images"]["baseline"] == "1,000 images: 500.0 (x1.1)"
+    start = rows["lean build start_s"]
+    assert (start["value"], start["baseline"], start["target"]) == (0.96, "full build 3.8", "<= 1.5")

@@ -200,13 +200,19 @@ def test_endpoints_agree(builds, tmp_path):
         settings = {"api_key": "k" * 24, "data_dir": str(tmp_path / f"ep-{name}"), "model": "demo-shapes",
                     "default_collection": "kb"}
         auth = {"Authorization": "Bearer " + "k" * 24}
-        for path, body in (("/v1/ingest", {"items": [{"text": t} for t in texts]}), ("/v1/search", {"query": "a red circle", "top_k": 2})):
+        for path, body in (("/v1/ingest", {"items": [{"text": t} for t in texts]}),
+                           ("/v1/search", {"query": "a red circle", "top_k": 2}),
+                           ("/retrieval", {"knowledge_id": "kb", "query": "a red circle",
+                                           "retrieval_setting": {"top_k": 3, "score_threshold": 0.0}})):
             status, _, data = http_response(process.call(endpoint_request(settings, "POST", path, body, auth),
                                                          timeout=180))
             assert status == 200, (name, path, data[:300])
             bodies[(name, path)] = json.loads(data)
     lean, full = bodies[("onnx", "/v1/search")], bodies[("torch", "/v1/search")]
     assert [r["id"] for r in lean["results"]] == [r["id"] for r in full["results"]]
+    lean, full = bodies[("onnx", "/retrieval")]["records"], bodies[("torch", "/retrieval")]["records"]
+    assert [r["content"] for r in lean] == [r["content"] for r in full] and len(full) == 3
+    assert np.allclose([r["score"] for r in lean], [r["score"] for r in full], atol=2e-3)
 
 
 def test_cross_encoder_rerank_agrees_with_the_library(builds, tmp_path):

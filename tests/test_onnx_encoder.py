@@ -198,3 +198,23 @@ def test_siglip_and_chinese_clip_exports_agree_and_calibrate_alike(kind, tmp_pat
     ours, theirs = default_calibration(lean), default_calibration(full)
     assert (ours.a, ours.b, ours.source) == (pytest.approx(theirs.a), pytest.approx(theirs.b), theirs.source)
     assert (lean.logit_bias is None) == (kind != "siglip")
+
+
+def test_published_config_defaults_are_transformers_own():
+    """A published config.json may leave out whatever equals the library's default; the lean runtime's table of
+    those defaults must be the library's."""
+    import transformers
+
+    from crossmodal.encoders.onnx_encoder import CONFIG_DEFAULTS
+
+    classes = {"clip": "CLIP", "chinese_clip": "ChineseCLIP", "siglip": "Siglip", "siglip2": "Siglip2"}
+    for model_type, prefix in classes.items():
+        expected = CONFIG_DEFAULTS[model_type]
+        text, vision = getattr(transformers, f"{prefix}TextConfig")(), getattr(transformers, f"{prefix}VisionConfig")()
+        for key, value in expected["text"].items():
+            assert getattr(text, key) == value, (model_type, key)
+        for key, value in expected["vision"].items():
+            if model_type == "siglip2" and key == "image_size":
+                continue  # SigLIP 2 (NaFlex) has no fixed image size; its exports give one in preprocessor_config
+            assert getattr(vision, key) == value, (model_type, key)
+        assert getattr(getattr(transformers, f"{prefix}Config")(), "projection_dim", None) == expected["projection_dim"]

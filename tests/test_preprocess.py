@@ -41,6 +41,9 @@ def test_pixels_match_the_processor_to_float_rounding(name, processors):
         ours = fast.normalise([fast.to_uint8(image)]).numpy()
         assert ours.shape == reference.shape, (name, image.size)
         assert np.abs(ours - reference).max() < 1e-4, (name, image.size)
+        lean = fast.normalise_numpy([fast.to_uint8(image)])  # the torch-free runtime's
+        assert lean.dtype == np.float32 and lean.flags.c_contiguous
+        assert np.abs(lean - reference).max() < 1e-4, (name, image.size)
 
 
 def test_a_batch_normalises_like_single_images(processors):

@@ -29,7 +29,7 @@ PRESETS: dict[str, str] = {
     "demo-shapes": str(DEMO_MODEL_DIR),
 }
 # The lean build (no torch) runs the same presets from ONNX exports in the hub's layout: published ones, and
-# the demo model's export shipped beside it (python -m crossmodal export; tests/test_onnx_encoder.py keeps it
+# the demo model's export shipped beside it (python -m crossmodal export; tests/test_lean_build.py keeps it
 # in step with the torch weights).
 DEMO_ONNX_DIR = PACKAGE_DIR / "assets" / "demo-shapes-onnx"
 ONNX_PRESETS: dict[str, str] = {

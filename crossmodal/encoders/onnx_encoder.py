@@ -155,13 +155,30 @@ def export_description(directory: Path, quantized: bool | None = None) -> dict:
     return published_description(directory, quantized)
 
 
+# What transformers' config classes default to when a saved config.json leaves a value out (published configs
+# often hold only what differs: Xenova/siglip-base-patch16-224's vision_config is just its patch size).
+# tests/test_onnx_encoder.py keeps these equal to the classes themselves.
+CONFIG_DEFAULTS = {
+    "clip": {"projection_dim": 512, "text": {"hidden_size": 512, "max_position_embeddings": 77},
+             "vision": {"image_size": 224, "patch_size": 32}},
+    "chinese_clip": {"projection_dim": 512, "text": {"hidden_size": 768, "max_position_embeddings": 512},
+                     "vision": {"image_size": 224, "patch_size": 32}},
+    "siglip": {"projection_dim": None, "text": {"hidden_size": 768, "max_position_embeddings": 64},
+               "vision": {"image_size": 224, "patch_size": 16}},
+}
+CONFIG_DEFAULTS["siglip2"] = CONFIG_DEFAULTS["siglip"]
+
+
 def published_description(directory: Path, quantized: bool | None) -> dict:
     try:
         config = json.loads((directory / "config.json").read_text())
-        model_type, text, vision = config["model_type"], config["text_config"], config["vision_config"]
+        model_type = config["model_type"]
+        defaults = CONFIG_DEFAULTS[model_type]
     except (OSError, ValueError, KeyError, TypeError):
-        raise CrossmodalError(f"{directory} holds no readable config.json with text_config and vision_config",
-                              param="model") from None
+        raise CrossmodalError(f"{directory} holds no readable config.json of a dual encoder "
+                              f"({', '.join(CONFIG_DEFAULTS)})", param="model") from None
+    text = {**defaults["text"], **(config.get("text_config") or {})}
+    vision = {**defaults["vision"], **(config.get("vision_config") or {})}
     siglip = model_type.startswith("siglip")
     have = {q for q in (False, True) if _tower_files(directory, q)}
     if not have:
@@ -170,9 +187,8 @@ def published_description(directory: Path, quantized: bool | None) -> dict:
     use = quantized if quantized in have else min(have)
     description = {
         "model": str(directory), "model_type": model_type, "quantized": use,
-        "dimension": config.get("projection_dim") or text["hidden_size"],
-        "context_length": min(text.get("max_position_embeddings", 64), 64) if siglip
-        else text.get("max_position_embeddings", 77),
+        "dimension": config.get("projection_dim") or defaults["projection_dim"] or text["hidden_size"],
+        "context_length": min(text["max_position_embeddings"], 64) if siglip else text["max_position_embeddings"],
         "image_size": vision["image_size"], "patch_size": vision["patch_size"],
         "padding": "max_length" if siglip else "longest",
         # SigLIP's bias is not in its config either: with none, calibration uses the CLIP-style default.

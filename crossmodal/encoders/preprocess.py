@@ -101,10 +101,12 @@ class FastPreprocessor:
     # -- a batch (the inference thread) --------------------------------------
     def normalise_numpy(self, arrays: list[np.ndarray]) -> np.ndarray:
         """``normalise`` without torch: N x 3 x H x W float32 numpy (the torch-free runtime's input)."""
-        batch = np.stack(arrays).transpose(0, 3, 1, 2).astype(np.float32)
-        factor = np.asarray([self.scale / s for s in self.std], dtype=np.float32).reshape(1, 3, 1, 1)
-        offset = np.asarray([m / s for m, s in zip(self.mean, self.std)], dtype=np.float32).reshape(1, 3, 1, 1)
-        return np.ascontiguousarray(batch * factor - offset)
+        batch = np.stack(arrays)
+        out = np.empty((batch.shape[0], 3, batch.shape[1], batch.shape[2]), dtype=np.float32)
+        for c in range(3):  # one channel at a time, written in place: no float copy of the whole batch
+            np.multiply(batch[..., c], np.float32(self.scale / self.std[c]), out=out[:, c], casting="unsafe")
+            out[:, c] -= np.float32(self.mean[c] / self.std[c])
+        return out
 
     def normalise(self, arrays: list[np.ndarray]):
         """N uint8 H x W x 3 arrays -> N x 3 x H x W float32 tensor, rescaled and normalised in one pass."""
