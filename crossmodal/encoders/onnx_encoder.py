@@ -249,7 +249,7 @@ def load_onnx_encoder(identity: str, hub=None, precision: str = "fp32") -> OnnxE
         raise CrossmodalError(f"'{precision}' is not one of {', '.join(PRECISIONS)}", param="precision")
     notes = []
     if precision == "bf16":
-        notes.append("bf16: this lean build runs ONNX Runtime, which has no bf16 kernels here; running fp32")
+        notes.append("bf16: a torch autocast, and this model runs as an ONNX export; running fp32 (onnx)")
     want_int8 = precision == "int8"
     directory = onnx_export_dir(identity, hub, want_int8)
     encoder = OnnxEncoder(directory, identity=identity, quantized=want_int8)
