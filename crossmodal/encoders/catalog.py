@@ -94,6 +94,11 @@ def model_identity(name: str | None) -> str:
     return name
 
 
+def looks_like_hub_id(ref: str) -> bool:
+    """owner/name, not a path."""
+    return ref.count("/") == 1 and not ref.startswith(("/", "."))
+
+
 def presets() -> dict[str, str]:
     """The preset names' hub ids or directories for this engine (the lean build's are ONNX exports)."""
     return ONNX_PRESETS if engine() == "onnx" else PRESETS
@@ -121,7 +126,7 @@ def resolve_model_dir(name: str, hub: HubOptions | None = None) -> Path:
         return path
     if identity == "demo-shapes":
         raise CrossmodalError(f"the demo model is missing from {ref}; reinstall the package", param="model")
-    if ref.count("/") != 1 or ref.startswith(("/", ".")):
+    if not looks_like_hub_id(ref):
         raise CrossmodalError(
             f"'{name}' is neither a preset ({', '.join(PRESETS)}), a Hugging Face id (owner/name) "
             "nor an existing directory",
@@ -135,7 +140,7 @@ def resolve_model_config_dir(name: str, hub: HubOptions | None = None) -> Path:
     its weights: what saving the credentials needs (the weights load on first use, inside a node)."""
     identity = model_identity(name)
     ref = presets().get(identity, identity)
-    is_hub_id = ref.count("/") == 1 and not ref.startswith(("/", ".")) and not Path(ref).expanduser().is_dir()
+    is_hub_id = looks_like_hub_id(ref) and not Path(ref).expanduser().is_dir()
     if not is_hub_id or identity == "demo-shapes":
         return resolve_model_dir(name, hub)  # local directories, and the same errors for bad names
     return _download(ref, hub or HubOptions.from_env(), patterns=CONFIG_FILES)

@@ -279,7 +279,8 @@ def _checked_int8(int8: OnnxEncoder, directory: Path, identity: str) -> tuple[On
 
 def onnx_export_dir(identity: str, hub=None, want_int8: bool = False) -> Path:
     """A local directory holding the export for ``identity``, downloaded from the hub when it is an id."""
-    from crossmodal.encoders.catalog import DEMO_ONNX_DIR, ONNX_PRESETS, PRESETS, HubOptions, _download, engine
+    from crossmodal.encoders.catalog import (DEMO_ONNX_DIR, ONNX_PRESETS, PRESETS, HubOptions, _download, engine,
+                                             looks_like_hub_id)
 
     presets = ONNX_PRESETS if engine() == "onnx" else PRESETS  # the full package: a directory named by a preset
     ref = presets.get(identity, identity)
@@ -294,7 +295,7 @@ def onnx_export_dir(identity: str, hub=None, want_int8: bool = False) -> Path:
     if identity == "demo-shapes":
         raise CrossmodalError(f"the demo model's ONNX export is missing from {DEMO_ONNX_DIR}; reinstall the "
                               "package", param="model")
-    if ref.count("/") != 1 or ref.startswith(("/", ".")):
+    if not looks_like_hub_id(ref):
         raise CrossmodalError(f"'{identity}' is neither a preset ({', '.join(ONNX_PRESETS)}), a Hugging Face id of "
                               "an ONNX export (owner/name, with onnx/vision_model.onnx and onnx/text_model.onnx) "
                               "nor an existing directory", param="model")

@@ -114,13 +114,13 @@ def _torch_cross_encoder(name: str, hub, device: str):
 
 
 def _onnx_cross_encoder(name: str, hub):
-    from crossmodal.encoders.catalog import HubOptions, _download
+    from crossmodal.encoders.catalog import HubOptions, _download, looks_like_hub_id
     from crossmodal.rerank.onnx_cross_encoder import GRAPH, OnnxCrossEncoder
 
     path = Path(name).expanduser()
     if path.is_dir():
         return OnnxCrossEncoder(path)
-    if name.count("/") != 1 or name.startswith(("/", ".")):
+    if not looks_like_hub_id(name):
         raise CrossmodalError(f"'{name}' is neither a Hugging Face id (owner/name) nor an existing directory",
                               param="model")
     return OnnxCrossEncoder(_download(name, hub or HubOptions.from_env(), patterns=["*.json", "*.txt", GRAPH]))
