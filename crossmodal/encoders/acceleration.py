@@ -194,7 +194,7 @@ def _uses_text_mask(encoder) -> bool:
 
 
 def file_sha256(path: Path) -> str:
-    """Read afresh each time (not models._file_sha256's memo): it must see an export damaged in place."""
+    """Read afresh each time (not catalog._file_sha256's memo): it must see an export damaged in place."""
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
 

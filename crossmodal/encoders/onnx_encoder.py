@@ -1,11 +1,11 @@
-"""A dual encoder on ONNX Runtime alone: no torch, no transformers (the lean runtime of issue 30).
+"""A dual encoder on ONNX Runtime alone: no torch, no transformers (the lean build's, docs/lean-runtime.md).
 
-It loads the layout crossmodal/encoders/onnx_export.py writes (the hub's ``onnx/`` layout plus a manifest of
-checksums) and answers with the encoder interface the service uses: L2-normalised float32 vectors, the same
-preprocessing (FastPreprocessor from the saved processor config) and tokenisation (``tokenizers`` from
-``tokenizer.json``, truncated to the model's context) as the torch Encoder.
+It loads the hub's ``onnx/`` layout: the published exports (Xenova/clip-vit-base-patch32 and the like, read
+from their config.json) and what crossmodal/encoders/onnx_export.py writes (the same layout plus a manifest of
+checksums). It answers with the encoder interface the service uses (crossmodal/encoders/interface.py):
+L2-normalised float32 vectors, the same preprocessing (FastPreprocessor from the saved processor config) and
+tokenisation (``tokenizers`` from ``tokenizer.json``, truncated to the model's context) as the torch Encoder.
 """
-
 from __future__ import annotations
 
 import json
