@@ -3,7 +3,8 @@ import logging
 from dify_plugin import DifyPluginEnv, Plugin
 from dify_plugin.config.logger_format import plugin_logger_handler
 
-from crossmodal.runtime import LoopLogHandler, mark_loop_thread, preload_libraries, use_os_locks_in_shared_libraries
+from crossmodal.runtime import (LoopLogHandler, dump_stacks_on_signal, mark_loop_thread, preload_libraries,
+                                use_os_locks_in_shared_libraries)
 from crossmodal.encoders.warmup import warm_remembered
 
 # The core logs through the SDK's handler (stdout carries only protocol JSON), written from the loop's thread
@@ -17,6 +18,8 @@ preload_libraries()
 # Logging is used from the loop and from worker threads at once: its locks must be OS locks, not the
 # greenlet locks gevent's patching makes (they can hang for good across threads).
 use_os_locks_in_shared_libraries()
+# kill -USR1 writes every thread's and greenlet's stack to stderr: what a plugin that stopped answering waits for.
+dump_stacks_on_signal()
 # Calls into Dify (a workspace model) are made from worker threads through this loop (runtime.on_loop).
 mark_loop_thread()
 # Models that Dify's 5-second External Knowledge calls used before a restart load now, in the background.

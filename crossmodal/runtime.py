@@ -122,6 +122,23 @@ def offload_within(seconds: float, fn: Callable[..., T], *args, **kwargs) -> T:
     return job.get()
 
 
+def dump_stacks_on_signal() -> None:
+    """``kill -USR1 <plugin pid>`` writes every OS thread's and greenlet's stack to stderr (the daemon's log;
+    stdout is the protocol's): what a plugin that stopped answering is waiting for."""
+    import signal
+
+    if not gevent_patched() or not hasattr(signal, "SIGUSR1"):
+        return
+    import gevent
+    import gevent.util
+
+    def dump() -> None:
+        sys.stderr.write("crossmodal: stacks on SIGUSR1\n" + "\n".join(gevent.util.format_run_info()) + "\n")
+        sys.stderr.flush()
+
+    gevent.signal_handler(signal.SIGUSR1, dump)
+
+
 def use_os_locks_in_shared_libraries() -> None:
     """Give the locks that the loop and our worker threads both take real OS locks (see main.py).
 

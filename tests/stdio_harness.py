@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import signal
 import subprocess
 import sys
 import threading
@@ -114,7 +115,8 @@ class PluginProcess:
                 raise PluginKilled(f"the plugin wrote a {self.oversized[0]}-byte stdout line, over the daemon's "
                                    f"{MAX_LINE_BYTES}-byte limit: the daemon kills it")
             if remaining <= 0:
-                raise TimeoutError(f"sessions {list(pending)} did not end; stderr:\n" + "".join(self.stderr_lines[-30:]))
+                raise TimeoutError(f"sessions {list(pending)} did not end; stderr:\n" + "".join(self.stderr_lines[-30:])
+                                   + self.stacks())
             try:
                 event = self.events.get(timeout=min(remaining, 1))
             except queue.Empty:
@@ -158,6 +160,15 @@ class PluginProcess:
                                "data": {"backwards_request_id": request_id, **reply}}) + "\n"
             self.proc.stdin.write(line.encode())
         self.proc.stdin.flush()
+
+    def stacks(self) -> str:
+        """The plugin's threads and greenlets (main.py dumps them to stderr on SIGUSR1), for a hang's report."""
+        if self.proc.poll() is not None:
+            return ""
+        seen = len(self.stderr_lines)
+        self.proc.send_signal(signal.SIGUSR1)
+        time.sleep(2)
+        return "\nthe plugin's stacks:\n" + "".join(self.stderr_lines[seen:])
 
     def call(self, data: dict, timeout: float = 120) -> list[dict]:
         sid = self.send(data)

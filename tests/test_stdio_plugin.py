@@ -333,3 +333,12 @@ def test_every_variable_a_node_yields_is_declared(plugin, creds, file_server):
         assert found and set(found) <= declared[tool], (tool, set(found) - declared[tool])
         if tool == "rerank" and "files" not in params:  # nothing to rescore: the same variables, as strings
             assert (found["results"], found["method"], found["model"], found["rejected"]) == ([], "none", "", [])
+
+
+def test_sigusr1_writes_the_plugins_stacks_to_stderr_only(plugin, tmp_path):
+    """What a plugin that stopped answering waits for: every thread's and greenlet's stack, on stderr (stdout is
+    the protocol's), and the plugin answers on afterwards."""
+    dump = plugin.stacks()
+    assert "stacks on SIGUSR1" in dump and "Greenlets" in dump and "plugin.run()" in dump
+    assert not plugin.non_json
+    assert not errors(plugin.call(validate_request({"model": "demo-shapes", "data_dir": str(tmp_path)}), timeout=60))
