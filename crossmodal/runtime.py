@@ -130,13 +130,29 @@ def dump_stacks_on_signal() -> None:
     if not gevent_patched() or not hasattr(signal, "SIGUSR1"):
         return
     import gevent
-    import gevent.util
 
     def dump() -> None:
-        sys.stderr.write("crossmodal: stacks on SIGUSR1\n" + "\n".join(gevent.util.format_run_info()) + "\n")
+        sys.stderr.write(format_stacks())
         sys.stderr.flush()
 
     gevent.signal_handler(signal.SIGUSR1, dump)
+
+
+def format_stacks() -> str:
+    """Every OS thread's stack and every suspended greenlet's (found by the garbage collector: gevent's own
+    format_run_info fails on the hubs that worker threads make)."""
+    import gc
+    import traceback
+
+    import greenlet
+
+    lines = ["crossmodal: stacks on SIGUSR1\n"]
+    for ident, frame in sys._current_frames().items():
+        lines += [f"-- thread {ident}\n", *traceback.format_stack(frame)]
+    for item in gc.get_objects():
+        if isinstance(item, greenlet.greenlet) and item.gr_frame is not None:
+            lines += [f"-- greenlet {item!r}\n", *traceback.format_stack(item.gr_frame)]
+    return "".join(lines)
 
 
 def use_os_locks_in_shared_libraries() -> None:

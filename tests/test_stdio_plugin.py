@@ -339,6 +339,6 @@ def test_sigusr1_writes_the_plugins_stacks_to_stderr_only(plugin, tmp_path):
     """What a plugin that stopped answering waits for: every thread's and greenlet's stack, on stderr (stdout is
     the protocol's), and the plugin answers on afterwards."""
     dump = plugin.stacks()
-    assert "stacks on SIGUSR1" in dump and "Greenlets" in dump and "plugin.run()" in dump
+    assert "stacks on SIGUSR1" in dump and "-- thread" in dump and "-- greenlet" in dump and "plugin.run()" in dump
     assert not plugin.non_json
     assert not errors(plugin.call(validate_request({"model": "demo-shapes", "data_dir": str(tmp_path)}), timeout=60))
