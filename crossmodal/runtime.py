@@ -146,13 +146,24 @@ def format_stacks() -> str:
 
     import greenlet
 
+    import warnings
+
     lines = ["crossmodal: stacks on SIGUSR1\n"]
     for ident, frame in sys._current_frames().items():
         lines += [f"-- thread {ident}\n", *traceback.format_stack(frame)]
-    for item in gc.get_objects():
-        if isinstance(item, greenlet.greenlet) and item.gr_frame is not None:
-            lines += [f"-- greenlet {item!r}\n", *traceback.format_stack(item.gr_frame)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # isinstance on every object wakes some modules' deprecation warnings
+        for item in gc.get_objects():
+            if isinstance(item, greenlet.greenlet) and item.gr_frame is not None:
+                lines += [f"-- greenlet {_describe(item)}\n", *traceback.format_stack(item.gr_frame)]
     return "".join(lines)
+
+
+def _describe(item) -> str:
+    try:
+        return repr(item)
+    except Exception:  # noqa: BLE001 - a hub made by a worker thread cannot always describe itself
+        return f"{type(item).__name__} at {id(item):#x}"
 
 
 def use_os_locks_in_shared_libraries() -> None:
