@@ -232,12 +232,10 @@ def needs_torch(command: str, function):
     """A laboratory stage: on the lean build (no torch, no crossmodal/lab/) a clear error instead of an ImportError."""
 
     def run(args) -> int:
-        from crossmodal.engine import engine
-        from crossmodal.errors import CrossmodalError
+        from crossmodal.engine import require_torch
 
-        if engine() == "onnx":
-            raise CrossmodalError(f"'{command}' runs on torch, which this lean build leaves out: run it where the full "
-                                  "package is installed (pip install -r requirements.txt)", param="command")
+        require_torch(f"'{command}'", "command", "run it where the full package is installed "
+                      "(pip install -r requirements.txt)")
         return function(args)
 
     return run

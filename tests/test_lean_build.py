@@ -44,13 +44,19 @@ def unpacked(tmp_path_factory, models: bool) -> Path:
     return folder
 
 
-@pytest.fixture(scope="module")
-def lean_plugin(tmp_path_factory):
-    process = start_lean(unpacked(tmp_path_factory, models=False))
+def running_lean(tmp_path_factory, models: bool):
+    """The lean package's plugin for a module's tests; afterwards, stdout held only protocol lines under the
+    daemon's limit and no import failed."""
+    process = start_lean(unpacked(tmp_path_factory, models=models))
     yield process
     process.close()
     assert not process.non_json and not process.oversized
     assert not [line for line in process.stderr_lines if "No module named" in line], process.stderr_lines[-5:]
+
+
+@pytest.fixture(scope="module")
+def lean_plugin(tmp_path_factory):
+    yield from running_lean(tmp_path_factory, models=False)
 
 
 @pytest.fixture(scope="module")
@@ -254,10 +260,7 @@ def test_what_needs_torch_is_a_clear_error_on_the_lean_build(lean_plugin, tmp_pa
 
 @pytest.fixture(scope="module")
 def lean_models_plugin(tmp_path_factory):
-    process = start_lean(unpacked(tmp_path_factory, models=True))
-    yield process
-    process.close()
-    assert not process.non_json and not process.oversized
+    yield from running_lean(tmp_path_factory, models=True)
 
 
 def test_the_lean_model_package_embeds_and_reranks_as_the_full_one(models_plugin, lean_models_plugin):

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from crossmodal.encoders.catalog import (PRECISIONS, SUPPORTED_TYPES, engine, model_identity, read_config,
+from crossmodal.encoders.catalog import (PRECISIONS, SUPPORTED_TYPES, model_identity, read_config,
                                          resolve_model_config_dir)
 from crossmodal.encoders.models import pick_device
+from crossmodal.engine import require_torch
 from crossmodal.encoders.workspace import is_workspace_model, parse_workspace_model
 from crossmodal.errors import CrossmodalError
 from crossmodal.settings import Settings
@@ -41,9 +42,7 @@ def validate_reranker(service) -> str:
         validate_model(settings)
     itm = service.routes.get("itm")
     if itm:
-        if engine() == "onnx":
-            raise CrossmodalError("BLIP ITM runs on torch, which this lean build leaves out: install the full "
-                                  "package, or leave the ITM model empty", param="itm_model")
+        require_torch("BLIP ITM", "itm_model", "install the full package, or leave the ITM model empty")
         try:
             model_type = read_config(resolve_model_config_dir(itm, settings.hub)).get("model_type")
         except CrossmodalError as exc:

@@ -198,12 +198,15 @@ def weights_fingerprint(directory: Path) -> str:
     before its vectors are mixed with the old ones. By content, not modification time, so that a fresh
     copy of the same files (a new clone, a re-download) keeps it. Crossmodal's own files beside the
     model (a calibration fit) and read-mes do not count: they do not change a vector."""
+    return files_fingerprint(path for path in sorted(Path(directory).iterdir())
+                             if path.is_file() and not path.name.startswith((".", "crossmodal_", "README")))
+
+
+def files_fingerprint(paths) -> str:
+    """16 hex digits of the files' names and contents, in the given order (each file's hash remembered)."""
     digest = hashlib.sha256()
-    for path in sorted(Path(directory).iterdir()):
-        name = path.name
-        if not path.is_file() or name.startswith((".", "crossmodal_", "README")):
-            continue
-        digest.update(f"{name}\0{_file_sha256(path)}\0".encode())
+    for path in paths:
+        digest.update(f"{path.name}\0{_file_sha256(path)}\0".encode())
     return digest.hexdigest()[:16]
 
 

@@ -4,7 +4,8 @@ which engine answers.
 
 A subclass sets identity, model_dir, weights, model_type, dim, context_length, image_size, patch_size,
 batch_size, precision, precision_note, logit_scale, logit_bias, image_config and fast_preprocessor, and
-implements preprocess, normalise, embed_pixels, encode_images, encode_texts, token_counts and stack.
+implements its engine's part: preprocess, normalise, stack, token_counts, image_features (one batch of
+pixels), text_batch_features (one batch of texts) and _finish (chunks -> float32 rows). The batching is here.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Sequence
 import numpy as np
 
 from crossmodal.encoders.batching import DynamicBatcher
+from crossmodal.encoders.vectors import TextEncoding
 
 
 class DualEncoderBase:
@@ -40,6 +42,28 @@ class DualEncoderBase:
                                                              show_progress_bar=show_progress_bar,
                                                              normalize=normalize_embeddings)
         return out
+
+    def encode_images(self, images: Sequence, *, batch_size: int | None = None, show_progress_bar: bool = False,
+                      normalize=True) -> np.ndarray:
+        from tqdm.auto import tqdm
+
+        batch_size = batch_size or self.batch_size
+        starts = range(0, len(images), batch_size)
+        chunks = [self.image_features(self.preprocess(list(images[s:s + batch_size])))
+                  for s in tqdm(starts, disable=not show_progress_bar, desc="embedding images", unit="batch")]
+        return self._finish(chunks, normalize)
+
+    def embed_pixels(self, pixels, *, batch_size: int | None = None, normalize=True) -> np.ndarray:
+        """Embed already preprocessed (possibly edited, e.g. occluded) pixels."""
+        batch_size = batch_size or 2 * self.batch_size
+        chunks = [self.image_features(pixels[s:s + batch_size]) for s in range(0, len(pixels), batch_size)]
+        return self._finish(chunks, normalize)
+
+    def encode_texts(self, texts: Sequence[str], *, batch_size: int | None = None, normalize=True) -> TextEncoding:
+        batch_size = batch_size or 2 * self.batch_size
+        truncated = [i for i, n in enumerate(self.token_counts(texts)) if n > self.context_length]
+        chunks = [self.text_batch_features(list(texts[s:s + batch_size])) for s in range(0, len(texts), batch_size)]
+        return TextEncoding(self._finish(chunks, normalize), truncated)
 
     def query_text_vector(self, text: str) -> tuple[np.ndarray, bool]:
         """One query's unit vector, computed in a batch with concurrent queries; (vector, truncated)."""

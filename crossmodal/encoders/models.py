@@ -88,19 +88,6 @@ class Encoder(DualEncoderBase):
         return int(self.model.config.text_config.hidden_size)
 
     # -- public API -------------------------------------------------------
-    def encode_images(self, images: Sequence, *, batch_size: int | None = None, show_progress_bar: bool = False,
-                      normalize=True):
-        from tqdm.auto import tqdm
-
-        batch_size = batch_size or self.batch_size
-        chunks = []
-        starts = range(0, len(images), batch_size)
-        for start in tqdm(starts, disable=not show_progress_bar, desc="embedding images", unit="batch"):
-            batch = list(images[start : start + batch_size])
-            pixels = self.preprocess(batch)
-            chunks.append(self.image_features(pixels))
-        return self._finish(chunks, normalize)
-
     def stack(self, pixels: list):
         return self._torch.stack(pixels)
 
@@ -117,20 +104,8 @@ class Encoder(DualEncoderBase):
         """Resized uint8 arrays (FastPreprocessor.to_uint8, in worker threads) -> the towers' input."""
         return self.fast_preprocessor.normalise(arrays)
 
-    def embed_pixels(self, pixels, *, batch_size: int | None = None, normalize=True) -> np.ndarray:
-        """Embed already preprocessed (possibly edited, e.g. occluded) pixel tensors."""
-        batch_size = batch_size or 2 * self.batch_size
-        chunks = [self.image_features(pixels[s : s + batch_size]) for s in range(0, len(pixels), batch_size)]
-        return self._finish(chunks, normalize)
-
-    def encode_texts(self, texts: Sequence[str], *, batch_size: int | None = None, normalize=True) -> TextEncoding:
-        batch_size = batch_size or 2 * self.batch_size
-        truncated = [i for i, n in enumerate(self.token_counts(texts)) if n > self.context_length]
-        chunks = []
-        for start in range(0, len(texts), batch_size):
-            tokens = self.tokenize(list(texts[start : start + batch_size]))
-            chunks.append(self.text_features(tokens))
-        return TextEncoding(self._finish(chunks, normalize), truncated)
+    def text_batch_features(self, texts: list[str]):
+        return self.text_features(self.tokenize(texts))
 
     # -- building blocks (also used by training and alignment) --------------
     def tokenize(self, texts: list[str]):

@@ -18,7 +18,7 @@ import numpy as np
 from crossmodal.encoders.acceleration import file_sha256
 from crossmodal.encoders.interface import DualEncoderBase
 from crossmodal.encoders.preprocess import FastPreprocessor
-from crossmodal.encoders.vectors import TextEncoding, l2_normalize
+from crossmodal.encoders.vectors import l2_normalize
 from crossmodal.errors import CrossmodalError
 
 MANIFEST = "crossmodal_onnx.json"
@@ -89,34 +89,15 @@ class OnnxEncoder(DualEncoderBase):
     def stack(self, pixels: list) -> np.ndarray:
         return np.stack(pixels)
 
-    def embed_pixels(self, pixels, *, batch_size: int | None = None, normalize=True) -> np.ndarray:
-        pixels = np.asarray(pixels, dtype=np.float32)
-        step = batch_size or 2 * self.batch_size
-        chunks = [self.vision.run([self._vision_output], {"pixel_values": pixels[s:s + step]})[0]
-                  for s in range(0, len(pixels), step)]
-        return self._finish(chunks, normalize)
+    def image_features(self, pixels) -> np.ndarray:
+        return self.vision.run([self._vision_output], {"pixel_values": np.asarray(pixels, dtype=np.float32)})[0]
 
-    def encode_images(self, images: Sequence, *, batch_size: int | None = None, show_progress_bar: bool = False,
-                      normalize=True) -> np.ndarray:
-        from tqdm.auto import tqdm
-
-        step = batch_size or self.batch_size
-        starts = range(0, len(images), step)
-        chunks = [self.embed_pixels(self.preprocess(list(images[s:s + step])), normalize=False)
-                  for s in tqdm(starts, disable=not show_progress_bar, desc="embedding images", unit="batch")]
-        return self._finish(chunks, normalize)
-
-    def encode_texts(self, texts: Sequence[str], *, batch_size: int | None = None, normalize=True) -> TextEncoding:
-        step = batch_size or 2 * self.batch_size
-        truncated = [i for i, n in enumerate(self.token_counts(texts)) if n > self.context_length]
-        chunks = []
-        for s in range(0, len(texts), step):
-            encodings = self.tokenizer.encode_batch(list(texts[s:s + step]))
-            feed = {"input_ids": np.asarray([e.ids for e in encodings], dtype=np.int64)}
-            if "attention_mask" in self._text_inputs:
-                feed["attention_mask"] = np.asarray([e.attention_mask for e in encodings], dtype=np.int64)
-            chunks.append(self.text.run([self._text_output], feed)[0])
-        return TextEncoding(self._finish(chunks, normalize), truncated)
+    def text_batch_features(self, texts: list[str]) -> np.ndarray:
+        encodings = self.tokenizer.encode_batch(texts)
+        feed = {"input_ids": np.asarray([e.ids for e in encodings], dtype=np.int64)}
+        if "attention_mask" in self._text_inputs:
+            feed["attention_mask"] = np.asarray([e.attention_mask for e in encodings], dtype=np.int64)
+        return self.text.run([self._text_output], feed)[0]
 
     def token_counts(self, texts: Sequence[str]) -> list[int]:
         """Tokens each text needs, before truncation (special tokens included)."""
@@ -209,14 +190,10 @@ def _tower_files(directory: Path, quantized: bool) -> list[Path]:
 def _published_fingerprint(directory: Path, quantized: bool) -> str:
     """What decides the vectors: the two towers, the tokenizer, the configs (as weights_fingerprint does for a
     torch model, by content)."""
-    import hashlib
+    from crossmodal.encoders.catalog import files_fingerprint
 
-    digest = hashlib.sha256()
-    files = _tower_files(directory, quantized) + [directory / n for n in ("config.json", "tokenizer.json",
-                                                                          "preprocessor_config.json")]
-    for path in files:
-        digest.update(f"{path.name}\0{file_sha256(path)}\0".encode())
-    return digest.hexdigest()[:16]
+    return files_fingerprint(_tower_files(directory, quantized) + [
+        directory / name for name in ("config.json", "tokenizer.json", "preprocessor_config.json")])
 
 
 def read_manifest(directory: Path) -> dict:

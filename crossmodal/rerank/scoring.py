@@ -142,12 +142,11 @@ def cross_encoder_scores(model, query: str, candidates: list[Candidate], batch_s
 
 # -- image-text matching head ------------------------------------------------------------------
 def load_itm(name: str, hub=None, device: str = "cpu"):
-    from crossmodal.encoders.catalog import engine, resolve_model_dir
+    from crossmodal.encoders.catalog import resolve_model_dir
+    from crossmodal.engine import require_torch
 
-    if engine() == "onnx":
-        raise CrossmodalError("BLIP ITM runs on torch, which this lean build leaves out: install the full "
-                              "package (python -m crossmodal package --runtime torch), or rerank with region or "
-                              "cross-encoder", param="method")
+    require_torch("BLIP ITM", "method", "install the full package (python -m crossmodal package --runtime torch), "
+                  "or rerank with region or cross-encoder")
     key = ("itm", name, device)
     with _LOCK:
         if key not in _LOADED:
