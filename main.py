@@ -1,11 +1,19 @@
 import logging
 
-from dify_plugin import DifyPluginEnv, Plugin
-from dify_plugin.config.logger_format import plugin_logger_handler
+from dify_plugin import DifyPluginEnv, Plugin  # patches the process with gevent
 
-from crossmodal.runtime import (LoopLogHandler, dump_stacks_on_signal, mark_loop_thread, preload_libraries,
-                                use_os_locks_in_shared_libraries)
-from crossmodal.encoders.warmup import warm_remembered
+# First, before any other import or thread: every lock of the process becomes one that the gevent loop and OS
+# worker threads can share (a gevent lock shared with a worker thread can put the SDK's listener to sleep for
+# good while heartbeats go on; see crossmodal/loop_safe.py).
+from crossmodal.runtime import install_loop_safe_locks
+
+install_loop_safe_locks()
+
+from dify_plugin.config.logger_format import plugin_logger_handler  # noqa: E402
+
+from crossmodal.dify.server import ending_every_session  # noqa: E402
+from crossmodal.encoders.warmup import warm_remembered  # noqa: E402
+from crossmodal.runtime import LoopLogHandler, dump_stacks_on_signal, mark_loop_thread, preload_libraries  # noqa: E402
 
 # The core logs through the SDK's handler (stdout carries only protocol JSON), written from the loop's thread
 # only, so that a record from a worker thread never lands inside another protocol line.
@@ -15,9 +23,6 @@ logging.getLogger("crossmodal").setLevel(logging.INFO)
 # Import torch / transformers / huggingface_hub here, on the main thread, before serving:
 # imported later inside a worker thread under gevent they fail (child watchers) and print to stdout.
 preload_libraries()
-# Logging is used from the loop and from worker threads at once: its locks must be OS locks, not the
-# greenlet locks gevent's patching makes (they can hang for good across threads).
-use_os_locks_in_shared_libraries()
 # kill -USR1 writes every thread's and greenlet's stack to stderr: what a plugin that stopped answering waits for.
 dump_stacks_on_signal()
 # Calls into Dify (a workspace model) are made from worker threads through this loop (runtime.on_loop).
@@ -25,7 +30,7 @@ mark_loop_thread()
 # Models that Dify's 5-second External Knowledge calls used before a restart load now, in the background.
 warm_remembered()
 
-plugin = Plugin(DifyPluginEnv(MAX_REQUEST_TIMEOUT=600))
+plugin = ending_every_session(Plugin)(DifyPluginEnv(MAX_REQUEST_TIMEOUT=600))
 
 if __name__ == "__main__":
     plugin.run()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from crossmodal.alignment.align import Calibration
-from crossmodal.encoders.models import Encoder, get_encoder, model_identity
+from crossmodal.encoders.models import Encoder, get_encoder, loaded_encoder, model_identity
 from crossmodal.encoders.routing import Route
 from crossmodal.encoders.workspace import WorkspaceEncoder, is_workspace_model
 from crossmodal.errors import CrossmodalError
@@ -16,6 +16,14 @@ from crossmodal.store import VectorStore, check_collection_name, open_store
 
 _CALIBRATIONS: dict[tuple[str, str], Calibration] = {}
 _CALIBRATIONS_LOCK = os_lock()
+
+
+class ModelNotLoaded(CrossmodalError):
+    """The model is not loaded (yet); loading it is the caller's choice."""
+
+    def __init__(self, model: str):
+        self.model = model
+        super().__init__(f"the model {model} is not loaded yet", param="model", status=503)
 
 
 class Context:
@@ -62,15 +70,22 @@ class Context:
                                       param="routes") from None
             raise
 
-    def collection_encoder(self, collection: str | None) -> Encoder:
-        """The encoder that searches of this collection use, loaded now if need be. It is remembered, so that
-        the next plugin start loads it before any call (crossmodal/encoders/warmup.py)."""
-        from crossmodal.encoders import warmup
+    def collection_model(self, collection: str | None) -> str:
         info = self.store.get_collection(self.collection_name(collection), with_count=False)
-        model = self.model_for(info.model, None)
-        if not is_workspace_model(model):  # a workspace model has nothing here to warm
-            warmup.remember(model, self.settings.device, self.settings.precision)
-        return self.encoder(model)
+        return self.model_for(info.model, None)
+
+    def loaded_collection_encoder(self, collection: str | None) -> Encoder:
+        """The collection's encoder if it is loaded already, else ModelNotLoaded: never loads, never waits for a
+        load (what a call with a deadline of seconds needs). The model is remembered for the next start."""
+        from crossmodal.encoders import warmup
+        model = self.collection_model(collection)
+        if is_workspace_model(model):
+            return self.encoder(model)
+        warmup.remember(model, self.settings.device, self.settings.precision)
+        encoder = loaded_encoder(model, self.settings.device, self.settings.precision)
+        if encoder is None:
+            raise ModelNotLoaded(model)
+        return encoder
 
     def collection_name(self, name: str | None) -> str:
         return check_collection_name(name or self.settings.collection)

@@ -13,6 +13,8 @@ import logging
 import sys
 from typing import Callable, TypeVar
 
+from crossmodal.loop_safe import unpatched
+
 T = TypeVar("T")
 
 
@@ -26,13 +28,7 @@ def gevent_patched() -> bool:
 
 def _original(module: str, name: str):
     """``module.name`` as it was before gevent's patching (the same object when nothing is patched)."""
-    if gevent_patched():
-        from gevent import monkey
-
-        return monkey.get_original(module, name)
-    import importlib
-
-    return getattr(importlib.import_module(module), name)
+    return unpatched(module, name)
 
 
 def os_lock():
@@ -63,12 +59,21 @@ def unwrap(outcome: tuple[bool, object]):
     raise value
 
 
-def offload(fn: Callable[..., T], *args, **kwargs) -> T:
-    if not gevent_patched():
+def offload(fn: Callable[..., T], *args, lane: str = "query", deadline: float | None = None, **kwargs) -> T:
+    """Run ``fn`` in a worker thread of ``lane`` (crossmodal/lanes.py) and wait for it without holding the loop;
+    past ``deadline`` seconds, DeadlineExceeded. From a worker thread, or outside the plugin, it simply calls
+    fn."""
+    if not gevent_patched() or not on_loop_thread():
         return fn(*args, **kwargs)
-    import gevent
+    from crossmodal.lanes import Job, run_in_lane
 
-    return gevent.get_hub().threadpool.spawn(fn, *args, **kwargs).get()
+    return run_in_lane(Job(fn, args, kwargs, lane), deadline)
+
+
+def on_loop_thread() -> bool:
+    """Whether this is the gevent loop's OS thread (the main thread until main.py marks the loop)."""
+    get_ident = _original("_thread", "get_ident")
+    return get_ident() == (_LOOP[1] if _LOOP[1] is not None else _MAIN_THREAD)
 
 
 def on_loop(fn: Callable[..., T], *args, **kwargs) -> T:
@@ -101,21 +106,22 @@ def mark_loop_thread() -> None:
 
 
 _LOOP: list = [None, None]  # the plugin's gevent hub and its OS thread; None outside the plugin
+_MAIN_THREAD = _original("_thread", "get_ident")()  # this module is first imported on the main thread
 
 
 class StillRunning(Exception):
-    """offload_within's deadline passed; the work goes on in its worker thread."""
+    """offload_within's wait ended; the work goes on in its worker thread."""
 
 
-def offload_within(seconds: float, fn: Callable[..., T], *args, **kwargs) -> T:
-    """``offload`` for a caller with a deadline of its own (Dify's 5 s External Knowledge calls): fn's value
-    when it ends within ``seconds``, else StillRunning while fn goes on in the same worker pool as any
-    offloaded work. Call it from the loop. Outside the plugin it simply calls fn."""
+def offload_within(seconds: float, fn: Callable[..., T], *args, lane: str = "load", **kwargs) -> T:
+    """For a caller with a deadline of its own (Dify's 5 s External Knowledge calls): fn's value when it ends
+    within ``seconds``, else StillRunning while fn goes on in ``lane``. Call it from the loop. Outside the
+    plugin it simply calls fn."""
     if not gevent_patched():
         return fn(*args, **kwargs)
     import gevent
 
-    job = gevent.spawn(offload, fn, *args, **kwargs)
+    job = gevent.spawn(offload, fn, *args, lane=lane, **kwargs)
     job.join(timeout=seconds)
     if not job.ready():
         raise StillRunning(f"{getattr(fn, '__name__', 'work')} still running after {seconds} s")
@@ -166,39 +172,26 @@ def _describe(item) -> str:
         return f"{type(item).__name__} at {id(item):#x}"
 
 
-def use_os_locks_in_shared_libraries() -> None:
-    """Give the locks that the loop and our worker threads both take real OS locks (see main.py).
+def install_loop_safe_locks() -> None:
+    """Make every lock of the process one that the loop and OS worker threads can share (main.py calls this
+    right after the SDK's gevent patching, before anything else is imported or started).
 
-    Under gevent's patching, a ``threading.Lock``/``RLock`` made after the patch is a greenlet lock, and two
-    OS threads that contend for one (the loop's and a worker's, or two workers) can wait on it for good
-    (tests/test_runtime_locks.py shows both cases below within seconds):
-    - logging, imported after the patch: both sides take its module lock and a handler's on log calls;
-    - importlib's per-module locks, made by ``_thread.allocate_lock`` as each import starts: two sessions
-      whose handlers first import the same module at the same moment (a function-level import, a lazy
-      library module) met on one. importlib is given the unpatched ``_thread``.
-    - tqdm's class-level write lock (``TqdmDefaultWriteLock.th_lock``, made at tqdm's import): workers that
-      first draw a progress bar at once (transformers' bars while models load) all take it while the
-      shared write lock is created (a fresh-clone CI run hung there).
-    These locks are held for one write or one import, never across a switch of greenlets, so OS locks cost
-    the loop nothing.
+    - Every ``threading.Lock``/``RLock``/``Condition`` from now on, and the gevent locks already made, become
+      crossmodal.loop_safe.LoopSafeLock: logging's module and handler locks, tqdm's write lock,
+      ``concurrent.futures``' global lock that the SDK's listener takes for every request (and transformers
+      for every tensor it loads in a worker), huggingface_hub's, the SDK's, ours.
+    - importlib's per-module locks are made by the unpatched ``_thread``: two sessions whose handlers first
+      import the same module at the same moment met on one.
+    tests/test_runtime_locks.py and tests/test_load_while_loading.py show each case hanging without this.
     """
     if not gevent_patched():
         return
     import importlib._bootstrap
-    import logging
+
+    from crossmodal import loop_safe
 
     importlib._bootstrap._thread = _UnpatchedThreadModule()
-    logging._lock = os_rlock()
-    for ref in list(logging._handlerList):
-        handler = ref()
-        if handler is not None:
-            handler.lock = os_rlock()
-    logging.Handler.createLock = _create_os_handler_lock
-    import tqdm.std
-
-    tqdm.std.TqdmDefaultWriteLock.th_lock = os_rlock()
-    if hasattr(tqdm.std.tqdm, "_lock"):  # made already (a bar drawn while preloading): remake it on the OS lock
-        tqdm.std.tqdm.set_lock(tqdm.std.TqdmDefaultWriteLock())
+    loop_safe.install()
 
 
 class _UnpatchedThreadModule:
@@ -206,15 +199,6 @@ class _UnpatchedThreadModule:
 
     def __getattr__(self, name: str):
         return _original("_thread", name)
-
-
-def _create_os_handler_lock(handler) -> None:
-    import logging
-
-    handler.lock = os_rlock()
-    register = getattr(logging, "_register_at_fork_reinit_lock", None)  # private; 3.11-3.13 have it
-    if register is not None:
-        register(handler)
 
 
 class LoopLogHandler(logging.Handler):

@@ -38,8 +38,10 @@ class PluginKilled(RuntimeError):
 
 class PluginProcess:
     def __init__(self, env: dict | None = None, heartbeat_interval: float = 0.5, cwd: Path = ROOT,
-                 unset: tuple[str, ...] = (), dify=None, missing: tuple[str, ...] = (), python: str | None = None):
-        """``dify``: answers the plugin's backwards invocations as Dify would, ``dify(type, request) -> dict``
+                 unset: tuple[str, ...] = (), dify=None, missing: tuple[str, ...] = (), python: str | None = None,
+                 command: list[str] | None = None):
+        """``command``: the interpreter's arguments instead of ``-m main`` (a wrapper that changes the plugin).
+        ``dify``: answers the plugin's backwards invocations as Dify would, ``dify(type, request) -> dict``
         (raising for an error); the daemon's permission check against the plugin's manifest comes first.
         ``python``: the interpreter of the plugin's own environment (default: this one)."""
         self.dify = dify
@@ -51,10 +53,13 @@ class PluginProcess:
             full_env.pop(name, None)
         # ``missing``: top-level modules the plugin must run without, as if not installed (an import fails).
         python = python or sys.executable
-        command = [python, "-c", MISSING_MODULES.format(names=tuple(missing))] if missing else [python, "-m", "main"]
+        if missing:
+            command = ["-c", MISSING_MODULES.format(names=tuple(missing))]
+        command = [python, *(command or ["-m", "main"])]
         self.proc = subprocess.Popen(command, cwd=cwd, env=full_env, stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         self.events: queue.Queue = queue.Queue()
+        self.unfinished: dict[str, list[dict]] = {}  # messages of sessions a partial collect left open
         self.heartbeats: list[float] = []
         self.non_json: list[str] = []
         self.oversized: list[int] = []  # lengths of stdout lines over MAX_LINE_BYTES
@@ -103,9 +108,11 @@ class PluginProcess:
         self.proc.stdin.flush()
         return session_id
 
-    def collect(self, session_ids, timeout: float = 120) -> dict[str, list[dict]]:
-        """Messages per session until each has ended; other events stay queued for later calls."""
-        pending = {s: [] for s in ([session_ids] if isinstance(session_ids, str) else session_ids)}
+    def collect(self, session_ids, timeout: float = 120, partial: bool = False,
+                first: bool = False) -> dict[str, list[dict]]:
+        """Messages per session until each has ended; other events stay queued for later calls. ``partial``: at
+        the timeout, return the sessions that ended instead of raising; ``first``: return as soon as one ends."""
+        pending = {s: self.unfinished.pop(s, []) for s in ([session_ids] if isinstance(session_ids, str) else session_ids)}
         done: dict[str, list[dict]] = {}
         deadline = time.monotonic() + timeout
         held = []
@@ -114,6 +121,8 @@ class PluginProcess:
             if self.oversized:
                 raise PluginKilled(f"the plugin wrote a {self.oversized[0]}-byte stdout line, over the daemon's "
                                    f"{MAX_LINE_BYTES}-byte limit: the daemon kills it")
+            if remaining <= 0 and partial:
+                break
             if remaining <= 0:
                 raise TimeoutError(f"sessions {list(pending)} did not end; stderr:\n" + "".join(self.stderr_lines[-30:])
                                    + self.stacks())
@@ -132,10 +141,13 @@ class PluginProcess:
                 continue
             if data["type"] == "end":
                 done[sid] = pending.pop(sid)
+                if first:
+                    break
             else:
                 pending[sid].append(data)
         for event in held:
             self.events.put(event)
+        self.unfinished.update(pending)  # a partial collect keeps what the open sessions sent so far
         return done
 
     def _answer(self, session_id: str, invocation: dict) -> None:

@@ -118,3 +118,51 @@ def test_bf16_is_used_only_when_it_agrees_with_fp32(tiny_clip_dir):
     assert encoder.use_precision("fp32") == "fp32" and encoder.precision_note is None
     with pytest.raises(CrossmodalError, match="^precision"):
         encoder.use_precision("int3")
+
+
+def test_a_loaded_model_is_found_while_another_loads_and_concurrent_loads_of_one_model_share_it(monkeypatch,
+                                                                                              tiny_clip_dir):
+    """A cheap lookup never waits behind another model's load (an External Knowledge call used to, behind a
+    warm-up); two first uses of one model load it once; a failed load reaches its waiters and is retried."""
+    import threading
+    import time
+
+    from crossmodal.encoders import models
+
+    monkeypatch.setattr(models, "_ENCODERS", {})
+    real_load, calls, gate = models.load_encoder, [], threading.Event()
+
+    def slow_load(identity, device="cpu", hub=None):
+        calls.append(identity)
+        if identity == "slow-model":
+            gate.wait(10)
+            raise models.CrossmodalError("the hub is down", param="model")
+        return real_load(identity, device, hub)
+
+    monkeypatch.setattr(models, "load_encoder", slow_load)
+    loaded = models.get_encoder(str(tiny_clip_dir), "cpu")
+    outcomes = []
+
+    def first_use():
+        try:
+            models.get_encoder("slow-model", "cpu")
+        except models.CrossmodalError as exc:
+            outcomes.append(str(exc))
+
+    threads = [threading.Thread(target=first_use) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.2)  # both wait on the slow load now
+    found = []
+    lookup = threading.Thread(target=lambda: found.append(models.get_encoder(str(tiny_clip_dir), "cpu")))
+    lookup.start()
+    lookup.join(5)
+    assert found == [loaded] and all(t.is_alive() for t in threads)  # answered while the other load still runs
+    assert models.loaded_encoder(str(tiny_clip_dir), "cpu") is loaded and models.loaded_encoder("slow-model") is None
+    gate.set()
+    for thread in threads:
+        thread.join(10)
+    assert calls.count("slow-model") == 1 and len(outcomes) == 2 and all("hub is down" in o for o in outcomes)
+    with pytest.raises(models.CrossmodalError):
+        models.get_encoder("slow-model", "cpu")  # a failure is not remembered: the next use tries again
+    assert calls.count("slow-model") == 2

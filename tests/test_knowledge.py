@@ -87,3 +87,68 @@ def test_models_used_by_retrieval_are_remembered_for_the_next_start(tmp_path, mo
     assert [e["model"] for e in warmup.remembered()] == ["e", "d", "c", "a"]
     (tmp_path / warmup.WARM_FILE).write_text("{broken")
     assert warmup.remembered() == []
+
+
+RETRIEVAL_CHILD = """
+import dify_plugin  # noqa: F401  (patches the process with gevent, as in the plugin)
+import json, time
+import gevent
+from gevent import monkey
+from crossmodal.runtime import install_loop_safe_locks
+install_loop_safe_locks()
+from crossmodal import lanes
+from crossmodal.api import http
+from crossmodal.context import ModelNotLoaded
+from crossmodal.errors import CrossmodalError
+
+os_sleep = monkey.get_original("time", "sleep")
+
+class Service:  # what retrieval_within_deadline uses of the service: a model that loads in `seconds`
+    def __init__(self, seconds):
+        self.seconds, self.loaded, self.lookups = seconds, False, 0
+    def encoder(self, model):
+        os_sleep(self.seconds)
+        self.loaded = True
+
+def route_retrieval(service, body, request):
+    service.lookups += 1
+    if not service.loaded:
+        raise ModelNotLoaded("the-model")
+    return {"records": [{"content": "hit"}]}
+
+http.route_retrieval = route_retrieval
+report = {}
+for name, seconds in (("fast", 0.2), ("slow", 4.0)):
+    service = Service(seconds)
+    started = time.monotonic()
+    try:
+        report[name] = http.retrieval_within_deadline(service, {"knowledge_id": "k"}, None, time.perf_counter() + 4.5)
+    except CrossmodalError as exc:
+        report[name] = [exc.status, str(exc)]
+    report[name + "_seconds"] = round(time.monotonic() - started, 1)
+    report[name + "_lookups"] = service.lookups
+gevent.sleep(1.5)  # the slow load goes on in its lane and ends
+report["after"] = http.retrieval_within_deadline(service, {"knowledge_id": "k"}, None, time.perf_counter() + 4.5)
+report["misses"] = {f"{k[0]}/{k[1]}": v for k, v in lanes.DEADLINE_MISSES.items()}
+print(json.dumps(report))
+"""
+
+
+def test_retrieval_loads_a_missing_model_within_the_deadline_or_says_it_is_loading():
+    """A loaded model is used at once (one lookup); a missing one is loaded in the load lane, within 3 s or
+    503 'still loading' (counted as a model_load miss) while the load goes on for the next call."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", RETRIEVAL_CHILD], cwd=root, capture_output=True, text=True,
+                         timeout=60)
+    assert out.stdout.strip(), out.stderr[-2000:]
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert report["fast"] == {"records": [{"content": "hit"}]} and report["fast_lookups"] == 2
+    status, message = report["slow"]
+    assert status == 503 and "still loading" in message and 2.5 <= report["slow_seconds"] < 4.0
+    assert report["after"] == {"records": [{"content": "hit"}]}
+    assert report["misses"] == {"retrieval/model_load": 1}

@@ -262,3 +262,17 @@ def test_the_model_package_installs_only_what_it_imports():
     assert {"qdrant_edge", "qdrant_client", "prometheus_client"} <= set(tool_package_only_modules())
     shipped = dict((name, path) for path, name in package_entries(ROOT, models=True))
     assert shipped["requirements.txt"] == ROOT / "model_provider" / "requirements.txt"
+
+
+def test_the_daemons_encoding_of_no_top_n_and_no_threshold_means_all_documents(models_plugin):
+    """The daemon re-encodes model requests from Go structs: Dify's null top_n / score_threshold arrive as 0 and
+    0.0. Both mean none: every document comes back, ranked."""
+    docs = ["a red circle", "a blue star", "a green square", "a yellow heart"]
+    expected = only_result(models_plugin.call(rerank_request("invoke_rerank", "a red circle", docs)))["docs"]
+    request = rerank_request("invoke_rerank", "a red circle", docs)
+    request.update(score_threshold=0.0, top_n=0)
+    assert only_result(models_plugin.call(request))["docs"] == expected
+    images = [{"content": png_b64(973_000_000 + k)[0], "content_type": "image"} for k in range(3)]
+    request = rerank_request("invoke_multimodal_rerank", {"content": "a red circle", "content_type": "text"}, images)
+    request.update(score_threshold=0.0, top_n=0)
+    assert sorted(d["index"] for d in only_result(models_plugin.call(request))["docs"]) == [0, 1, 2]

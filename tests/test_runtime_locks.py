@@ -3,7 +3,7 @@
 Under the SDK's gevent patching, the locks that logging and importlib make after the patch are greenlet
 locks; the loop and the pool's worker threads contending for one can wait for good (the cause of a rare
 hang of the load test: fifty searches whose handlers first imported the same module at once).
-``use_os_locks_in_shared_libraries`` (called by main.py) gives them OS locks. Each check runs in a fresh
+``install_loop_safe_locks`` (called by main.py) gives them OS locks. Each check runs in a fresh
 interpreter patched exactly as the plugin is and hammers the locks; each has a control showing that the same
 load hangs without the fix, so the check can fail."""
 
@@ -24,7 +24,7 @@ HAMMER = textwrap.dedent("""
     import logging
     import gevent
     import tqdm
-    from crossmodal.runtime import use_os_locks_in_shared_libraries
+    from crossmodal.runtime import install_loop_safe_locks
 
     def quiet_logger(name):
         logger = logging.getLogger(name)
@@ -35,7 +35,7 @@ HAMMER = textwrap.dedent("""
 
     made_before = quiet_logger("crossmodal.before")  # like the SDK's handler, made at its import
     if sys.argv[1] == "fixed":
-        use_os_locks_in_shared_libraries()
+        install_loop_safe_locks()
     made_after = quiet_logger("crossmodal.after")
     sys.setswitchinterval(1e-5)  # threads interleave far more often, as on a loaded machine
 
@@ -71,10 +71,10 @@ TQDM_CLASS_LOCK = textwrap.dedent("""
     import dify_plugin  # noqa: F401
     import gevent
     from tqdm.std import TqdmDefaultWriteLock
-    from crossmodal.runtime import use_os_locks_in_shared_libraries
+    from crossmodal.runtime import install_loop_safe_locks
 
     if sys.argv[1] == "fixed":
-        use_os_locks_in_shared_libraries()
+        install_loop_safe_locks()
     sys.setswitchinterval(1e-5)
 
     def in_worker(n):
@@ -95,10 +95,10 @@ FIRST_IMPORTS = textwrap.dedent("""
     import dify_plugin  # noqa: F401
     import importlib
     import gevent
-    from crossmodal.runtime import use_os_locks_in_shared_libraries
+    from crossmodal.runtime import install_loop_safe_locks
 
     if sys.argv[1] == "fixed":
-        use_os_locks_in_shared_libraries()
+        install_loop_safe_locks()
     sys.setswitchinterval(1e-5)  # threads interleave far more often, as on a loaded machine
     sys.path.insert(0, sys.argv[3])
     pool = gevent.get_hub().threadpool
@@ -191,13 +191,13 @@ FUSED_LINES = textwrap.dedent("""
     import gevent
     from dify_plugin.config.logger_format import plugin_logger_handler
     from dify_plugin.core.server.stdio.response_writer import StdioResponseWriter
-    from crossmodal.runtime import LoopLogHandler, use_os_locks_in_shared_libraries
+    from crossmodal.runtime import LoopLogHandler, install_loop_safe_locks
 
     logger = logging.getLogger("crossmodal.fused")
     logger.setLevel(logging.INFO)
     logger.propagate = False
     logger.addHandler(LoopLogHandler(plugin_logger_handler) if sys.argv[1] == "fixed" else plugin_logger_handler)
-    use_os_locks_in_shared_libraries()
+    install_loop_safe_locks()
     sys.setswitchinterval(1e-5)
     writer = StdioResponseWriter()
 
@@ -251,3 +251,172 @@ def _is_json(line: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+LOCK_SEMANTICS = textwrap.dedent('''
+    import json, os, sys, time
+    import dify_plugin  # noqa: F401
+    import gevent
+    from gevent import monkey
+    from crossmodal.runtime import install_loop_safe_locks
+
+    install_loop_safe_locks()
+    import threading
+    from crossmodal.loop_safe import LoopSafeLock
+    os_sleep = monkey.get_original("time", "sleep")
+    workers = gevent.get_hub().threadpool
+    report = {}
+
+    # 1. The loop waits for a lock a worker holds without stopping: other greenlets tick meanwhile.
+    lock = threading.Lock()
+    report["type"] = type(lock).__name__
+    ticks = []
+    def hold_in_worker():
+        with lock:
+            os_sleep(0.5)
+    holder = gevent.spawn(lambda: workers.spawn(hold_in_worker).get())
+    gevent.sleep(0.1)
+    ticker = gevent.spawn(lambda: [ticks.append(gevent.sleep(0.02)) for _ in range(15)])
+    started = time.monotonic()
+    with lock:
+        report["loop_waited"] = round(time.monotonic() - started, 2)
+    report["ticks_while_waiting"] = len(ticks)
+    gevent.joinall([holder, ticker])
+
+    # 2. Greenlets of one thread, one holding the lock across a switch: the other waits, the loop runs on.
+    order = []
+    def holder_greenlet():
+        with lock:
+            order.append("held")
+            gevent.sleep(0.2)
+            order.append("released")
+    def waiter_greenlet():
+        with lock:
+            order.append("acquired")
+    gevent.joinall([gevent.spawn(holder_greenlet), gevent.spawn(waiter_greenlet)])
+    report["order"] = order
+
+    # 3. A timeout is honoured on the loop and in a worker; a non-blocking try answers at once.
+    lock.acquire()
+    started = time.monotonic()
+    report["loop_timeout"] = [lock.acquire(timeout=0.3), round(time.monotonic() - started, 1)]
+    report["worker_timeout"] = workers.spawn(lambda: lock.acquire(timeout=0.3)).get()
+    report["try"] = lock.acquire(False)
+    # 4. A worker whose code runs greenlets of its own (a hub in that thread) waits for the loop's lock.
+    def worker_with_greenlets():
+        beats = []
+        side = gevent.spawn(lambda: [beats.append(gevent.sleep(0.01)) for _ in range(10)])
+        with lock:
+            pass
+        side.join()
+        return len(beats)
+    pending = workers.spawn(worker_with_greenlets)
+    gevent.sleep(0.3)
+    lock.release()
+    report["worker_side_greenlet_beats"] = pending.get(timeout=5)
+    # 5. RLock and Condition build on it: re-entry, and a notify across threads.
+    rlock = threading.RLock()
+    with rlock, rlock:
+        report["rlock_block"] = type(rlock._block).__name__
+    condition = threading.Condition()
+    box = []
+    def notify_later():
+        os_sleep(0.2)
+        with condition:
+            box.append(1)
+            condition.notify_all()
+    workers.spawn(notify_later)
+    with condition:
+        report["condition"] = bool(condition.wait_for(lambda: box, timeout=5))
+    print(json.dumps(report), flush=True)
+    os._exit(0)
+''')
+
+
+def test_loop_safe_locks_wait_without_stopping_the_loop():
+    result = subprocess.run([sys.executable, "-c", LOCK_SEMANTICS], cwd=ROOT, capture_output=True, text=True,
+                            timeout=120)
+    import json
+
+    report = json.loads(result.stdout.strip().splitlines()[-1]) if result.stdout.strip() else result.stderr[-3000:]
+    assert isinstance(report, dict), report
+    assert report["type"] == "LoopSafeLock"
+    assert 0.2 <= report["loop_waited"] < 2 and report["ticks_while_waiting"] >= 5, report
+    assert report["order"] == ["held", "released", "acquired"]
+    assert report["loop_timeout"] == [False, 0.3] and report["worker_timeout"] is False and report["try"] is False
+    assert report["worker_side_greenlet_beats"] == 10
+    assert report["rlock_block"] == "LoopSafeLock" and report["condition"] is True
+
+
+def test_the_gevent_locks_made_before_the_fix_are_swapped():
+    """The module-level locks that libraries made at import, before main.py could act (concurrent.futures',
+    logging's, tqdm's, the standard library's) are LoopSafeLocks afterwards."""
+    script = textwrap.dedent("""
+        import json
+        import dify_plugin  # noqa: F401
+        import concurrent.futures.thread as cft, logging, threading, tqdm.std
+        from crossmodal.runtime import install_loop_safe_locks
+        install_loop_safe_locks()
+        print(json.dumps([type(lock).__name__ for lock in (cft._global_shutdown_lock, logging._lock._block,
+              tqdm.std.TqdmDefaultWriteLock.th_lock._block, threading._active_limbo_lock, threading.Lock())]))
+    """)
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.stdout.strip().splitlines()[-1] == '["LoopSafeLock", "LoopSafeLock", "LoopSafeLock", ' \
+        '"LoopSafeLock", "LoopSafeLock"]', result.stderr[-2000:]
+
+
+AUDIT = textwrap.dedent("""
+    import gc, json, sys, types
+    sys.path.insert(0, "")
+    import dify_plugin  # noqa: F401
+    from crossmodal.runtime import install_loop_safe_locks, preload_libraries
+    install_loop_safe_locks()
+    preload_libraries()  # torch, transformers, huggingface_hub, qdrant: what main.py imports before serving
+    import main  # noqa: F401  (the plugin itself: the SDK's server, its handlers, its executor)
+    from gevent.thread import LockType
+
+    def holder(ref):
+        if isinstance(ref, dict):
+            owners = [m.__name__ for m in list(sys.modules.values()) if getattr(m, "__dict__", None) is ref]
+            return "module " + owners[0] if owners else "dict"
+        return type(ref).__module__ + "." + type(ref).__qualname__
+
+    def holders(lock):
+        return [r for r in gc.get_referrers(lock) if not isinstance(r, (list, types.FrameType))]
+
+    def only_its_own_methods(lock, refs):  # no comprehension over lock here: it would hold it in a cell
+        for ref in refs:
+            if getattr(ref, "__self__", None) is not lock:
+                return False
+        return True
+
+    def audit():
+        left = []
+        for lock in gc.get_objects():
+            if type(lock) is not LockType:
+                continue
+            refs = holders(lock)
+            if only_its_own_methods(lock, refs):
+                continue  # a swapped lock that only os.register_at_fork's hooks still hold: nobody can take it
+            left.append(sorted(map(holder, refs)))
+        left.append(sorted(holder(r) for r in gc.get_referrers(LockType) if isinstance(r, dict)))
+        return left
+
+    left = audit()
+    print(json.dumps(left))
+""")
+
+
+def test_no_gevent_lock_is_left_where_the_loop_and_workers_meet():
+    """The audit: after main.py's start-up (the fix, the heavy imports, the SDK's server), the gevent locks
+    still in the process are the ones no worker thread can reach: the main thread's own state lock."""
+    import json
+
+    result = subprocess.run([sys.executable, "-c", AUDIT], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                            env={**__import__("os").environ, "INSTALL_METHOD": "local"})
+    assert result.stdout.strip(), result.stderr[-3000:]
+    left = json.loads(result.stdout.strip().splitlines()[-1])
+    *locks, factory_holders = left
+    assert all(holders == ["threading._MainThread"] for holders in locks), locks
+    assert set(factory_holders) <= {"module gevent.thread", "module gevent.threading", "module __main__"}, \
+        factory_holders

@@ -6,6 +6,7 @@ from dify_plugin.entities.tool import ToolInvokeMessage
 
 from crossmodal.dify.adapter import (ToolInputError, call, file_inputs, flag, for_llm, number, service_for,
                                      variable_message)
+from crossmodal.lanes import BULK
 from crossmodal.service import ImageInput
 
 CONTRACT = ("similarity_score", "match_probability", "phrases", "attention_map", "model", "mode")
@@ -21,7 +22,7 @@ class AlignTool(Tool):
         if not images:
             raise ToolInputError("image: give an image file or an image_url")
         tile_size = number(tool_parameters.get("tile_size"), "tile_size")
-        result = call(
+        result = call(  # heat maps and tiles: bulk work, never ahead of searches
             service.align,
             images[0],
             tool_parameters.get("text") or "",
@@ -30,6 +31,7 @@ class AlignTool(Tool):
             heatmap=flag(tool_parameters.get("heatmap", True)),
             tile_size=int(tile_size) if tile_size else None,
             overlap=number(tool_parameters.get("overlap"), "overlap", 0.25),
+            lane=BULK,
         )
         overlay = result.pop("overlay_png", None)
         yield self.create_text_message(_summary(result))

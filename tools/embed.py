@@ -5,6 +5,7 @@ from dify_plugin import Tool
 from dify_plugin.entities.tool import ToolInvokeMessage
 
 from crossmodal.dify.adapter import ToolInputError, call, file_inputs, for_llm, service_for, text_list, variable_message
+from crossmodal.lanes import lane_for_items
 
 
 class EmbedTool(Tool):
@@ -14,7 +15,8 @@ class EmbedTool(Tool):
         if not images and not texts:
             raise ToolInputError("images / texts: give at least one image file or one line of text")
         service = service_for(self.runtime.credentials, self.session)
-        result = call(service.embed, images, texts, tool_parameters.get("model") or None)
+        result = call(service.embed, images, texts, tool_parameters.get("model") or None,
+                      lane=lane_for_items(len(images) + len(texts)))
         items = variable_message(self, "items", result["items"])  # size-checked before anything is sent
         yield self.create_text_message(f"{len(result['items'])} vectors of {result['dimension']} dimensions "
                                        f"({result['model']}); {len(result['rejected'])} rejected")

@@ -6,6 +6,7 @@ from dify_plugin.entities.tool import ToolInvokeMessage
 
 from crossmodal.dify.adapter import (ToolInputError, call, file_inputs, flag, json_object, service_for, tag_list,
                                      text_list, variable_message)
+from crossmodal.lanes import BULK
 from crossmodal.service import IngestItem
 
 
@@ -27,7 +28,7 @@ class IngestTool(Tool):
         service = service_for(self.runtime.credentials, self.session)
         report = call(service.ingest, items, tool_parameters.get("collection") or None,
                       tool_parameters.get("model") or None, regions=flag(tool_parameters.get("regions")),
-                      storage=tool_parameters.get("storage") or None)
+                      storage=tool_parameters.get("storage") or None, lane=BULK)
         yield self.create_text_message(
             f"{report['added']} added, {report['duplicates']} duplicates, {len(report['rejected'])} rejected; "
             f"'{report['collection']}' now holds {report['count']} points"

@@ -21,6 +21,7 @@ from werkzeug import Request, Response
 
 from crossmodal.errors import CrossmodalError, NotFoundError, redact
 from crossmodal.inputs.sources import decode_base64
+from crossmodal.lanes import BULK, LOAD, QUERY, DeadlineExceeded, lane_for_items
 from crossmodal.runtime import StillRunning, offload, offload_within
 from crossmodal.service import ImageInput, IngestItem, Service
 from crossmodal.settings import Settings
@@ -31,8 +32,12 @@ logger = logging.getLogger(__name__)
 # refuse clearly below that.
 DIFY_BODY_CUT = 10 * 1024 * 1024
 MAX_BODY_BYTES = 9 * 1024 * 1024
-# Dify's External Knowledge calls time out after 5 s: a model still loading answers 503 within that.
+# Dify's External Knowledge calls time out after 5 s: a model still loading answers 503 within that, and a
+# call that cannot finish in time says why (queue, model load, store) in the log and /metrics.
 WARM_WAIT_SECONDS = 3.0
+RETRIEVAL_DEADLINE_SECONDS = 4.5
+# The other routes: the endpoint setting request_timeout, within Dify's 600 s for a plugin call.
+DEFAULT_REQUEST_TIMEOUT, MAX_REQUEST_TIMEOUT = 300.0, 570.0
 # Dify's plugin SDK writes a non-streamed endpoint body as one hex line on stdout, and the daemon kills the
 # plugin on a line over 5 MiB: bodies larger than one chunk go out as a stream of chunks (a line each).
 STREAM_CHUNK_BYTES = 512 * 1024
@@ -210,7 +215,7 @@ def route_retrieval(service: Service, body: dict, request: Request) -> dict:
                                   or not 0.0 <= threshold <= 1.0):
         raise CrossmodalError("must be a relevance between 0 and 1", param="retrieval_setting.score_threshold")
     where = metadata_predicate(body.get("metadata_condition"))
-    encoder = service.collection_encoder(knowledge_id)  # loaded already: see model_within_deadline
+    encoder = service.loaded_collection_encoder(knowledge_id)  # ModelNotLoaded: see retrieval_within_deadline
     calibration = service.calibration(encoder)
     bound = cosine_bound(threshold, calibration.a, calibration.b) if calibration.a > 0 else None
     if bound is not None and bound > 1.0:
@@ -258,14 +263,18 @@ def respond(route: str, request: Request, settings: Mapping) -> Response:
             return Response(body, status=200, content_type=content_type)
         body = read_json(request) if request.method == "POST" else {}
         service = service_for(settings)
+        deadline = request_deadline(route, settings)
         if route == "retrieval":
-            model_within_deadline(service, body)
-        result = offload(ROUTES[route], service, body, request)
+            result = retrieval_within_deadline(service, body, request, started + deadline)
+        else:
+            result = offload(ROUTES[route], service, body, request, lane=route_lane(route, body), deadline=deadline)
         status = 200
         return _json(result, 200)
     except CrossmodalError as exc:
         status = exc.status
         metrics.ERRORS.labels(kind="endpoint", name=route).inc()
+        if route == "retrieval" and isinstance(exc, DeadlineExceeded):
+            logger.warning("an External Knowledge call missed Dify's 5 s: %s", exc)
         return error_response(route, exc)
     except Exception:  # noqa: BLE001 - logged in full, answered in one line
         logger.error("endpoint %s failed: %s", route, redact(traceback.format_exc()))
@@ -287,17 +296,57 @@ class AuthError(CrossmodalError):
         super().__init__(message, param=param, status=403 if route == "retrieval" else 401)
 
 
-def model_within_deadline(service: Service, body: dict) -> None:
-    """Dify gives an External Knowledge call 5 s. A model that is not loaded within WARM_WAIT_SECONDS answers
-    503 'still loading' while its load goes on, so that Dify's retry (or the next call) finds it ready."""
-    knowledge_id = body.get("knowledge_id")
-    if not isinstance(knowledge_id, str):
-        return  # the route itself says what is wrong
+def route_lane(route: str, body: dict) -> str:
+    """Searches, External Knowledge, collection lookups and short embeddings go ahead of bulk work."""
+    if route in ("ingest", "align"):
+        return BULK
+    if route == "embed":
+        return lane_for_items(len(body.get("texts") or []) + len(body.get("images") or []))
+    if route == "rerank":
+        return BULK if body.get("images") or body.get("query_image") else QUERY
+    return QUERY
+
+
+def request_deadline(route: str, settings: Mapping) -> float:
+    if route == "retrieval":
+        return RETRIEVAL_DEADLINE_SECONDS
+    raw = (settings or {}).get("request_timeout")
+    if raw in (None, ""):
+        return DEFAULT_REQUEST_TIMEOUT
     try:
-        offload_within(WARM_WAIT_SECONDS, service.collection_encoder, knowledge_id)
+        seconds = float(raw)
+    except (TypeError, ValueError):
+        seconds = 0.0
+    if not 1.0 <= seconds <= MAX_REQUEST_TIMEOUT:
+        raise CrossmodalError(f"'{raw}' is not a number of seconds between 1 and {MAX_REQUEST_TIMEOUT:g} (Dify ends a "
+                              "plugin call at 600 s); fix it in the endpoint's settings", param="request_timeout")
+    return seconds
+
+
+def retrieval_within_deadline(service: Service, body: dict, request: Request, ends_at: float) -> dict:
+    """Dify gives an External Knowledge call 5 s. The route runs in the query lane and finds the collection's
+    model loaded (a lookup that neither loads nor waits), or says ModelNotLoaded. Only then is the model loaded,
+    in the load lane, and a load that takes more than WARM_WAIT_SECONDS answers 503 'still loading' while it
+    goes on, so that Dify's retry (or the next call) finds it ready. 503 is never the answer for a loaded model."""
+    from crossmodal.context import ModelNotLoaded
+    from crossmodal.lanes import count_deadline_miss
+
+    def remaining() -> float:
+        return max(0.5, ends_at - time.perf_counter())
+
+    try:
+        return offload(route_retrieval, service, body, request, lane=QUERY, deadline=remaining())
+    except ModelNotLoaded as missing:
+        model = missing.model
+    try:
+        offload_within(min(WARM_WAIT_SECONDS, remaining()), service.encoder, model, lane=LOAD)
     except StillRunning:
+        count_deadline_miss("retrieval", "model_load")
+        logger.warning("External Knowledge call for '%s': the model %s is still loading; answered 503",
+                       body.get("knowledge_id"), model)
         raise CrossmodalError("the collection's model is still loading (the first call after the plugin "
                               "started); retry in a few seconds", param="model", status=503) from None
+    return offload(route_retrieval, service, body, request, lane=QUERY, deadline=remaining())
 
 
 def check_key(request: Request, settings: Mapping, route: str) -> None:

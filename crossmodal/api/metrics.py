@@ -8,8 +8,10 @@ scrape also runs: their locks are never contended across OS threads. Values that
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, SummaryMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from crossmodal import lanes
 
 REGISTRY = CollectorRegistry()
 REQUESTS = Counter("crossmodal_requests_total", "Requests by kind (endpoint / node), name and status",
@@ -25,6 +27,7 @@ def exposition(service) -> tuple[bytes, str]:
     for collector in (REQUESTS, ERRORS, LATENCY):
         registry.register(collector)
     registry.register(_ModelLoadCollector())
+    registry.register(_LaneCollector())
     registry.register(_PointsCollector(service))
     return generate_latest(registry), CONTENT_TYPE_LATEST
 
@@ -38,6 +41,23 @@ class _ModelLoadCollector:
         for model, seconds in list(LOAD_SECONDS.items()):
             family.add_metric([model], seconds)
         yield family
+
+
+class _LaneCollector:
+    """How long calls waited for a thread of their lane, and the calls that passed their deadline and why."""
+
+    def collect(self):
+        waits = SummaryMetricFamily("crossmodal_lane_wait_seconds", "Seconds calls waited for a thread of their "
+                                    "lane (query, bulk, load)", labels=["lane"])
+        for lane, (calls, seconds) in list(lanes.WAITS.items()):
+            waits.add_metric([lane], count_value=calls, sum_value=seconds)
+        yield waits
+        misses = CounterMetricFamily("crossmodal_deadline_misses", "Calls that passed their deadline, by what held "
+                                     "them: queue (no thread of the lane free), work, model_load", labels=["name",
+                                                                                                          "reason"])
+        for (name, reason), calls in list(lanes.DEADLINE_MISSES.items()):
+            misses.add_metric([name, reason], calls)
+        yield misses
 
 
 class _PointsCollector:

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from crossmodal.errors import CrossmodalError, redact
+from crossmodal.lanes import CALL_DEADLINE_SECONDS, QUERY
 from crossmodal.runtime import offload
 from crossmodal.service import ImageInput, Service
 from crossmodal.settings import Settings
@@ -35,12 +36,13 @@ def service_for(credentials: dict | None, session=None) -> Service:
     return Service(Settings.from_credentials(credentials), workspace_models=SessionModels(session) if session else None)
 
 
-def call(fn: Callable[..., Any], *args, **kwargs) -> Any:
-    """Run ``fn`` in a worker thread; turn errors into one message a person can act on."""
+def call(fn: Callable[..., Any], *args, lane: str = QUERY, **kwargs) -> Any:
+    """Run ``fn`` in a worker thread of ``lane`` (crossmodal/lanes.py); turn errors into one message a person can
+    act on."""
     from crossmodal.api import metrics
     name, started, status = getattr(fn, "__name__", "call"), time.perf_counter(), "ok"
     try:
-        return offload(fn, *args, **kwargs)
+        return offload(fn, *args, lane=lane, deadline=CALL_DEADLINE_SECONDS, **kwargs)
     except CrossmodalError as exc:
         status = str(exc.status)
         raise ToolInputError(str(exc)) from None

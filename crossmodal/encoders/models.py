@@ -23,7 +23,7 @@ from crossmodal.encoders.catalog import (DEMO_MODEL_DIR, PRECISION_AGREEMENT, PR
                                          precision_check_batch, resolve_model_dir, weights_fingerprint)
 from crossmodal.encoders.interface import DualEncoderBase
 from crossmodal.errors import CrossmodalError
-from crossmodal.runtime import os_lock
+from crossmodal.runtime import os_lock, unwrap
 from crossmodal.encoders.vectors import TextEncoding, l2_normalize  # noqa: F401 - part of this module's API
 
 logger = logging.getLogger(__name__)
@@ -221,10 +221,29 @@ def cpu_has_bf16() -> bool:
 
 _ENCODERS: dict[tuple, Encoder] = {}
 # Seconds the last load of each model took, read by the metrics scrape. A plain dict, not a prometheus
-# gauge set here: this runs in a worker thread, and the gauge's lock would be a greenlet lock shared with
-# the loop that scrapes (crossmodal/runtime.py).
+# gauge set here: this runs in a worker thread, and the scrape runs on the loop.
 LOAD_SECONDS: dict[str, float] = {}
+# Guards the two dicts only; never held across a load, so that a loaded model is found at once while
+# another one loads (a cheap External Knowledge lookup used to wait here behind a warm-up's loads).
 _ENCODERS_LOCK = os_lock()
+_LOADING: dict[tuple, "_Load"] = {}
+
+
+class _Load:
+    """One model load in progress: the first caller loads, later callers for the same model wait for it."""
+
+    def __init__(self):
+        self.finished = os_lock()
+        self.finished.acquire()
+        self.outcome: tuple[bool, object] | None = None
+
+    def end(self, ok: bool, value) -> None:
+        self.outcome = (ok, value)
+        self.finished.release()
+
+    def wait(self):
+        with self.finished:
+            return unwrap(self.outcome)
 
 
 def _encoder_key(name: str | None, device: str | None, precision: str) -> tuple:
@@ -234,30 +253,57 @@ def _encoder_key(name: str | None, device: str | None, precision: str) -> tuple:
     return model_identity(name), picked, precision, no_gpu  # the fallback's note stays with those who asked for CUDA
 
 
+def loaded_encoder(name: str | None = None, device: str | None = None, precision: str = "fp32") -> Encoder | None:
+    """The encoder if it is loaded already, else None: never loads, never waits for a load."""
+    return _ENCODERS.get(_encoder_key(name, device, precision))
+
+
 def get_encoder(name: str | None = None, device: str | None = None, hub: HubOptions | None = None,
                 precision: str = "fp32") -> Encoder:
-    """One loaded encoder per (model, device, precision) per process, loaded on first use."""
+    """One loaded encoder per (model, device, precision) per process, loaded on first use; loads of different
+    models run side by side, and a second caller of a model that is loading waits for that load."""
     key = _encoder_key(name, device, precision)
-    identity, device, precision, no_gpu = key
     with _ENCODERS_LOCK:
-        if key not in _ENCODERS:
-            started = time.perf_counter()
-            if uses_onnx_export(identity):
-                from crossmodal.encoders.onnx_encoder import load_onnx_encoder
+        if key in _ENCODERS:
+            return _ENCODERS[key]
+        load = _LOADING.get(key)
+        mine = load is None
+        if mine:
+            load = _LOADING[key] = _Load()
+    if not mine:
+        return load.wait()
+    try:
+        encoder = _load_encoder(key, hub)
+    except BaseException as exc:
+        with _ENCODERS_LOCK:
+            del _LOADING[key]
+        load.end(False, exc)
+        raise
+    with _ENCODERS_LOCK:
+        _ENCODERS[key] = encoder
+        del _LOADING[key]
+    load.end(True, encoder)
+    return encoder
 
-                encoder = load_onnx_encoder(identity, hub, precision)
-            else:
-                encoder = load_encoder(identity, device, hub)
-                encoder.use_precision(precision)
-            LOAD_SECONDS[identity] = time.perf_counter() - started
-            logger.info("loaded model %s in %.1f s", identity, LOAD_SECONDS[identity])
-            if no_gpu:
-                note = ("CUDA was asked for but no GPU is visible: running on the CPU" if engine() == "torch" else
-                        "CUDA was asked for, but this lean build runs ONNX Runtime on the CPU; install the full "
-                        "package for a GPU")
-                encoder.precision_note = "; ".join(filter(None, [note, encoder.precision_note]))
-            _ENCODERS[key] = encoder
-        return _ENCODERS[key]
+
+def _load_encoder(key: tuple, hub: HubOptions | None) -> Encoder:
+    identity, device, precision, no_gpu = key
+    started = time.perf_counter()
+    if uses_onnx_export(identity):
+        from crossmodal.encoders.onnx_encoder import load_onnx_encoder
+
+        encoder = load_onnx_encoder(identity, hub, precision)
+    else:
+        encoder = load_encoder(identity, device, hub)
+        encoder.use_precision(precision)
+    LOAD_SECONDS[identity] = time.perf_counter() - started
+    logger.info("loaded model %s in %.1f s", identity, LOAD_SECONDS[identity])
+    if no_gpu:
+        note = ("CUDA was asked for but no GPU is visible: running on the CPU" if engine() == "torch" else
+                "CUDA was asked for, but this lean build runs ONNX Runtime on the CPU; install the full "
+                "package for a GPU")
+        encoder.precision_note = "; ".join(filter(None, [note, encoder.precision_note]))
+    return encoder
 
 
 def uses_onnx_export(identity: str) -> bool:

@@ -46,15 +46,16 @@ def remember(model: str, device: str, precision: str) -> None:
 
 
 def warm_remembered() -> None:
-    """Load the remembered models once the plugin serves (main.py calls this first): in the worker threads
-    that any offloaded work uses, so the loop keeps answering meanwhile."""
+    """Load the remembered models once the plugin serves (main.py calls this last): in the load lane
+    (crossmodal/lanes.py), so the loop keeps answering and queries keep their own threads meanwhile."""
+    from crossmodal.lanes import LOAD
     from crossmodal.runtime import gevent_patched, offload
 
     entries = remembered()
     if entries and gevent_patched():
         import gevent
 
-        gevent.spawn(offload, _load, entries)
+        gevent.spawn(offload, _load, entries, lane=LOAD)
 
 
 def _load(entries: list[dict]) -> None:

@@ -7,7 +7,8 @@ from dify_plugin.entities.model.rerank import MultiModalRerankResult, RerankDocu
 from dify_plugin.entities.model.text_embedding import MultiModalContent
 from dify_plugin.errors.model import CredentialsValidateFailedError, InvokeBadRequestError, InvokeError
 
-from crossmodal.dify.models import check_model, run, service_for_model
+from crossmodal.dify.models import check_model, rerank_limits, run, service_for_model
+from crossmodal.lanes import lane_for_items
 from crossmodal.rerank.documents import reranker_kind
 
 
@@ -45,8 +46,9 @@ class CrossmodalRerankModel(RerankModel):
 
     def _rerank(self, model, credentials, query, docs, score_threshold, top_n) -> list[RerankDocument]:
         service = service_for_model(model, credentials)
+        score_threshold, top_n = rerank_limits(score_threshold, top_n)
         result = run(service.rerank_documents, query, docs, score_threshold, top_n, model,
-                     bad_request=InvokeBadRequestError)
+                     bad_request=InvokeBadRequestError, lane=lane_for_items(len(docs)))
         return [RerankDocument(index=d["index"], text=d["text"], score=d["score"]) for d in result["docs"]]
 
 

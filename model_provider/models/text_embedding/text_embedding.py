@@ -9,12 +9,13 @@ from dify_plugin.entities.model.text_embedding import (EmbeddingUsage, MultiModa
 from dify_plugin.errors.model import CredentialsValidateFailedError, InvokeBadRequestError, InvokeError
 
 from crossmodal.dify.models import check_model, run, service_for_model
+from crossmodal.lanes import QUERY, lane_for_items
 
 
 class CrossmodalTextEmbeddingModel(TextEmbeddingModel):
     def _invoke(self, model: str, credentials: dict, texts: list[str], user: str | None = None,
                 input_type: EmbeddingInputType = EmbeddingInputType.DOCUMENT) -> TextEmbeddingResult:
-        result = self._embed(model, credentials, [("text", text) for text in texts])
+        result = self._embed(model, credentials, [("text", text) for text in texts], input_type)
         return TextEmbeddingResult(model=model, embeddings=result["vectors"], usage=self._usage(result["tokens"]))
 
     def _invoke_multimodal(self, model: str, credentials: dict, documents: list[MultiModalContent],
@@ -22,7 +23,7 @@ class CrossmodalTextEmbeddingModel(TextEmbeddingModel):
                            input_type: EmbeddingInputType = EmbeddingInputType.DOCUMENT) -> MultiModalEmbeddingResult:
         pairs = [(str(d.content_type.value if hasattr(d.content_type, "value") else d.content_type), d.content)
                  for d in documents]
-        result = self._embed(model, credentials, pairs)
+        result = self._embed(model, credentials, pairs, input_type)
         return MultiModalEmbeddingResult(model=model, embeddings=result["vectors"],
                                          usage=self._usage(result["tokens"]))
 
@@ -42,9 +43,11 @@ class CrossmodalTextEmbeddingModel(TextEmbeddingModel):
     def _invoke_error_mapping(self) -> dict[type[InvokeError], list[type[Exception]]]:
         return {InvokeBadRequestError: [InvokeBadRequestError, ValueError]}
 
-    def _embed(self, model: str, credentials: dict, documents: list[tuple[str, str]]) -> dict:
+    def _embed(self, model: str, credentials: dict, documents: list[tuple[str, str]], input_type) -> dict:
         service = service_for_model(model, credentials)
-        return run(service.embed_documents, documents, model, bad_request=InvokeBadRequestError)
+        # A knowledge base's query (and any short call) goes ahead of document indexing.
+        lane = QUERY if input_type == EmbeddingInputType.QUERY else lane_for_items(len(documents))
+        return run(service.embed_documents, documents, model, bad_request=InvokeBadRequestError, lane=lane)
 
     def _usage(self, tokens: int) -> EmbeddingUsage:
         return EmbeddingUsage(tokens=tokens, total_tokens=tokens, unit_price=0, price_unit=0, total_price=0,
