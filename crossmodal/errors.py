@@ -31,6 +31,13 @@ class NotFoundError(CrossmodalError):
         super().__init__(message, param=param, status=404)
 
 
+class CollectionExists(CrossmodalError):
+    """create_collection of a name that exists (made meanwhile by another call, for ensure_collection)."""
+
+    def __init__(self, name: str):
+        super().__init__(f"collection '{name}' already exists", param="collection")
+
+
 class StoreUnavailableError(CrossmodalError):
     def __init__(self, message: str, *, param: str | None = "store_url"):
         super().__init__(message, param=param, status=503)

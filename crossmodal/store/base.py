@@ -7,7 +7,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any
 
-from crossmodal.errors import CrossmodalError, NotFoundError
+from crossmodal.errors import CollectionExists, CrossmodalError, NotFoundError
 from crossmodal.store.options import StorageOptions
 
 VECTOR_NAME = "embedding"
@@ -139,7 +139,10 @@ class VectorStore(ABC):
         try:
             info = self.get_collection(name, with_count=False)
         except NotFoundError:
-            return self.create_collection(name, model, dim, weights, storage)
+            try:
+                return self.create_collection(name, model, dim, weights, storage)
+            except CollectionExists:  # another call made it meanwhile (two first ingests at once): use it
+                info = self.get_collection(name, with_count=False)
         check_model(info, model, dim)
         check_weights(info, weights)
         if strict and storage is not None and storage != info.storage:

@@ -26,7 +26,7 @@ from pathlib import Path
 import qdrant_edge as qe
 
 from crossmodal.runtime import os_lock, os_rlock
-from crossmodal.errors import CrossmodalError
+from crossmodal.errors import CollectionExists, CrossmodalError
 from crossmodal.store.options import INT8_QUANTILE, StorageOptions
 from crossmodal.store.base import (
     INTEGER_FIELDS,
@@ -59,6 +59,7 @@ class _OpenShard:
 # One open shard per directory per process: Qdrant's files must not be opened twice.
 _OPEN: dict[str, _OpenShard] = {}
 _OPEN_LOCK = os_lock()
+_CREATE_LOCK = os_lock()
 
 
 class EdgeStore(VectorStore):
@@ -79,8 +80,13 @@ class EdgeStore(VectorStore):
                           storage: StorageOptions | None = None) -> CollectionInfo:
         storage = (storage or StorageOptions()).check(self.backend, int(dim))
         directory = self._dir(name)
-        if (directory / META_FILE).exists():
-            raise CrossmodalError(f"collection '{name}' already exists", param="collection")
+        with _CREATE_LOCK:  # two first ingests at once: one creates, the other finds it made
+            if (directory / META_FILE).exists() or str(directory) in _OPEN:
+                raise CollectionExists(name)
+            return self._create(name, directory, model, dim, weights, storage)
+
+    def _create(self, name: str, directory: Path, model: str, dim: int, weights: str | None,
+                storage: StorageOptions) -> CollectionInfo:
         directory.mkdir(parents=True, exist_ok=True)
         info = CollectionInfo(name, model, int(dim), 0, datetime.now(timezone.utc).isoformat(timespec="seconds"),
                               weights, storage)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from crossmodal.errors import CrossmodalError, NotFoundError, StoreUnavailableError
+from crossmodal.errors import CollectionExists, CrossmodalError, NotFoundError, StoreUnavailableError
 from crossmodal.store.options import INT8_QUANTILE, StorageOptions
 from crossmodal.store.base import (
     INTEGER_FIELDS,
@@ -71,7 +71,7 @@ class RemoteStore(VectorStore):
 
         storage = (storage or StorageOptions()).check(self.backend, int(dim))
         if self._exists(name):
-            raise CrossmodalError(f"collection '{name}' already exists", param="collection")
+            raise CollectionExists(name)
         created = datetime.now(timezone.utc).isoformat(timespec="seconds")
         self._call(
             self.client.create_collection,
