@@ -18,6 +18,7 @@ def _store_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--store", metavar="DIR", help="data directory of the embedded store")
     g.add_argument("--url", help="Qdrant server or cluster URL (instead of the embedded store)")
     g.add_argument("--api-key", help="Qdrant API key (or $QDRANT_API_KEY); for migrate, the key of the server --to names")
+    g.add_argument("--store-key", help="the embedded store's key (or $CROSSMODAL_STORE_KEY), as in the plugin's settings")
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
@@ -35,8 +36,14 @@ def _service(args):
     from crossmodal.settings import Settings
 
     return Service(Settings(store_url=args.url, store_api_key=args.api_key or os.environ.get("QDRANT_API_KEY"),
-                            data_dir=args.store, model=getattr(args, "model", None) or "auto",
+                            data_dir=args.store, store_key=_store_key(args), model=getattr(args, "model", None) or "auto",
                             device=getattr(args, "device", "auto"), precision=getattr(args, "precision", "fp32")))
+
+
+def _store_key(args) -> str | None:
+    import os
+
+    return getattr(args, "store_key", None) or os.environ.get("CROSSMODAL_STORE_KEY") or None
 
 
 def _emit(obj, as_json: bool, text: str | None = None) -> None:
@@ -159,7 +166,7 @@ def cmd_serve(args) -> int:
     if not key:
         raise _usage("set CROSSMODAL_API_KEY: every route but /viewer needs 'Authorization: Bearer <key>'")
     settings = {"api_key": key, "store_url": args.url, "store_api_key": args.api_key, "data_dir": args.store,
-                "model": args.model or "auto"}
+                "store_key": _store_key(args), "model": args.model or "auto"}
     print(f"serving http://{args.host}:{args.port}/viewer (API under /v1, OpenAPI at /openapi.json)", file=sys.stderr)
     serve(settings, args.host, args.port, args.workers, args.threads, args.timeout)
     return 0
@@ -189,6 +196,7 @@ def cmd_migrate(args) -> int:
 
     from tqdm.auto import tqdm
 
+    from crossmodal.locations import resolve_data_dir
     from crossmodal.store import open_store
     from crossmodal.store.migrate import migrate
 
@@ -197,7 +205,7 @@ def cmd_migrate(args) -> int:
     env_key = os.environ.get("QDRANT_API_KEY")
     target_is_server = args.to.startswith(("http://", "https://"))
     source = open_store(args.url, (env_key if target_is_server else args.api_key or env_key) if args.url else None,
-                        args.store)
+                        None if args.url else resolve_data_dir(args.store, _store_key(args)))
     target = open_target(args.to, (args.api_key or env_key) if target_is_server else None)
     total = source.get_collection(args.name).count
     bar = tqdm(total=total, unit="point", disable=args.json, file=sys.stderr, desc=f"copying {args.name}")
@@ -210,6 +218,21 @@ def cmd_migrate(args) -> int:
     text = (f"{report['collection']} -> {report['to']}: {report['copied']} copied, {report['already_there']} "
             f"already there; {report['count']} points, {report['sampled']} sampled vectors equal")
     _emit(report, args.json, "\n".join([text, *report["notes"]]))
+    return 0
+
+
+def cmd_move_store(args) -> int:
+    """Move a store made before store keys under a key (crossmodal/locations.py, move_store_under_key)."""
+    from crossmodal.locations import data_root, move_store_under_key
+
+    key = _store_key(args)
+    if not key:
+        raise _usage("give the key with --store-key or $CROSSMODAL_STORE_KEY (the value you set in Dify)")
+    root = Path(args.data_root).expanduser() if args.data_root else data_root()
+    report = move_store_under_key(root, args.name or "", key)
+    _emit(report, args.json, f"store {report['store']} moved under its key ({len(report['collections'])} "
+                             f"collections: {', '.join(report['collections']) or 'none'}); set the same key in "
+                             "every workspace that uses it")
     return 0
 
 
@@ -245,6 +268,7 @@ COMMANDS = {
     "align": cmd_align,
     "rerank": cmd_rerank,
     "serve": cmd_serve,
+    "move-store": cmd_move_store,
 }
 
 
@@ -334,6 +358,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--as", dest="as_name", metavar="NEW", help="migrate: the copy's name (default: the same)")
     p.add_argument("--json", action="store_true")
     _store_args(p)
+
+    p = sub.add_parser("move-store", help="move a store made before store keys under a key (the plugin's "
+                                           "store_key setting); run it while the plugin is stopped or idle")
+    p.add_argument("name", nargs="?", default="", help="the store name (data_dir in Dify; empty: the shared store)")
+    p.add_argument("--store-key", help="the key (or $CROSSMODAL_STORE_KEY, which keeps it out of shell history)")
+    p.add_argument("--data-root", help="the plugin's data folder (inside Dify's plugin_daemon container: "
+                                       "/app/storage/crossmodal-data); default: $CROSSMODAL_HOME or ~/.crossmodal")
+    p.add_argument("--json", action="store_true")
 
     for name, (fn, add) in STAGES.items():
         COMMANDS[name] = fn

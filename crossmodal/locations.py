@@ -11,6 +11,8 @@ recreating the container does not download the models again.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 import re
 from pathlib import Path
@@ -59,26 +61,96 @@ def model_cache_dir() -> str | None:
     return None
 
 
-def resolve_data_dir(value: str | None) -> Path:
-    """The embedded store's folder for a ``data_dir`` setting.
+def resolve_data_dir(value: str | None, store_key: str | None = None) -> Path:
+    """The embedded store's folder for a ``data_dir`` setting and a ``store_key``.
 
-    Outside Dify it is a path. Inside Dify one process serves every workspace, so a path would let one
+    Outside Dify data_dir is a path. Inside Dify one process serves every workspace, so a path would let one
     workspace read another's data or any folder of the container: there ``data_dir`` is a name (letters,
-    digits, '-', '_') for a folder under the data root's ``workspaces/``; empty means the shared default."""
+    digits, '-', '_') for a folder under the data root's ``workspaces/``; empty means the shared default.
+
+    A store key binds the store to a secret: the folder is ``keyed/<HMAC-SHA256(key, name)>`` under the data
+    root (outside Dify: under the data_dir path), so a name alone, known or guessed, reaches nothing. The same
+    key and name in two workspaces is a deliberate share."""
+    key = check_store_key(store_key)
+    inside_dify = dify_storage_root() is not None
     value = (value or "").strip()
-    if dify_storage_root() is None:
-        return Path(value).expanduser() if value else data_root()
-    root = data_root()
-    if not value:
-        return root
-    if not WORKSPACE_NAME.match(value):
+    if not inside_dify:
+        base = Path(value).expanduser() if value else data_root()
+        return base / KEYED_FOLDER / keyed_name(key, "") if key else base
+    plain, keyed = store_locations(data_root(), value, key)
+    return keyed if key else plain
+
+
+STORE_KEY_MIN_CHARS = 16
+KEYED_FOLDER = "keyed"
+
+
+def check_store_key(store_key: str | None) -> str:
+    key = (store_key or "").strip()
+    if key and len(key) < STORE_KEY_MIN_CHARS:
+        raise CrossmodalError(f"is {len(key)} characters; a store key needs at least {STORE_KEY_MIN_CHARS} (a "
+                              "random one, e.g. from `openssl rand -hex 16`): a short key can be guessed",
+                              param="store_key")
+    return key
+
+
+def keyed_name(key: str, name: str) -> str:
+    """The folder of the store ``name`` under ``key``: an HMAC, so the folder tells neither key nor name."""
+    return hmac.new(key.encode(), b"crossmodal-store\0" + name.encode(), hashlib.sha256).hexdigest()[:32]
+
+
+def store_locations(root: Path, name: str, key: str | None) -> tuple[Path, Path | None]:
+    """Inside Dify's layout under the data root ``root``: the store ``name``'s folder without a key, and under
+    ``key`` (None without one)."""
+    if name and not WORKSPACE_NAME.match(name):
         raise CrossmodalError(
-            f"'{value}' is not a store name: inside Dify data_dir is a name of letters, digits, '-' and '_' "
+            f"'{name}' is not a store name: inside Dify data_dir is a name of letters, digits, '-' and '_' "
             "(at most 64), such as 'marketing', kept under the plugin's persisted data folder; paths are refused",
             param="data_dir")
-    folder = root / "workspaces" / value
-    resolved = folder.resolve()
-    if root.resolve() not in resolved.parents:
-        raise CrossmodalError(f"'{value}' leads outside the plugin's data folder (a symbolic link); "
-                              "choose another name", param="data_dir")
-    return folder
+    plain = root / "workspaces" / name if name else root
+    keyed = root / KEYED_FOLDER / keyed_name(key, name) if key else None
+    for folder in filter(None, (plain, keyed)):
+        if folder != root and root.resolve() not in folder.resolve().parents:
+            raise CrossmodalError(f"'{name}' leads outside the plugin's data folder (a symbolic link); "
+                                  "choose another name", param="data_dir")
+    return plain, keyed
+
+
+# What a store keeps in its folder (crossmodal/store/edge.py, crossmodal/alignment/calibration.py).
+STORE_CONTENTS = ("collections", "calibration")
+
+
+def move_store_under_key(root: Path, name: str, key: str) -> dict:
+    """Move the store ``name`` (empty: the shared one) of the data root ``root`` under ``key``: what a store
+    made before store keys needs to be found by the key. Renames only (nothing is copied, nothing can be half
+    written); refused while a collection of it is open in a running plugin, or when the keyed store exists."""
+    key = check_store_key(key)
+    if not key:
+        raise CrossmodalError("give the store key to move the store under", param="store_key")
+    plain, keyed = store_locations(root, name, key)
+    present = [part for part in STORE_CONTENTS if (plain / part).exists()]
+    if not present:
+        raise CrossmodalError(f"no store '{name or '(shared)'}' under {root}", param="data_dir", status=404)
+    if any((keyed / part).exists() for part in STORE_CONTENTS):
+        raise CrossmodalError("a store already exists under this key and name; it is left as it is",
+                              param="store_key", status=409)
+    _refuse_open_collections(plain / "collections")
+    keyed.mkdir(parents=True, exist_ok=True)
+    for part in present:
+        os.replace(plain / part, keyed / part)
+    collections = sorted(p.name for p in (keyed / "collections").iterdir()) if (keyed / "collections").is_dir() else []
+    return {"store": name or "(shared)", "moved": present, "collections": collections, "folder": keyed.name}
+
+
+def _refuse_open_collections(collections: Path) -> None:
+    import fcntl
+
+    for lock_file in sorted(collections.glob("*/.lock")):
+        with open(lock_file, "a") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise CrossmodalError(f"collection '{lock_file.parent.name}' is open in a running plugin or command; "
+                                      "stop it (or wait until the plugin is idle) and run this again",
+                                      status=409) from None
+            fcntl.flock(handle, fcntl.LOCK_UN)

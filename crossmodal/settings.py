@@ -30,6 +30,7 @@ class Settings:
     store_url: str | None = None  # empty: the embedded store
     store_api_key: str | None = field(default=None, repr=False)
     data_dir: str | None = None
+    store_key: str | None = field(default=None, repr=False)  # binds the embedded store to a secret (locations.py)
     collection: str = DEFAULT_COLLECTION
     model: str = "auto"
     device: str = "auto"
@@ -41,7 +42,7 @@ class Settings:
 
     def store_dir(self) -> Path:
         """The embedded store's folder (inside Dify, data_dir is a name, never a path: see resolve_data_dir)."""
-        return resolve_data_dir(self.data_dir)
+        return resolve_data_dir(self.data_dir, self.store_key)
 
     @classmethod
     def from_credentials(cls, credentials: dict | None) -> "Settings":
@@ -52,6 +53,7 @@ class Settings:
             store_url=_text(c.get("store_url")),
             store_api_key=_text(c.get("store_api_key")),
             data_dir=_text(c.get("data_dir")),
+            store_key=_text(c.get("store_key")),
             collection=_text(c.get("default_collection")) or DEFAULT_COLLECTION,
             model=_text(c.get("model")) or "auto",
             device=_text(c.get("device")) or "auto",

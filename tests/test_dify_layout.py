@@ -147,3 +147,87 @@ def test_models_used_for_external_knowledge_load_at_the_next_start(tmp_path):
         assert any("warmed demo-shapes" in line for line in second.logs), second.logs
     finally:
         second.close()
+
+
+KEY_A, KEY_B = "a3f1c9e27b5d4e60", "0d9e8c7b6a5f4e3d2c1b"
+
+
+def test_workspaces_with_different_store_keys_see_different_stores(tmp_path, package):
+    """One plugin process serves every workspace: a store name is not a secret, a store key is. Different keys
+    with the same name (or no name): different stores; the same key and name: the same store."""
+    storage, home = tmp_path / "storage", tmp_path / "root-home"
+    home.mkdir()
+    plugin = daemon_plugin(storage, install_version(storage, package, "0.1.0", "a1b2c3"), home)
+    base = {"model": "demo-shapes", "default_collection": "notes", "data_dir": "team"}
+    alice, bob, alice_again = {**base, "store_key": KEY_A}, {**base, "store_key": KEY_B}, {**base, "store_key": KEY_A}
+    try:
+        json_message(plugin.invoke_tool("ingest", {"texts": "a red circle\na blue star"}, alice))
+        json_message(plugin.invoke_tool("ingest", {"texts": "a green square"}, bob))
+
+        def listing(creds):
+            result = json_message(plugin.invoke_tool("collections", {"action": "list"}, creds))
+            return [(c["name"], c["count"]) for c in result["collections"]]
+
+        assert listing(alice) == [("notes", 2)] and listing(bob) == [("notes", 1)]
+        assert listing(alice_again) == [("notes", 2)]  # the same key: a deliberate share
+        assert listing(base) == [] and listing({**base, "data_dir": ""}) == []  # the name alone reaches nothing
+        hits = json_message(plugin.invoke_tool("search", {"query": "a red circle", "target": "text"}, bob))
+        assert [h["payload"]["text"] for h in hits["results"]] == ["a green square"]
+        (error,) = errors(plugin.call(validate_request({**base, "store_key": "short"})))
+        assert "store_key" in error["message"] and "16" in error["message"]
+    finally:
+        plugin.close()
+    keyed = storage / "crossmodal-data" / "keyed"
+    assert len(list(keyed.iterdir())) == 2
+    assert not any(part in p.name for p in keyed.iterdir() for part in ("team", KEY_A, KEY_B))
+
+
+def test_a_store_made_before_keys_moves_under_a_key(tmp_path, package):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    storage, home = tmp_path / "storage", tmp_path / "root-home"
+    home.mkdir()
+    creds = {"model": "demo-shapes", "default_collection": "notes", "data_dir": "team"}
+    folder = install_version(storage, package, "0.1.0", "a1b2c3")
+    plugin = daemon_plugin(storage, folder, home)
+    try:
+        json_message(plugin.invoke_tool("ingest", {"texts": "a red circle\na blue star"}, creds))
+        # while the plugin holds the collection open, the move is refused and nothing moves
+        busy = subprocess.run([sys.executable, "-m", "crossmodal", "move-store", "team", "--data-root",
+                               str(storage / "crossmodal-data")], cwd=ROOT, capture_output=True, text=True,
+                              env={**os.environ, "CROSSMODAL_STORE_KEY": KEY_A})
+        assert busy.returncode == 2 and "open in a running plugin" in busy.stderr, busy.stderr
+    finally:
+        plugin.close()
+    moved = subprocess.run([sys.executable, "-m", "crossmodal", "move-store", "team", "--json", "--data-root",
+                            str(storage / "crossmodal-data")], cwd=ROOT, capture_output=True, text=True,
+                           env={**os.environ, "CROSSMODAL_STORE_KEY": KEY_A})
+    assert moved.returncode == 0, moved.stderr
+    assert json.loads(moved.stdout)["collections"] == ["notes"]
+    plugin = daemon_plugin(storage, folder, home)
+    try:
+        found = json_message(plugin.invoke_tool("search", {"query": "a blue star", "target": "text", "top_k": 1},
+                                                {**creds, "store_key": KEY_A}))
+        assert found["results"][0]["payload"]["text"] == "a blue star"
+        gone = json_message(plugin.invoke_tool("collections", {"action": "list"}, creds))
+        assert gone["collections"] == []
+    finally:
+        plugin.close()
+
+
+def test_store_keys_outside_dify_and_their_errors(tmp_path, monkeypatch):
+    from crossmodal import locations
+
+    monkeypatch.setenv("CROSSMODAL_HOME", str(tmp_path / "home"))
+    plain = locations.resolve_data_dir(str(tmp_path / "mine"))
+    keyed_a = locations.resolve_data_dir(str(tmp_path / "mine"), KEY_A)
+    assert plain == tmp_path / "mine" and keyed_a.parent == tmp_path / "mine" / "keyed"
+    assert keyed_a != locations.resolve_data_dir(str(tmp_path / "mine"), KEY_B)
+    assert keyed_a == locations.resolve_data_dir(str(tmp_path / "mine"), f"  {KEY_A} ")
+    with pytest.raises(CrossmodalError, match="store_key"):
+        locations.resolve_data_dir("", "tooshort")
+    with pytest.raises(CrossmodalError, match="no store"):
+        locations.move_store_under_key(tmp_path / "empty", "team", KEY_A)
