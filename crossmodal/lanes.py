@@ -43,7 +43,8 @@ _os_thread_ident = unpatched("_thread", "get_ident")
 # Plain numbers, updated on the loop only; the /metrics scrape reads them (crossmodal/api/metrics.py). The
 # model package, which serves no metrics, installs no prometheus_client.
 WAITS: dict[str, list[float]] = {}  # lane -> [calls, seconds waited for a thread]
-DEADLINE_MISSES: dict[tuple[str, str], int] = {}  # (name, reason) -> calls; reasons: queue, work, model_load
+# (name, reason) -> calls; reasons: queue, model (encoding), store, work (anything else), model_load (503)
+DEADLINE_MISSES: dict[tuple[str, str], int] = {}
 
 
 def count_deadline_miss(name: str, reason: str) -> None:
@@ -85,8 +86,23 @@ class Job:
         return (self.started_at or time.monotonic()) - self.queued_at
 
     def stack(self) -> str:
-        frame = sys._current_frames().get(self.thread_ident) if self.thread_ident else None
+        frame = self._frame()
         return "".join(traceback.format_stack(frame)) if frame else "(not started: still queued in its lane)"
+
+    def held_by(self) -> str:
+        """What holds the call now: ``queue`` (no thread yet), ``store`` or ``model`` (the innermost of our
+        store or encoder code on its stack), else ``work``."""
+        frame = self._frame()
+        if self.started_at is None or frame is None:
+            return "queue"
+        for entry in reversed(traceback.extract_stack(frame)):
+            for part, reason in (("/crossmodal/store/", "store"), ("/crossmodal/encoders/", "model")):
+                if part in entry.filename.replace("\\", "/"):
+                    return reason
+        return "work"
+
+    def _frame(self):
+        return sys._current_frames().get(self.thread_ident) if self.thread_ident else None
 
 
 def pool(lane: str):
@@ -106,14 +122,14 @@ def run_in_lane(job: Job, deadline: float | None):
     try:
         return pending.get(timeout=deadline)
     except Timeout:
-        reason = "queue" if job.started_at is None else "work"
+        reason = job.held_by()
         what = getattr(job.fn, "__name__", "the call")
-        logger.error("%s passed its %g s deadline in the %s lane (%s; queued %.1f s); where it is:\n%s",
+        logger.error("%s passed its %g s deadline in the %s lane (held by: %s; queued %.1f s); where it is:\n%s",
                      what, deadline, job.lane, reason, job.queue_seconds, job.stack())
         count_deadline_miss(what, reason)
         raise DeadlineExceeded(what, deadline, f"no thread of the {job.lane} lane was free in time"
-                               if reason == "queue" else f"still working, after {job.queue_seconds:.1f} s waiting "
-                               f"for a thread of the {job.lane} lane") from None
+                               if reason == "queue" else f"held by {reason}, after {job.queue_seconds:.1f} s "
+                               f"waiting for a thread of the {job.lane} lane") from None
     finally:
         calls, waited = WAITS.get(job.lane, (0, 0.0))
         WAITS[job.lane] = [calls + 1, waited + job.queue_seconds]

@@ -53,8 +53,8 @@ class _LaneCollector:
             waits.add_metric([lane], count_value=calls, sum_value=seconds)
         yield waits
         misses = CounterMetricFamily("crossmodal_deadline_misses", "Calls that passed their deadline, by what held "
-                                     "them: queue (no thread of the lane free), work, model_load", labels=["name",
-                                                                                                          "reason"])
+                                     "them: queue (no thread of the lane free), model (encoding), store, work, "
+                                     "model_load (503 while a model loads)", labels=["name", "reason"])
         for (name, reason), calls in list(lanes.DEADLINE_MISSES.items()):
             misses.add_metric([name, reason], calls)
         yield misses
