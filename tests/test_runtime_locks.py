@@ -400,6 +400,10 @@ AUDIT = textwrap.dedent("""
                 continue  # a swapped lock that only os.register_at_fork's hooks still hold: nobody can take it
             left.append(sorted(map(holder, refs)))
         left.append(sorted(holder(r) for r in gc.get_referrers(LockType) if isinstance(r, dict)))
+        import gevent.event, gevent.queue  # gevent's events and queues bind to a hub too
+        kinds = (gevent.event.Event, gevent.event.AsyncResult, gevent.queue.Queue, gevent.queue.SimpleQueue)
+        left.append(sorted({holder(r) for item in gc.get_objects() if isinstance(item, kinds)
+                            for r in holders(item)}))
         return left
 
     left = audit()
@@ -409,14 +413,17 @@ AUDIT = textwrap.dedent("""
 
 def test_no_gevent_lock_is_left_where_the_loop_and_workers_meet():
     """The audit: after main.py's start-up (the fix, the heavy imports, the SDK's server), the gevent locks
-    still in the process are the ones no worker thread can reach: the main thread's own state lock."""
+    still in the process are the ones no worker thread can reach (the main thread's own state lock), and the
+    only gevent event or queue is the SDK dispatcher's, used on the loop alone."""
     import json
 
     result = subprocess.run([sys.executable, "-c", AUDIT], cwd=ROOT, capture_output=True, text=True, timeout=300,
                             env={**__import__("os").environ, "INSTALL_METHOD": "local"})
     assert result.stdout.strip(), result.stderr[-3000:]
     left = json.loads(result.stdout.strip().splitlines()[-1])
-    *locks, factory_holders = left
+    *locks, factory_holders, event_and_queue_holders = left
     assert all(holders == ["threading._MainThread"] for holders in locks), locks
+    # the SDK dispatcher's work queue: the listener and the request greenlets, all on the loop
+    assert event_and_queue_holders == ["concurrent.futures.thread.ThreadPoolExecutor"], event_and_queue_holders
     assert set(factory_holders) <= {"module gevent.thread", "module gevent.threading", "module __main__"}, \
         factory_holders
