@@ -390,6 +390,9 @@ AUDIT = textwrap.dedent("""
                 return False
         return True
 
+    def in_the_hubs_callbacks(item, ref):  # a notification gevent has queued: its bound method and arguments
+        return isinstance(ref, tuple) or getattr(ref, "__self__", None) is item
+
     def audit():
         left = []
         for lock in gc.get_objects():
@@ -403,7 +406,7 @@ AUDIT = textwrap.dedent("""
         import gevent.event, gevent.queue  # gevent's events and queues bind to a hub too
         kinds = (gevent.event.Event, gevent.event.AsyncResult, gevent.queue.Queue, gevent.queue.SimpleQueue)
         left.append(sorted({holder(r) for item in gc.get_objects() if isinstance(item, kinds)
-                            for r in holders(item)}))
+                            for r in holders(item) if not in_the_hubs_callbacks(item, r)}))
         return left
 
     left = audit()
