@@ -3,8 +3,8 @@
 The SDK monkey-patches the process with gevent and serves every session on one
 OS thread. Model inference, decoding and search hold that thread for seconds, so
 heartbeats would stop and the daemon would kill the plugin. ``offload`` runs such
-work in a real OS thread of gevent's pool and yields the loop while it waits.
-Outside the plugin (CLI, tests) it simply calls the function.
+work in a real OS thread of its lane (crossmodal/lanes.py) and yields the loop while
+it waits. Outside the plugin (CLI, tests) it simply calls the function.
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ def _original(module: str, name: str):
 
 
 def os_lock():
-    """A lock between OS threads. Under gevent's patching ``threading.Lock`` is a greenlet lock; shared by
-    the pool's worker threads, which run our work, contended acquires can hang for good."""
+    """A plain OS lock, for what only worker threads take: the cheapest. (On the loop a contended one would
+    hold the loop; ``threading.Lock`` is a LoopSafeLock since install_loop_safe_locks, safe on both sides.)"""
     return _original("_thread", "allocate_lock")()
 
 
