@@ -259,7 +259,9 @@ def respond(route: str, request: Request, settings: Mapping) -> Response:
         check_key(request, settings, route)
         if route == "metrics":
             status = 200
-            body, content_type = metrics.exposition(service_for(settings))
+            # in the query lane: counting a collection's points opens the store, which a worker may hold
+            body, content_type = offload(metrics.exposition, service_for(settings), lane=QUERY,
+                                         deadline=request_deadline(route, settings))
             return Response(body, status=200, content_type=content_type)
         body = read_json(request) if request.method == "POST" else {}
         service = service_for(settings)

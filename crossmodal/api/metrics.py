@@ -1,9 +1,10 @@
 """Prometheus metrics (prometheus_client, text exposition format) for endpoints and nodes: requests and
 errors per route and node, latency histograms, model load time, points per collection.
 
-Counters and histograms are updated on the gevent loop only (after the offloaded work returns), where the
-scrape also runs: their locks are never contended across OS threads. Values that worker threads produce
-(model load times, collection sizes) are read at scrape time by collectors."""
+Counters and histograms are updated on the gevent loop (after the offloaded work returns); the scrape runs in
+the query lane, since counting points opens the store (their locks are LoopSafeLocks: crossmodal/loop_safe.py).
+Values that worker threads produce (model load times, lane waits, deadline misses, collection sizes) are read
+at scrape time by collectors."""
 
 from __future__ import annotations
 
