@@ -304,8 +304,8 @@ def route_lane(route: str, body: dict) -> str:
         return BULK
     if route == "embed":
         return lane_for_items(len(body.get("texts") or []) + len(body.get("images") or []))
-    if route == "rerank":
-        return BULK if body.get("images") or body.get("query_image") else QUERY
+    if route == "rerank":  # image candidates are read and encoded (as in the Rerank node); texts and ids are light
+        return BULK if body.get("images") else QUERY
     return QUERY
 
 
