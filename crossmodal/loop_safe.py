@@ -175,7 +175,7 @@ def swap_lock_factories() -> int:
         if not isinstance(owner, (type, types.ModuleType)):
             continue
         for key in _keys_of(vars(owner), lock_type):
-            setattr(owner, key, LoopSafeLock)
+            _set_attribute(owner, key, LoopSafeLock)
             swapped += 1
     return swapped
 
