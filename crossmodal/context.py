@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from crossmodal.alignment.align import Calibration
+from crossmodal.encoders.model_ref import ModelRef, base_name, has_options
 from crossmodal.encoders.models import Encoder, get_encoder, loaded_encoder, model_identity
 from crossmodal.encoders.routing import Route
 from crossmodal.encoders.workspace import WorkspaceEncoder, is_workspace_model
@@ -46,8 +47,18 @@ class Context:
     def encoder(self, model: str | None = None) -> Encoder:
         if is_workspace_model(model or self.settings.model):
             return WorkspaceEncoder(model or self.settings.model, self.workspace_models)
-        return get_encoder(model or self.settings.model, self.settings.device, self.settings.hub,
-                           self.settings.precision)
+        return get_encoder(self.model_ref(model), self.settings.device, self.settings.hub, self.settings.precision)
+
+    def model_ref(self, model: str | None = None) -> str:
+        """The model with the settings' VLM options (dimension, max_pixels, instruction) when it takes options
+        and names none of its own; a collection's model always names its own."""
+        from crossmodal.encoders.catalog import takes_options
+
+        name = model or self.settings.model
+        options = self.settings.model_options
+        if not options or has_options(name) or is_workspace_model(name) or not takes_options(name, self.settings.hub):
+            return name
+        return str(ModelRef(model_identity(name), options))
 
     @property
     def routes(self) -> dict:
@@ -91,9 +102,13 @@ class Context:
         return check_collection_name(name or self.settings.collection)
 
     def model_for(self, collection_model: str, asked: str | None) -> str:
-        """A collection's own model wins over 'auto'; an explicit other model is an error."""
+        """A collection's own model wins over 'auto'; an explicit other model is an error, and so is the same
+        VLM model asked at another dimension or with another instruction than the collection was made with."""
         asked = asked or self.settings.model
         if asked in (None, "", "auto") or model_identity(asked) == collection_model:
+            return collection_model
+        if model_identity(base_name(asked)) == base_name(collection_model):
+            check_same_options(ModelRef.parse(model_identity(self.model_ref(asked))), ModelRef.parse(collection_model))
             return collection_model
         raise CrossmodalError(
             f"the collection was made with '{collection_model}', not '{model_identity(asked)}'; "
@@ -110,6 +125,20 @@ class Context:
             if key not in _CALIBRATIONS:
                 _CALIBRATIONS[key] = load_calibration(encoder, data_dir)
             return _CALIBRATIONS[key]
+
+
+def check_same_options(asked: ModelRef, made: ModelRef) -> None:
+    """The options that decide vectors, as asked (settings or the model parameter) against the collection's."""
+    if asked.options.dimension is not None and asked.options.dimension != made.options.dimension:
+        raise CrossmodalError(
+            f"the collection holds {made.options.dimension}-d vectors of '{made.name}', but {asked.options.dimension} "
+            f"is asked; set dimension to {made.options.dimension} (or empty) for this collection, or use another one",
+            param="dimension")
+    if asked.options.instruction is not None and asked.options.instruction != made.options.instruction:
+        raise CrossmodalError(
+            f"the collection's queries are embedded with the instruction {made.options.instruction!r}, not "
+            f"{asked.options.instruction!r}; one collection keeps one prompt style: clear the instruction setting "
+            "or use another collection", param="instruction")
 
 
 def precision_warnings(encoder: Encoder) -> list[str]:

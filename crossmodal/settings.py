@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from crossmodal.locations import data_root, resolve_data_dir
+from crossmodal.encoders.model_ref import ModelOptions
 from crossmodal.encoders.models import HubOptions
 
 DEFAULT_COLLECTION = "crossmodal"
@@ -38,6 +39,8 @@ class Settings:
     url_allowlist: str | None = None  # hosts image URLs may reach even when they resolve to internal addresses
     precision: str = "fp32"  # fp32 | bf16 (checked against fp32 on first use; see Encoder.use_precision)
     storage: str | None = None  # how new collections keep their vectors (crossmodal/store/options.py)
+    # dimension, max_pixels, instruction of VLM models (crossmodal/encoders/model_ref.py); dual encoders take none
+    model_options: ModelOptions = field(default_factory=ModelOptions)
     hub: HubOptions = field(default_factory=HubOptions.from_env)
 
     def store_dir(self) -> Path:
@@ -61,6 +64,7 @@ class Settings:
             url_allowlist=_text(c.get("url_allowlist")),
             routes=_text(c.get("routes")),
             storage=_text(c.get("storage")),
+            model_options=ModelOptions.parse({k: _text(c.get(k)) for k in ("dimension", "max_pixels", "instruction")}),
             hub=HubOptions(
                 endpoint=_text(c.get("hf_endpoint")) or env_hub.endpoint,
                 token=_text(c.get("hf_token")) or env_hub.token,

@@ -130,16 +130,16 @@ def test_a_loaded_model_is_found_while_another_loads_and_concurrent_loads_of_one
     from crossmodal.encoders import models
 
     monkeypatch.setattr(models, "_ENCODERS", {})
-    real_load, calls, gate = models.load_encoder, [], threading.Event()
+    real_load, calls, gate = models.load_any_encoder, [], threading.Event()
 
-    def slow_load(identity, device="cpu", hub=None):
-        calls.append(identity)
-        if identity == "slow-model":
+    def slow_load(ref, device="cpu", hub=None):
+        calls.append(ref.name)
+        if ref.name == "slow-model":
             gate.wait(10)
             raise models.CrossmodalError("the hub is down", param="model")
-        return real_load(identity, device, hub)
+        return real_load(ref, device, hub)
 
-    monkeypatch.setattr(models, "load_encoder", slow_load)
+    monkeypatch.setattr(models, "load_any_encoder", slow_load)
     loaded = models.get_encoder(str(tiny_clip_dir), "cpu")
     outcomes = []
 

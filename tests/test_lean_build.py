@@ -106,11 +106,13 @@ def test_the_lean_package_ships_its_own_requirements_and_no_torch_code():
         assert not any(name.startswith(("crossmodal/lab/", "crossmodal/assets/demo-shapes/")) for name in shipped)
         assert "crossmodal/encoders/onnx_export.py" not in shipped
         assert "crossmodal/assets/demo-shapes-onnx/onnx/vision_model.onnx" in shipped
+        assert not any("qwen3-vl" in name for name in shipped)  # VLM models run on torch only
         listed = {line.split("#")[0].strip().split("=")[0].split("<")[0].split(">")[0].lower()
                   for line in expected.read_text().splitlines()}
         assert not listed & {"torch", "transformers", "sentence-transformers", "onnx", "safetensors"}
     torch_build = {name for _, name in package_entries(ROOT, runtime="torch")}
     assert "crossmodal/assets/demo-shapes/model.safetensors" in torch_build
+    assert "models/rerank/qwen3-vl-reranker-2b.yaml" in {name for _, name in package_entries(ROOT, models=True)}
     assert not any(name.startswith("crossmodal/assets/demo-shapes-onnx/") for name in torch_build)
 
 

@@ -160,3 +160,16 @@ def save_tiny_blip2_itm(directory: Path, seed: int = 0) -> Path:
     Blip2Processor(image_processor=BlipImageProcessor(size={"height": 32, "width": 32}), tokenizer=tokenizer,
                    num_query_tokens=None).save_pretrained(directory)
     return directory
+
+
+# -- Qwen3-VL retrieval models (need torchvision: the Qwen3-VL processor's video part) ------------------------
+def save_tiny_qwen3_vl_embedding(directory: Path, *, seed: int = 0, max_pixels: int = 32 * 32 * 64) -> Path:
+    from crossmodal.lab.vlm_models import save_qwen3_vl_embedding
+
+    return save_qwen3_vl_embedding(directory, size="tiny", seed=seed, max_pixels=max_pixels)
+
+
+def save_tiny_qwen3_vl_reranker(directory: Path, *, seed: int = 1, max_pixels: int = 32 * 32 * 64) -> Path:
+    from crossmodal.lab.vlm_models import save_qwen3_vl_reranker
+
+    return save_qwen3_vl_reranker(directory, size="tiny", seed=seed, max_pixels=max_pixels)

@@ -25,6 +25,7 @@ class RerankTool(Tool):
             model=tool_parameters.get("model") or None,
             collection=tool_parameters.get("collection") or None,
             weight=number(tool_parameters.get("weight"), "weight", 0.5),
+            instruction=tool_parameters.get("instruction") or None,
             lane=BULK if files else QUERY,  # image files are read and encoded; texts and ids are a query's work
         )
         lines = [f"{r['rank']}. {r.get('text') or r['payload'].get('source') or r['id']} ({r['score']:.3f}, "

@@ -219,7 +219,7 @@ def align(encoder, image, text: str, options: AlignOptions | None = None, calibr
     timings: dict[str, float] = {}
     clock = time.perf_counter()
     full_text = text.strip()
-    encoded = encoder.encode_texts([full_text, *phrases] if len(phrases) > 1 else [full_text])
+    encoded = encoder.encode_texts([full_text, *phrases] if len(phrases) > 1 else [full_text], input_type="query")
     text_vector = encoded.vectors[0]
     phrase_vectors = encoded.vectors[1:] if len(phrases) > 1 else encoded.vectors
     if encoded.truncated:

@@ -43,8 +43,9 @@ BUILD_REQUIREMENTS = ["/requirements.txt", "/requirements-onnx.txt", "/model_pro
                       "/model_provider/requirements-onnx.txt"]  # the chosen one is shipped as requirements.txt
 RUNTIME_LEFT_OUT = {
     "torch": ["crossmodal/assets/demo-shapes-onnx/", *BUILD_REQUIREMENTS],
+    # The lean build runs no VLM model: its model package does not offer them (gitwildmatch patterns).
     "onnx": ["crossmodal/lab/", "crossmodal/assets/demo-shapes/", "crossmodal/encoders/onnx_export.py",
-             *BUILD_REQUIREMENTS],
+             "model_provider/models/*/qwen3-vl-*.yaml", *BUILD_REQUIREMENTS],
 }
 # Each build's requirements, shipped as the package's requirements.txt (the daemon installs that name).
 RUNTIME_REQUIREMENTS = {"torch": "requirements.txt", "onnx": "requirements-onnx.txt"}

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from crossmodal.encoders.catalog import (PRECISIONS, SUPPORTED_TYPES, model_identity, read_config,
-                                         resolve_model_config_dir)
+from crossmodal.encoders.catalog import (PRECISIONS, SUPPORTED_TYPES, is_vlm_model, model_identity, read_config,
+                                         refuse_on_lean_build, resolve_model_config_dir, sentence_transformers_kind)
 from crossmodal.encoders.models import pick_device
 from crossmodal.engine import require_torch
 from crossmodal.encoders.workspace import is_workspace_model, parse_workspace_model
@@ -60,11 +60,16 @@ def validate_model(settings: Settings) -> str:
     if is_workspace_model(settings.model):  # Dify checks it on first use; here only its spelling can be
         parse_workspace_model(settings.model)
         return "workspace"
+    refuse_on_lean_build(model_identity(settings.model))
     directory = resolve_model_config_dir(settings.model, settings.hub)
     model_type = read_config(directory).get("model_type")
+    if sentence_transformers_kind(directory) == "SentenceTransformer" and is_vlm_model(directory):
+        require_torch(f"'{settings.model}', a VLM embedding model,", "model", "install the full package")
+        return model_type
     if model_type not in SUPPORTED_TYPES:
         raise CrossmodalError(f"'{settings.model}' is a {model_type} model, not a dual encoder "
-                              f"({', '.join(SUPPORTED_TYPES)})", param="model")
+                              f"({', '.join(SUPPORTED_TYPES)}) or a VLM embedding model saved by "
+                              "sentence-transformers (such as qwen3-vl-embedding-2b)", param="model")
     return model_type
 
 

@@ -27,7 +27,17 @@ PRESETS: dict[str, str] = {
     "chinese-clip": "OFA-Sys/chinese-clip-vit-base-patch16",
     "siglip": "google/siglip-base-patch16-224",
     "demo-shapes": str(DEMO_MODEL_DIR),
+    # VLM embedding models (crossmodal/encoders/vlm_encoder.py): torch only, a GPU advised.
+    "qwen3-vl-embedding-2b": "Qwen/Qwen3-VL-Embedding-2B",
+    "qwen3-vl-embedding-8b": "Qwen/Qwen3-VL-Embedding-8B",
 }
+# Multimodal cross-encoders (crossmodal/rerank/vlm_cross_encoder.py): the Rerank node's and the model
+# package's rerank models by short name.
+RERANKER_PRESETS: dict[str, str] = {
+    "qwen3-vl-reranker-2b": "Qwen/Qwen3-VL-Reranker-2B",
+    "qwen3-vl-reranker-8b": "Qwen/Qwen3-VL-Reranker-8B",
+}
+VLM_PRESETS = ("qwen3-vl-embedding-2b", "qwen3-vl-embedding-8b", *RERANKER_PRESETS)
 # The lean build (no torch) runs the same presets from ONNX exports in the hub's layout: published ones, and
 # the demo model's export shipped beside it (python -m crossmodal export; tests/test_lean_build.py keeps it
 # in step with the torch weights).
@@ -46,8 +56,9 @@ PRECISIONS = ("fp32", "bf16", "onnx", "int8")
 # When a precision is unavailable or disagrees with fp32, the next one is tried.
 PRECISION_FALLBACK = {"int8": "bf16", "bf16": "fp32", "onnx": "fp32"}
 PRECISION_AGREEMENT = 0.999
-HUB_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken"]
-CONFIG_FILES = ["*.json", "*.txt", "*.model", "*.tiktoken"]  # config, tokenizer and processor; no weights
+# *.jinja: a chat template (VLM models); sentence-transformers' module folders are matched by *.json.
+HUB_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken", "*.jinja"]
+CONFIG_FILES = ["*.json", "*.txt", "*.model", "*.tiktoken", "*.jinja"]  # config, tokenizer and processor; no weights
 
 
 @dataclass(frozen=True)
@@ -78,15 +89,21 @@ def default_model() -> str:
 
 
 def model_identity(name: str | None) -> str:
-    """The name recorded in a collection: preset names stay short, directories become absolute."""
+    """The name recorded in a collection: preset names stay short, directories become absolute; a VLM
+    model's options (``?dimension=...``, crossmodal/encoders/model_ref.py) stay with it."""
     name = (name or "auto").strip()
     if name == "auto":
         name = default_model()
+    if "?" in name:
+        from crossmodal.encoders.model_ref import ModelRef
+
+        ref = ModelRef.parse(name)
+        return str(ModelRef(model_identity(ref.name), ref.options))
     if name.startswith("dify:"):  # a workspace model (crossmodal/encoders/workspace.py)
         from crossmodal.encoders.workspace import workspace_identity
 
         return workspace_identity(name)
-    if name in PRESETS:
+    if name in PRESETS or name in RERANKER_PRESETS:
         return name
     path = Path(name).expanduser()
     if path.is_dir():
@@ -101,7 +118,47 @@ def looks_like_hub_id(ref: str) -> bool:
 
 def presets() -> dict[str, str]:
     """The preset names' hub ids or directories for this engine (the lean build's are ONNX exports)."""
-    return ONNX_PRESETS if engine() == "onnx" else PRESETS
+    return ONNX_PRESETS if engine() == "onnx" else {**PRESETS, **RERANKER_PRESETS}
+
+
+def refuse_on_lean_build(identity: str) -> None:
+    """The lean build (ONNX Runtime alone) runs no VLM model: say so by name, not as an unknown preset."""
+    if engine() == "onnx" and identity.partition("?")[0] in VLM_PRESETS:
+        raise CrossmodalError(f"'{identity}' is a VLM model, which runs on torch; this lean build leaves torch "
+                              "out: install the full package (python -m crossmodal package --runtime torch)",
+                              param="model")
+
+
+def takes_options(name: str, hub: "HubOptions | None" = None) -> bool:
+    """Whether the model is a VLM model (its options apply): by preset, else by its files' config (a hub
+    model's config files only, a few KB). A model that cannot be read takes none here; loading says why."""
+    identity = model_identity(name).partition("?")[0]
+    if identity in VLM_PRESETS:
+        return True
+    if identity in PRESETS or engine() == "onnx":
+        return False
+    try:
+        return is_vlm_model(resolve_model_config_dir(identity, hub))
+    except CrossmodalError:
+        return False
+
+
+def sentence_transformers_kind(directory: Path) -> str | None:
+    """'SentenceTransformer' or 'CrossEncoder' for a model saved by sentence-transformers, else None."""
+    path = Path(directory) / "config_sentence_transformers.json"
+    if not (Path(directory) / "modules.json").is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8")).get("model_type") or "SentenceTransformer"
+    except (OSError, ValueError):
+        return "SentenceTransformer"
+
+
+def is_vlm_model(directory: Path) -> bool:
+    """A sentence-transformers model whose backbone is none of the dual encoders' (a VLM embedder or a
+    multimodal cross-encoder such as Qwen3-VL-Reranker)."""
+    return (sentence_transformers_kind(directory) is not None
+            and read_config(directory).get("model_type") not in SUPPORTED_TYPES)
 
 
 def read_config(directory: Path) -> dict:
@@ -117,7 +174,8 @@ def read_config(directory: Path) -> dict:
 
 def resolve_model_dir(name: str, hub: HubOptions | None = None) -> Path:
     """A local directory holding the model's files: the preset's, the given one, or a hub snapshot."""
-    identity = model_identity(name)
+    identity = model_identity(name).partition("?")[0]
+    refuse_on_lean_build(identity)
     ref = presets().get(identity, identity)
     path = Path(ref).expanduser()
     if path.is_dir():
@@ -128,7 +186,7 @@ def resolve_model_dir(name: str, hub: HubOptions | None = None) -> Path:
         raise CrossmodalError(f"the demo model is missing from {ref}; reinstall the package", param="model")
     if not looks_like_hub_id(ref):
         raise CrossmodalError(
-            f"'{name}' is neither a preset ({', '.join(PRESETS)}), a Hugging Face id (owner/name) "
+            f"'{name}' is neither a preset ({', '.join(presets())}), a Hugging Face id (owner/name) "
             "nor an existing directory",
             param="model",
         )
@@ -138,7 +196,7 @@ def resolve_model_dir(name: str, hub: HubOptions | None = None) -> Path:
 def resolve_model_config_dir(name: str, hub: HubOptions | None = None) -> Path:
     """Like resolve_model_dir, but a hub model brings only its config and processor files (a few KB), not
     its weights: what saving the credentials needs (the weights load on first use, inside a node)."""
-    identity = model_identity(name)
+    identity = model_identity(name).partition("?")[0]
     ref = presets().get(identity, identity)
     is_hub_id = looks_like_hub_id(ref) and not Path(ref).expanduser().is_dir()
     if not is_hub_id or identity == "demo-shapes":

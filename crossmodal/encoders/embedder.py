@@ -11,7 +11,12 @@ from crossmodal.inputs.images import decode_image
 from crossmodal.inputs.sources import ImageInput, decode_base64, read_input
 
 
-def embed(ctx: Context, images: Sequence[ImageInput] = (), texts: Sequence[str] = (), model: str | None = None) -> dict:
+def embed(ctx: Context, images: Sequence[ImageInput] = (), texts: Sequence[str] = (), model: str | None = None,
+          input_type: str = "document") -> dict:
+    """``input_type``: 'document' (what is stored and searched) or 'query' (what searches); models with prompts
+    (VLM embedders, a workspace's) embed each its own way, dual encoders alike."""
+    if input_type not in ("document", "query"):
+        raise CrossmodalError(f"'{input_type}' is not document or query", param="input_type")
     texts = [check_text(t, "texts") for t in texts]
     if not images and not texts:
         raise CrossmodalError("give at least one image or one text", param="images")
@@ -24,13 +29,13 @@ def embed(ctx: Context, images: Sequence[ImageInput] = (), texts: Sequence[str] 
         except CrossmodalError as exc:
             rejected.append({"source": image.source, "reason": str(exc)})
     if decoded:
-        vectors = encoder.encode_images([d.image for _, d in decoded])
+        vectors = encoder.encode_images([d.image for _, d in decoded], input_type=input_type)
         for (source, d), vec in zip(decoded, vectors):
             items.append({"kind": "image", "source": source, "width": d.width, "height": d.height,
                           "vector": vector_list(vec)})
             warnings += [f"{source}: {n}" for n in d.notes]
     if texts:
-        encoded = encoder.encode_texts(texts)
+        encoded = encoder.encode_texts(texts, input_type=input_type)
         for i, (text, vec) in enumerate(zip(texts, encoded.vectors)):
             items.append({"kind": "text", "text": text, "vector": vector_list(vec)})
             if i in encoded.truncated:
@@ -39,7 +44,8 @@ def embed(ctx: Context, images: Sequence[ImageInput] = (), texts: Sequence[str] 
             "rejected": rejected, "warnings": warnings, "route": route.as_dict()}
 
 
-def embed_documents(ctx: Context, documents: Sequence[tuple[str, str]], model: str | None = None) -> dict:
+def embed_documents(ctx: Context, documents: Sequence[tuple[str, str]], model: str | None = None,
+                    input_type: str = "document") -> dict:
     """Texts and images (base64) of one call into one space, in the caller's order: what Dify's multimodal
     embedding models return. Unlike ``embed``, a bad document fails the call, naming its index, so that no
     vector ever lands at another document's place."""
@@ -56,7 +62,7 @@ def embed_documents(ctx: Context, documents: Sequence[tuple[str, str]], model: s
             order.append(("text", len(texts) - 1))
         else:
             raise CrossmodalError(f"content_type '{kind}' is not text or image", param=param)
-    result = embed(ctx, images, texts, model)
+    result = embed(ctx, images, texts, model, input_type)
     if result["rejected"]:
         first = result["rejected"][0]
         raise CrossmodalError(first["reason"].split(": ", 1)[-1], param=first["source"])

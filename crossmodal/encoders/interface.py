@@ -6,6 +6,9 @@ A subclass sets identity, model_dir, weights, model_type, dim, context_length, i
 batch_size, precision, precision_note, logit_scale, logit_bias, image_config and fast_preprocessor, and
 implements its engine's part: preprocess, normalise, stack, token_counts, image_features (one batch of
 pixels), text_batch_features (one batch of texts) and _finish (chunks -> float32 rows). The batching is here.
+
+``input_type`` ('query' or 'document') is what a text or image is for: dual encoders embed both alike;
+models with prompts (crossmodal/encoders/vlm_encoder.py, a workspace's models) embed each its own way.
 """
 
 from __future__ import annotations
@@ -29,22 +32,23 @@ class DualEncoderBase:
         self.image_queries = DynamicBatcher(self._image_query_batch, max_batch=self.batch_size)
 
     def encode(self, inputs: Sequence, *, batch_size: int | None = None, show_progress_bar: bool = False,
-               normalize_embeddings: bool = True) -> np.ndarray:
+               normalize_embeddings: bool = True, input_type: str = "document") -> np.ndarray:
         """Embed a mixed list of texts (str) and PIL images, in the caller's order."""
         texts = [(i, x) for i, x in enumerate(inputs) if isinstance(x, str)]
         images = [(i, x) for i, x in enumerate(inputs) if not isinstance(x, str)]
         out = np.zeros((len(inputs), self.dim), dtype=np.float32)
         if texts:
-            enc = self.encode_texts([t for _, t in texts], batch_size=batch_size, normalize=normalize_embeddings)
+            enc = self.encode_texts([t for _, t in texts], batch_size=batch_size, normalize=normalize_embeddings,
+                                    input_type=input_type)
             out[[i for i, _ in texts]] = enc.vectors
         if images:
             out[[i for i, _ in images]] = self.encode_images([im for _, im in images], batch_size=batch_size,
                                                              show_progress_bar=show_progress_bar,
-                                                             normalize=normalize_embeddings)
+                                                             normalize=normalize_embeddings, input_type=input_type)
         return out
 
     def encode_images(self, images: Sequence, *, batch_size: int | None = None, show_progress_bar: bool = False,
-                      normalize=True) -> np.ndarray:
+                      normalize=True, input_type: str = "document") -> np.ndarray:
         from tqdm.auto import tqdm
 
         batch_size = batch_size or self.batch_size
@@ -59,7 +63,8 @@ class DualEncoderBase:
         chunks = [self.image_features(pixels[s:s + batch_size]) for s in range(0, len(pixels), batch_size)]
         return self._finish(chunks, normalize)
 
-    def encode_texts(self, texts: Sequence[str], *, batch_size: int | None = None, normalize=True) -> TextEncoding:
+    def encode_texts(self, texts: Sequence[str], *, batch_size: int | None = None, normalize=True,
+                     input_type: str = "document") -> TextEncoding:
         batch_size = batch_size or 2 * self.batch_size
         truncated = [i for i, n in enumerate(self.token_counts(texts)) if n > self.context_length]
         chunks = [self.text_batch_features(list(texts[s:s + batch_size])) for s in range(0, len(texts), batch_size)]

@@ -19,8 +19,10 @@ import numpy as np
 from crossmodal.encoders.acceleration import load_towers, pooled
 # Callers have always found these here; they live in crossmodal/encoders/catalog.py.
 from crossmodal.encoders.catalog import (DEMO_MODEL_DIR, PRECISION_AGREEMENT, PRECISION_FALLBACK, PRECISIONS,  # noqa: F401
-                                         PRESETS, SUPPORTED_TYPES, HubOptions, engine, model_identity,
-                                         precision_check_batch, resolve_model_dir, weights_fingerprint)
+                                         PRESETS, SUPPORTED_TYPES, HubOptions, engine, is_vlm_model,
+                                         model_identity, precision_check_batch, refuse_on_lean_build,
+                                         resolve_model_dir, weights_fingerprint)
+from crossmodal.encoders.model_ref import ModelRef
 from crossmodal.encoders.interface import DualEncoderBase
 from crossmodal.errors import CrossmodalError
 from crossmodal.runtime import os_lock, unwrap
@@ -289,12 +291,15 @@ def get_encoder(name: str | None = None, device: str | None = None, hub: HubOpti
 def _load_encoder(key: tuple, hub: HubOptions | None) -> Encoder:
     identity, device, precision, no_gpu = key
     started = time.perf_counter()
-    if uses_onnx_export(identity):
+    refuse_on_lean_build(identity)
+    ref = ModelRef.parse(identity)
+    if uses_onnx_export(ref.name):
         from crossmodal.encoders.onnx_encoder import load_onnx_encoder
 
+        no_options(ref)
         encoder = load_onnx_encoder(identity, hub, precision)
     else:
-        encoder = load_encoder(identity, device, hub)
+        encoder = load_any_encoder(ref, device, hub)
         encoder.use_precision(precision)
     LOAD_SECONDS[identity] = time.perf_counter() - started
     logger.info("loaded model %s in %.1f s", identity, LOAD_SECONDS[identity])
@@ -317,12 +322,32 @@ def uses_onnx_export(identity: str) -> bool:
     return path.is_dir() and is_onnx_export(path)
 
 
-def load_encoder(identity: str, device: str = "cpu", hub: HubOptions | None = None) -> Encoder:
+def load_any_encoder(ref: ModelRef, device: str, hub: HubOptions | None):
+    """The family the model's files name: a VLM embedder saved by sentence-transformers
+    (crossmodal/encoders/vlm_encoder.py), else a dual encoder."""
+    directory = resolve_model_dir(ref.name, hub)
+    if is_vlm_model(directory):
+        from crossmodal.encoders.vlm_encoder import load_vlm_encoder
+
+        return load_vlm_encoder(ref, directory, device, weights_fingerprint(directory))
+    no_options(ref)
+    return load_encoder(ref.name, device, hub, directory)
+
+
+def no_options(ref: ModelRef) -> None:
+    if ref.options:
+        raise CrossmodalError(f"'{ref.name}' is a dual encoder, which takes no options "
+                              f"({', '.join(ref.options.as_dict())}); they shape VLM embedding models such as "
+                              "qwen3-vl-embedding-2b: leave them empty", param="model")
+
+
+def load_encoder(identity: str, device: str = "cpu", hub: HubOptions | None = None,
+                 directory: Path | None = None) -> Encoder:
     from transformers import AutoConfig, AutoModel, AutoProcessor
 
     logger.info("loading model %s (a hub model downloads its weights on first use; this can take minutes)",
                 identity)
-    directory = resolve_model_dir(identity, hub)
+    directory = directory or resolve_model_dir(identity, hub)
     try:
         config = AutoConfig.from_pretrained(directory)
     except (OSError, ValueError) as exc:

@@ -7,7 +7,9 @@ The model decides how pairs are scored:
   with an ITM model set (the ``itm`` route, the model package's ``itm_model`` field), image-text pairs are
   scored by its image-text matching head instead (BLIP's P(match)), same-kind pairs still by the dual encoder;
 - a text cross-encoder (``*ForSequenceClassification``, e.g. cross-encoder/ms-marco-MiniLM-L-6-v2): the
-  sigmoid of its relevance logit for each query-document pair; it reads texts only.
+  sigmoid of its relevance logit for each query-document pair; it reads texts only;
+- a multimodal cross-encoder (Qwen3-VL-Reranker): the sigmoid of its yes/no log-odds for each pair, texts and
+  images on either side, with the model's ``instruction`` credential as its instruction.
 """
 
 from __future__ import annotations
@@ -52,26 +54,34 @@ def rerank_documents(ctx: Context, query: tuple[str, str], documents: Sequence[t
 
 
 def reranker_kind(ctx: Context, model: str | None) -> str:
-    """'dual' or 'cross-encoder', read from the model's config (a few KB; never its weights)."""
-    from crossmodal.encoders.catalog import (PRESETS, SUPPORTED_TYPES, model_identity, read_config,
-                                             resolve_model_config_dir)
+    """'dual' (a dual encoder or a VLM embedder: cosines) or 'cross-encoder' (text or multimodal), read from
+    the model's config (a few KB; never its weights)."""
+    from crossmodal.encoders.catalog import (PRESETS, RERANKER_PRESETS, SUPPORTED_TYPES, is_vlm_model,
+                                             model_identity, read_config, refuse_on_lean_build,
+                                             resolve_model_config_dir, sentence_transformers_kind)
 
     identity = model_identity(model or ctx.settings.model)
+    refuse_on_lean_build(identity)
+    if identity in RERANKER_PRESETS:
+        return "cross-encoder"
     if identity in PRESETS or is_workspace_model(identity):
         return "dual"
     with _KINDS_LOCK:
         if identity in _KINDS:
             return _KINDS[identity]
-    config = read_config(resolve_model_config_dir(identity, ctx.settings.hub))
-    if config.get("model_type") in SUPPORTED_TYPES:
+    directory = resolve_model_config_dir(identity, ctx.settings.hub)
+    config = read_config(directory)
+    st_kind = sentence_transformers_kind(directory)
+    if config.get("model_type") in SUPPORTED_TYPES or (st_kind == "SentenceTransformer" and is_vlm_model(directory)):
         kind = "dual"
-    elif any(str(a).endswith("ForSequenceClassification") for a in (config.get("architectures") or [])):
+    elif (any(str(a).endswith("ForSequenceClassification") for a in (config.get("architectures") or []))
+          or st_kind == "CrossEncoder"):
         kind = "cross-encoder"
     else:
         raise CrossmodalError(f"'{identity}' is a {config.get('model_type')} model; a rerank model is a dual encoder "
-                              f"({', '.join(SUPPORTED_TYPES)}) or a text cross-encoder (a "
-                              "*ForSequenceClassification model such as cross-encoder/ms-marco-MiniLM-L-6-v2); "
-                              "a BLIP ITM model goes in the ITM model field", param="model")
+                              f"({', '.join(SUPPORTED_TYPES)}), a VLM embedding model, or a cross-encoder (a "
+                              "*ForSequenceClassification model such as cross-encoder/ms-marco-MiniLM-L-6-v2, or "
+                              "qwen3-vl-reranker-2b); a BLIP ITM model goes in the ITM model field", param="model")
     with _KINDS_LOCK:
         _KINDS[identity] = kind
     return kind
@@ -79,10 +89,11 @@ def reranker_kind(ctx: Context, model: str | None) -> str:
 
 def dual_encoder_scores(ctx: Context, query: tuple[str, str], documents: Sequence[tuple[str, str]],
                         model: str | None):
-    embedded = embed_documents(ctx, [query, *documents], model)
+    embedded = embed_documents(ctx, documents, model)
+    asked = embed_documents(ctx, [query], model, input_type="query")["vectors"][0]
     vectors = np.asarray(embedded["vectors"], dtype=np.float32)
     calibration = ctx.calibration(ctx.encoder(embedded["model"]))
-    cosines = vectors[1:] @ vectors[0]
+    cosines = vectors @ np.asarray(asked, dtype=np.float32)
     scores = np.asarray([calibration.probability(float(c)) for c in cosines], dtype=np.float64)
     itm = ctx.routes.get("itm")
     crossing = [i for i, (kind, _) in enumerate(documents) if kind != query[0]]
@@ -124,15 +135,33 @@ def cross_encoder_scores(ctx: Context, query: tuple[str, str], documents: Sequen
     from crossmodal.rerank import scoring
 
     name = model_identity(model or ctx.settings.model)
-    for index, (kind, content) in enumerate([query, *documents]):
-        if kind != "text":
-            raise CrossmodalError(f"is an image, and '{name}' is a text cross-encoder: rerank images with a "
-                                  "Vision rerank model (a dual encoder)", param=f"documents[{index}]")
-        check_text(content, f"documents[{index}]")
     try:
         encoder = scoring.load_cross_encoder(name, ctx.settings.hub, torch_device(ctx.settings.device))
     except CrossmodalError as exc:
         raise CrossmodalError(str(exc).split(": ", 1)[-1], param="model") from None
-    candidates = [scoring.Candidate(str(i), text=text) for i, (_, text) in enumerate(documents)]
-    scores = scoring.cross_encoder_scores(encoder, query[1], candidates, bf16=ctx.settings.precision == "bf16")
+    multimodal = scoring.is_multimodal(encoder)
+    contents = []
+    for index, (kind, content) in enumerate([query, *documents]):
+        if kind != "text" and not multimodal:
+            raise CrossmodalError(f"is an image, and '{name}' is a text cross-encoder: rerank images with a "
+                                  "Vision rerank model (a dual encoder or qwen3-vl-reranker-2b)",
+                                  param=f"documents[{index}]")
+        contents.append(document_content(kind, content, index))
+    candidates = [scoring.Candidate(str(i), **({"text": c} if isinstance(c, str) else {"image": c}))
+                  for i, c in enumerate(contents[1:])]
+    scores = scoring.cross_encoder_scores(encoder, contents[0], candidates, bf16=ctx.settings.precision == "bf16",
+                                          instruction=ctx.settings.model_options.instruction)
     return name, np.asarray(scores, dtype=np.float64), None
+
+
+def document_content(kind: str, content: str, index: int):
+    """A request's text, or its base64 image decoded (the parameter named by the request's index)."""
+    from crossmodal.inputs.images import decode_image
+    from crossmodal.inputs.sources import decode_base64
+
+    param = f"documents[{index}]"
+    if kind == "text":
+        return check_text(content, param)
+    if kind != "image":
+        raise CrossmodalError(f"content_type '{kind}' is not text or image", param=param)
+    return decode_image(decode_base64(content, param), param=param).image

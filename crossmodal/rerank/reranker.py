@@ -25,6 +25,7 @@ def rerank(
     model: str | None = None,
     collection: str | None = None,
     weight: float = 0.5,
+    instruction: str | None = None,
 ) -> dict:
     """Rescore first-stage candidates (Search output, texts, or image files); see crossmodal/rerank/scoring.py."""
     from crossmodal.rerank import scoring as rr
@@ -44,13 +45,17 @@ def rerank(
         return out
     query_kind = "text" if query else "image"
     routes = ctx.routes
-    method = rr.pick_method(method, pool, has_itm=bool(routes.get("itm")), query_kind=query_kind)
+    multimodal = rr.reads_images(model or routes["cross_encoder"], ctx.settings.hub)
+    method = rr.pick_method(method, pool, has_itm=bool(routes.get("itm")), query_kind=query_kind,
+                            multimodal_cross_encoder=multimodal)
     weight = float(weight)
     extra: dict[str, list] = {}
     if method == "cross-encoder":
         name = model or routes["cross_encoder"]
         encoder = load_route(ctx, rr.load_cross_encoder, "cross_encoder", name, model)
-        scores = rr.cross_encoder_scores(encoder, query, pool, bf16=ctx.settings.precision == "bf16")
+        asked = query if query else decode_image(read_input(query_image), param="query_image").image
+        scores = rr.cross_encoder_scores(encoder, asked, pool, bf16=ctx.settings.precision == "bf16",
+                                         instruction=instruction)
     elif method == "itm":
         name = model or routes.get("itm") or rr.DEFAULT_ITM
         loaded = load_route(ctx, rr.load_itm, "itm", name, model)

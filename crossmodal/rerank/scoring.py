@@ -1,7 +1,9 @@
 """Second-stage rescoring of first-stage candidates.
 
-- ``cross-encoder`` (text candidates): sentence-transformers ``CrossEncoder`` reads query and candidate
-  together; its score (sigmoid of the relevance logit) replaces the first-stage cosine.
+- ``cross-encoder``: sentence-transformers ``CrossEncoder`` reads query and candidate together; its score
+  (sigmoid of the relevance logit) replaces the first-stage cosine. A text cross-encoder reads texts; a
+  multimodal one (Qwen3-VL-Reranker: the sigmoid of its yes/no log-odds) reads any mix of texts and images on
+  either side, with an instruction (its model's default unless one is given).
 - ``itm`` (image candidates, text query): an image-text matching head (BLIP's ``BlipForImageTextRetrieval``,
   or BLIP-2's Q-Former head, ``Blip2ForImageTextRetrieval``, e.g. Salesforce/blip2-itm-vit-g);
   final = itm_weight x P(match) + (1 - itm_weight) x first-stage similarity - BLIP's own retrieval protocol
@@ -50,9 +52,12 @@ class Candidate:
         return "image" if self.image is not None else "text"
 
 
-def pick_method(method: str, candidates: list[Candidate], has_itm: bool, query_kind: str = "text") -> str:
+def pick_method(method: str, candidates: list[Candidate], has_itm: bool, query_kind: str = "text",
+                multimodal_cross_encoder: bool = False) -> str:
     """auto: text query + texts -> cross-encoder; text query + images -> itm when an ITM route is set, else
-    region; image query + texts -> itm (an ITM head reads any image-text pair)."""
+    region; image query + texts -> itm (an ITM head reads any image-text pair). A multimodal cross-encoder
+    (``multimodal_cross_encoder``: the cross-encoder route reads images) takes every pair that auto or
+    cross-encoder asks for."""
     method = (method or "auto").strip().lower()
     if method not in METHODS:
         raise CrossmodalError(f"'{method}' is not one of {', '.join(METHODS)}", param="method")
@@ -60,6 +65,8 @@ def pick_method(method: str, candidates: list[Candidate], has_itm: bool, query_k
     if len(kinds) > 1:
         raise CrossmodalError("candidates mix texts and images; rerank one kind at a time", param="candidates")
     kind = kinds.pop() if kinds else "text"
+    if multimodal_cross_encoder and method in ("auto", "cross-encoder"):
+        return "cross-encoder"
     if query_kind == "image":
         if kind == "image":
             raise CrossmodalError("an image query reranks text candidates; for image candidates give a text query",
@@ -73,8 +80,8 @@ def pick_method(method: str, candidates: list[Candidate], has_itm: bool, query_k
         raise CrossmodalError(f"'{method}' rescoring needs image candidates, but these are texts; use "
                               "cross-encoder (or auto)", param="method")
     if method == "cross-encoder" and kind == "image":
-        raise CrossmodalError("cross-encoder rescoring reads texts, but these are images; use itm or region "
-                              "(or auto)", param="method")
+        raise CrossmodalError("this cross-encoder reads texts, but these are images; use itm or region (or auto), "
+                              "or a multimodal cross-encoder such as qwen3-vl-reranker-2b", param="method")
     return method
 
 
@@ -86,12 +93,36 @@ _LOCK = os_lock()
 def load_cross_encoder(name: str, hub=None, device: str = "cpu"):
     """sentence-transformers' CrossEncoder on torch; on the lean build, or for a directory holding an ONNX
     export, the same scoring on ONNX Runtime (crossmodal/rerank/onnx_cross_encoder.py)."""
+    from crossmodal.encoders.catalog import model_identity, refuse_on_lean_build
+
+    refuse_on_lean_build(model_identity(name))
     key = ("ce", name, device)
     with _LOCK:
         if key not in _LOADED:
             _LOADED[key] = _onnx_cross_encoder(name, hub) if _runs_on_onnx(name) else _torch_cross_encoder(
                 name, hub, device)
         return _LOADED[key]
+
+
+def reads_images(name: str | None, hub=None) -> bool:
+    """Whether ``name`` is a multimodal cross-encoder (by preset, else by its config files; never loads it)."""
+    from crossmodal.encoders.catalog import (RERANKER_PRESETS, is_vlm_model, model_identity,
+                                             resolve_model_config_dir, sentence_transformers_kind)
+
+    if not name:
+        return False
+    identity = model_identity(name)
+    if identity in RERANKER_PRESETS:
+        return True
+    try:
+        directory = resolve_model_config_dir(identity, hub)
+    except CrossmodalError:
+        return False
+    return sentence_transformers_kind(directory) == "CrossEncoder" and is_vlm_model(directory)
+
+
+def is_multimodal(model) -> bool:
+    return "image" in (getattr(model, "modalities", None) or ())
 
 
 def _runs_on_onnx(name: str) -> bool:
@@ -104,11 +135,17 @@ def _runs_on_onnx(name: str) -> bool:
 def _torch_cross_encoder(name: str, hub, device: str):
     from sentence_transformers import CrossEncoder
 
-    from crossmodal.encoders.catalog import resolve_model_dir
+    from crossmodal.encoders.catalog import is_vlm_model, resolve_model_dir
 
     directory = resolve_model_dir(name, hub)
+    options = {}
+    if is_vlm_model(directory):  # Qwen3-VL-Reranker: torchvision for its processor, bf16 on a GPU
+        from crossmodal.encoders.vlm_encoder import check_torchvision, vlm_model_kwargs
+
+        check_torchvision(name)
+        options["model_kwargs"] = vlm_model_kwargs(device)
     try:
-        return CrossEncoder(str(directory), device=device, local_files_only=True)
+        return CrossEncoder(str(directory), device=device, local_files_only=True, **options)
     except (OSError, ValueError) as exc:
         raise CrossmodalError(f"cannot load the cross-encoder '{name}': {exc}", param="model") from None
 
@@ -126,8 +163,14 @@ def _onnx_cross_encoder(name: str, hub):
     return OnnxCrossEncoder(_download(name, hub or HubOptions.from_env(), patterns=["*.json", "*.txt", GRAPH]))
 
 
-def cross_encoder_scores(model, query: str, candidates: list[Candidate], batch_size: int = 32,
-                         bf16: bool = False) -> np.ndarray:
+def cross_encoder_scores(model, query, candidates: list[Candidate], batch_size: int = 32,
+                         bf16: bool = False, instruction: str | None = None) -> np.ndarray:
+    """0-1 scores of (query, candidate) pairs; ``query`` is a text or, for a multimodal model, a PIL image."""
+    if is_multimodal(model):
+        return multimodal_scores(model, query, candidates, instruction)
+    if not isinstance(query, str):
+        raise CrossmodalError("this cross-encoder reads texts; an image query needs a multimodal cross-encoder such "
+                              "as qwen3-vl-reranker-2b", param="query_image")
     pairs = [(query, c.text) for c in candidates]
     if not hasattr(model, "to"):  # OnnxCrossEncoder: no torch, no autocast
         scores = np.asarray(model.predict(pairs, batch_size=batch_size), dtype=np.float32)
@@ -138,6 +181,22 @@ def cross_encoder_scores(model, query: str, candidates: list[Candidate], batch_s
         scores = model.predict(pairs, batch_size=batch_size, show_progress_bar=False, convert_to_numpy=True)
     scores = np.asarray(scores, dtype=np.float32)
     return scores if scores.ndim == 1 else scores[:, -1]
+
+
+MULTIMODAL_BATCH = {"cuda": 16, "cpu": 4}  # pairs per forward pass: an image pair is hundreds of tokens
+
+
+def multimodal_scores(model, query, candidates: list[Candidate], instruction: str | None = None) -> np.ndarray:
+    """P(relevant) = sigmoid(logit(yes) - logit(no)) for each pair, images and texts on either side; the
+    instruction goes in as the model's system prompt (its own default when None)."""
+    import torch
+
+    pairs = [(query, c.image if c.image is not None else c.text) for c in candidates]
+    batch = MULTIMODAL_BATCH.get(str(model.device).split(":")[0], 4)
+    with torch.inference_mode():
+        scores = model.predict(pairs, prompt=instruction or None, batch_size=batch, activation_fn=torch.nn.Sigmoid(),
+                               show_progress_bar=False, convert_to_numpy=True)
+    return np.asarray(scores, dtype=np.float32).reshape(len(pairs))
 
 
 # -- image-text matching head ------------------------------------------------------------------
@@ -209,7 +268,7 @@ def region_scores(encoder, query: str, candidates: list[Candidate]) -> tuple[np.
     from crossmodal.alignment.align import split_phrases
 
     phrases, _ = split_phrases(query)
-    phrase_vectors = encoder.encode_texts(phrases).vectors
+    phrase_vectors = encoder.encode_texts(phrases, input_type="query").vectors
     views, owner = [], []
     for k, candidate in enumerate(candidates):
         crops = region_views(candidate.image)

@@ -10,12 +10,13 @@ from dify_plugin.errors.model import CredentialsValidateFailedError, InvokeBadRe
 from crossmodal.dify.models import check_model, rerank_limits, run, service_for_model
 from crossmodal.lanes import lane_for_items
 from crossmodal.rerank.documents import reranker_kind
+from crossmodal.rerank.scoring import reads_images
 
 
 class CrossmodalRerankModel(RerankModel):
     """A text or image query against text or image documents, each scored as a 0-1 match probability: by the
-    dual encoder's calibration, by BLIP ITM for image-text pairs when an ITM model is set, or, for a text
-    cross-encoder, by its relevance (crossmodal/rerank/documents.py)."""
+    dual encoder's calibration, by BLIP ITM for image-text pairs when an ITM model is set, or, for a
+    cross-encoder (text, or multimodal as Qwen3-VL-Reranker), by its relevance (crossmodal/rerank/documents.py)."""
 
     def _invoke(self, model: str, credentials: dict, query: str, docs: list[str],
                 score_threshold: float | None = None, top_n: int | None = None,
@@ -35,10 +36,12 @@ class CrossmodalRerankModel(RerankModel):
 
     def get_customizable_model_schema(self, model: str, credentials: dict) -> AIModelEntity:
         # A text cross-encoder reads no images: without the vision feature, Dify sends it no image documents.
-        kind = run(reranker_kind, service_for_model(model, credentials), model, bad_request=InvokeBadRequestError)
+        service = service_for_model(model, credentials)
+        vision = run(lambda: reranker_kind(service, model) == "dual" or reads_images(model, service.settings.hub),
+                     bad_request=InvokeBadRequestError)
         return AIModelEntity(model=model, label=I18nObject(en_US=model), model_type=ModelType.RERANK,
                              fetch_from=FetchFrom.CUSTOMIZABLE_MODEL,
-                             features=[ModelFeature.VISION] if kind == "dual" else [], model_properties={})
+                             features=[ModelFeature.VISION] if vision else [], model_properties={})
 
     @property
     def _invoke_error_mapping(self) -> dict[type[InvokeError], list[type[Exception]]]:

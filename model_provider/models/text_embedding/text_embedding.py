@@ -9,6 +9,7 @@ from dify_plugin.entities.model.text_embedding import (EmbeddingUsage, MultiModa
 from dify_plugin.errors.model import CredentialsValidateFailedError, InvokeBadRequestError, InvokeError
 
 from crossmodal.dify.models import check_model, run, service_for_model
+from crossmodal.encoders.catalog import takes_options
 from crossmodal.lanes import QUERY, lane_for_items
 
 
@@ -35,9 +36,14 @@ class CrossmodalTextEmbeddingModel(TextEmbeddingModel):
         check_model(model, credentials, CredentialsValidateFailedError)
 
     def get_customizable_model_schema(self, model: str, credentials: dict) -> AIModelEntity:
+        # A VLM embedder reads long texts (8192 tokens) and costs more per chunk than a CLIP-family model (77).
+        service = service_for_model(model, credentials)
+        vlm = run(takes_options, model, service.settings.hub, bad_request=InvokeBadRequestError)
+        properties = ({ModelPropertyKey.CONTEXT_SIZE: 8192, ModelPropertyKey.MAX_CHUNKS: 16} if vlm else
+                      {ModelPropertyKey.CONTEXT_SIZE: 77, ModelPropertyKey.MAX_CHUNKS: 64})
         return AIModelEntity(model=model, label=I18nObject(en_US=model), model_type=ModelType.TEXT_EMBEDDING,
                              fetch_from=FetchFrom.CUSTOMIZABLE_MODEL, features=[ModelFeature.VISION],
-                             model_properties={ModelPropertyKey.CONTEXT_SIZE: 77, ModelPropertyKey.MAX_CHUNKS: 64})
+                             model_properties=properties)
 
     @property
     def _invoke_error_mapping(self) -> dict[type[InvokeError], list[type[Exception]]]:
@@ -47,7 +53,8 @@ class CrossmodalTextEmbeddingModel(TextEmbeddingModel):
         service = service_for_model(model, credentials)
         # A knowledge base's query (and any short call) goes ahead of document indexing.
         lane = QUERY if input_type == EmbeddingInputType.QUERY else lane_for_items(len(documents))
-        return run(service.embed_documents, documents, model, bad_request=InvokeBadRequestError, lane=lane)
+        kind = "query" if input_type == EmbeddingInputType.QUERY else "document"
+        return run(service.embed_documents, documents, model, kind, bad_request=InvokeBadRequestError, lane=lane)
 
     def _usage(self, tokens: int) -> EmbeddingUsage:
         return EmbeddingUsage(tokens=tokens, total_tokens=tokens, unit_price=0, price_unit=0, total_price=0,
