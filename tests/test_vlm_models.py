@@ -208,6 +208,31 @@ def test_ingest_search_and_the_collections_record(embedder_dir, tmp_path):
         s.store.close()
 
 
+def test_an_image_and_its_caption_make_one_vector(embedder_dir, library_embedder, tmp_path, tiny_clip_dir):
+    from crossmodal.errors import CrossmodalError
+    from crossmodal.service import ImageInput, IngestItem
+
+    service = service_for(tmp_path, embedder_dir)
+    image = picture(45)
+    report = service.ingest([IngestItem(image=ImageInput.from_bytes("a.png", png(image)), caption="a red circle"),
+                             IngestItem(image=ImageInput.from_bytes("b.png", png(picture(46))))], "mixed",
+                            embed_captions=True)
+    assert report["added"] == 2
+    hits = service.search(image=ImageInput.from_bytes("q", png(image)), collection="mixed", top_k=2)
+    stored = {h["payload"]["source"]: h for h in hits["results"]}
+    assert stored["a.png"]["payload"]["embedded_with_caption"] is True
+    assert "embedded_with_caption" not in stored["b.png"]["payload"]
+    query = library_embedder.encode_query([image])[0]
+    together = library_embedder.encode_document([{"image": image, "text": "a red circle"}])[0]
+    assert stored["a.png"]["score"] == pytest.approx(float(query @ together), abs=1e-4)
+    clip = service_for(tmp_path / "clip", tiny_clip_dir)
+    with pytest.raises(CrossmodalError) as error:
+        clip.ingest([IngestItem(image=ImageInput.from_bytes("a.png", png(image)), caption="x")], embed_captions=True)
+    assert error.value.param == "embed_captions"
+    service.store.close()
+    clip.store.close()
+
+
 def test_embed_node_and_documents_take_query_or_document(embedder_dir, library_embedder, tmp_path):
     from crossmodal.service import ImageInput
 

@@ -16,7 +16,7 @@ class EmbedTool(Tool):
             raise ToolInputError("images / texts: give at least one image file or one line of text")
         service = service_for(self.runtime.credentials, self.session)
         result = call(service.embed, images, texts, tool_parameters.get("model") or None,
-                      lane=lane_for_items(len(images) + len(texts)))
+                      tool_parameters.get("input_type") or "document", lane=lane_for_items(len(images) + len(texts)))
         items = variable_message(self, "items", result["items"])  # size-checked before anything is sent
         yield self.create_text_message(f"{len(result['items'])} vectors of {result['dimension']} dimensions "
                                        f"({result['model']}); {len(result['rejected'])} rejected")

@@ -28,7 +28,8 @@ class IngestTool(Tool):
         service = service_for(self.runtime.credentials, self.session)
         report = call(service.ingest, items, tool_parameters.get("collection") or None,
                       tool_parameters.get("model") or None, regions=flag(tool_parameters.get("regions")),
-                      storage=tool_parameters.get("storage") or None, lane=BULK)
+                      storage=tool_parameters.get("storage") or None,
+                      embed_captions=flag(tool_parameters.get("embed_captions")), lane=BULK)
         yield self.create_text_message(
             f"{report['added']} added, {report['duplicates']} duplicates, {len(report['rejected'])} rejected; "
             f"'{report['collection']}' now holds {report['count']} points"

@@ -125,7 +125,8 @@ def route_embed(service: Service, body: dict, request: Request) -> dict:
     texts = field(body, "texts", list, [])
     if not all(isinstance(t, str) for t in texts):
         raise CrossmodalError("must be a list of strings", param="texts")
-    return service.embed(images_from(body, request, "images"), texts, field(body, "model", str))
+    return service.embed(images_from(body, request, "images"), texts, field(body, "model", str),
+                         field(body, "input_type", str) or "document")
 
 
 def route_ingest(service: Service, body: dict, request: Request) -> dict:

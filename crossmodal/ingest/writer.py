@@ -9,7 +9,7 @@ import numpy as np
 
 from crossmodal.context import Context, precision_warnings, truncation_warning
 from crossmodal.encoders.models import Encoder
-from crossmodal.errors import NotFoundError
+from crossmodal.errors import CrossmodalError, NotFoundError
 from crossmodal.ingest.items import IngestItem, PreparedItem, Rejected, prepare_or_reject, region_points
 from crossmodal.ingest.pipeline import decode_workers, ordered_map
 from crossmodal.store import StoredPoint
@@ -27,6 +27,7 @@ def ingest(
     progress: Callable[[int], None] | None = None,
     regions: bool = False,
     storage: str | dict | None = None,
+    embed_captions: bool = False,
 ) -> dict:
     """Add items; same content again is a duplicate; a bad item is rejected, never the batch.
 
@@ -38,6 +39,10 @@ def ingest(
     default = (StorageOptions.parse(ctx.settings.storage, param="storage (provider default)")
                if ctx.settings.storage else DEFAULT_FOR_NEW)
     encoder = encoder_for_write(ctx, name, model)
+    if embed_captions and not hasattr(encoder, "encode_mixed"):
+        raise CrossmodalError(f"'{encoder.identity}' embeds an image or a text, not both in one vector; reading an "
+                              "image with its caption needs a VLM embedding model such as qwen3-vl-embedding-2b",
+                              param="embed_captions")
     ctx.store.ensure_collection(name, encoder.identity, encoder.dim, encoder.weights, asked or default,
                                 strict=asked is not None)
     report = {"collection": name, "model": encoder.identity, "precision": encoder.precision, "added": 0,
@@ -50,11 +55,11 @@ def ingest(
     for result in prepared:
         chunk.append(result)
         if len(chunk) >= INGEST_CHUNK:
-            ingest_chunk(ctx, name, encoder, chunk, seen, report, regions)
+            ingest_chunk(ctx, name, encoder, chunk, seen, report, regions, embed_captions)
             progress and progress(len(chunk))
             chunk = []
     if chunk:
-        ingest_chunk(ctx, name, encoder, chunk, seen, report, regions)
+        ingest_chunk(ctx, name, encoder, chunk, seen, report, regions, embed_captions)
         progress and progress(len(chunk))
     ctx.store.finish_writes(name)
     report["count"] = ctx.store.count(name)
@@ -70,7 +75,7 @@ def encoder_for_write(ctx: Context, name: str, model: str | None) -> Encoder:
 
 
 def ingest_chunk(ctx: Context, name: str, encoder: Encoder, chunk: list, seen: set, report: dict,
-                 regions: bool = False):
+                 regions: bool = False, embed_captions: bool = False):
     prepared: list[PreparedItem] = []
     for result in chunk:
         if isinstance(result, Rejected):
@@ -89,7 +94,7 @@ def ingest_chunk(ctx: Context, name: str, encoder: Encoder, chunk: list, seen: s
             fresh.append(p)
     if not fresh:
         return
-    vectors = vectors_for(encoder, fresh, report)
+    vectors = vectors_for(encoder, fresh, report, embed_captions)
     points = [StoredPoint(p.point_id, v.tolist(), p.payload) for p, v in zip(fresh, vectors)]
     region_counts = {}
     if regions:
@@ -108,9 +113,16 @@ def ingest_chunk(ctx: Context, name: str, encoder: Encoder, chunk: list, seen: s
         report["items"].append(row)
 
 
-def vectors_for(encoder: Encoder, fresh: list[PreparedItem], report: dict) -> np.ndarray:
+def vectors_for(encoder: Encoder, fresh: list[PreparedItem], report: dict, embed_captions: bool = False) -> np.ndarray:
+    """``embed_captions``: an image with a caption becomes one vector of both, read together (VLM models)."""
     vectors = np.zeros((len(fresh), encoder.dim), dtype=np.float32)
-    image_rows = [i for i, p in enumerate(fresh) if p.decoded is not None]
+    mixed = {i for i, p in enumerate(fresh) if embed_captions and p.decoded is not None and p.payload.get("caption")}
+    if mixed:
+        rows = sorted(mixed)
+        vectors[rows] = encoder.encode_mixed([(fresh[i].decoded.image, fresh[i].payload["caption"]) for i in rows])
+        for i in mixed:
+            fresh[i].payload["embedded_with_caption"] = True
+    image_rows = [i for i, p in enumerate(fresh) if p.decoded is not None and i not in mixed]
     text_rows = [i for i, p in enumerate(fresh) if p.decoded is None]
     ready = [i for i in image_rows if fresh[i].pixels is not None]
     others = [i for i in image_rows if fresh[i].pixels is None]
