@@ -1,9 +1,11 @@
 """The benchmark suite's GPU check: one H100/H200-class GPU, no network, packages preinstalled, under five
 minutes. fp16 and large batches: image-embedding throughput, pipelined ingest of JPEGs, align with heat map
 on a 2048^2 image (the seed's target: 210 ms), text-query latency, all with a ViT-B/32-size CLIP (random
-weights). On a machine without a GPU it says so and exits 0.
+weights); then Qwen3-VL-Embedding-2B at real size (random weights) in bf16, flash attention 2 when installed:
+images/s and text-query p50 against the bf16 matmul limit (benchmarks/bench_vlm.py's rows). On a machine
+without a GPU it says so and exits 0.
 
-    python benchmarks/gpu_check.py [--images 1024]
+    python benchmarks/gpu_check.py [--images 1024] [--no-vlm]
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=1024)
     parser.add_argument("--repeat", type=int, default=10)
+    parser.add_argument("--no-vlm", action="store_true", help="skip the Qwen3-VL-Embedding-2B rows")
     args = parser.parse_args(argv)
 
     import torch
@@ -86,11 +89,28 @@ def main(argv=None) -> dict:
             latencies.append(1000 * (time.perf_counter() - started))
         rows.append({"measure": "text query vector p50", "value": round(statistics.median(latencies), 2),
                      "unit": "ms"})
+    vlm = {} if args.no_vlm else vlm_rows()
+    rows += vlm.get("rows", [])
     print(f"GPU: {gpu}")
     print(table(rows, ["measure", "value", "unit", "vs_limit", "target"]))
-    out = {"gpu": gpu, "fp16_matmul_peak_tflops": round(peak / 1000, 1), "rows": rows}
+    out = {"gpu": gpu, "fp16_matmul_peak_tflops": round(peak / 1000, 1), "rows": rows,
+           "vlm": {k: v for k, v in vlm.items() if k != "rows"}}
     print(f"saved {save('gpu', out)}")
     return out
+
+
+def vlm_rows() -> dict:
+    """bench_vlm's measurement on the GPU: 16 images of 448^2 in token-budget batches, 50 queries."""
+    from benchmarks.bench_vlm import measure
+    from crossmodal.encoders.vlm_encoder import flash_attention_installed
+
+    try:
+        import torchvision  # noqa: F401 - the Qwen3-VL processor needs it
+    except (ImportError, RuntimeError) as exc:
+        return {"skipped": f"torchvision is not usable ({type(exc).__name__})"}
+    with tempfile.TemporaryDirectory() as tmp:
+        rows, facts = measure(argparse.Namespace(images=16, queries=50, side=448, device="cuda"), Path(tmp))
+    return {"rows": rows, **facts, "flash_attention_2": flash_attention_installed()}
 
 
 if __name__ == "__main__":

@@ -249,6 +249,20 @@ def test_embed_node_and_documents_take_query_or_document(embedder_dir, library_e
     service.store.close()
 
 
+def test_chinese_text_routes_to_a_vlm_model(embedder_dir, tiny_clip_dir, tmp_path):
+    import json
+
+    from crossmodal.service import Service
+    from crossmodal.settings import Settings
+
+    service = Service(Settings(data_dir=str(tmp_path / "store"), device="cpu",
+                               routes=json.dumps({"default": str(tiny_clip_dir), "zh": str(embedder_dir)})))
+    chinese = service.embed(texts=["一个红色的圆"])
+    assert chinese["route"]["route"] == "zh" and chinese["model"] == f"{embedder_dir}?dimension=64"
+    assert service.embed(texts=["a red circle"])["model"] == str(tiny_clip_dir)
+    service.store.close()
+
+
 def test_align_keeps_its_output_contract(embedder_dir, tmp_path):
     from crossmodal.service import ImageInput
 
