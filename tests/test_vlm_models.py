@@ -167,6 +167,32 @@ def test_image_batches_are_cut_by_visual_tokens(embedder_dir, monkeypatch):
     assert np.min(np.sum(vectors * one_by_one, axis=1)) >= 0.9999
 
 
+@pytest.mark.parametrize("agreement, kept", [(0.0, "bf16"), (1.01, "fp32")])
+def test_bf16_on_a_gpu_is_kept_only_when_it_agrees_with_fp32(tmp_path, monkeypatch, agreement, kept):
+    """The CUDA branch of use_precision, run on the CPU (bf16 works there too): the threshold decides."""
+    import torch
+
+    from crossmodal.encoders import vlm_encoder
+    from crossmodal.encoders.model_ref import ModelRef
+    from crossmodal.encoders.catalog import weights_fingerprint
+    from tiny_models import save_tiny_qwen3_vl_embedding
+
+    directory = save_tiny_qwen3_vl_embedding(tmp_path / "m", seed=7)
+    model = vlm_encoder.load_sentence_transformer(ModelRef(str(directory)), directory, "cpu")
+    shared = vlm_encoder.SharedModel(model, "cuda")  # as loaded on a GPU
+    encoder = vlm_encoder.VlmEncoder(ModelRef(str(directory)), shared, directory, weights_fingerprint(directory))
+    monkeypatch.setattr(vlm_encoder, "PRECISION_AGREEMENT", agreement)
+    assert encoder.use_precision("bf16") == kept
+    dtype = next(model.parameters()).dtype
+    assert dtype == (torch.bfloat16 if kept == "bf16" else torch.float32)
+    if kept == "bf16":
+        assert encoder.precision_agreement is not None and encoder.precision_note is None
+    else:
+        assert "agree with fp32" in encoder.precision_note and "running fp32" in encoder.precision_note
+    other_view = vlm_encoder.VlmEncoder(ModelRef(str(directory), encoder.options), shared, directory, "w")
+    assert other_view.use_precision("bf16") == kept  # checked once per loaded model
+
+
 # -- the nodes' capabilities -------------------------------------------------------------------------------------
 def test_ingest_search_and_the_collections_record(embedder_dir, tmp_path):
     from crossmodal.errors import CrossmodalError
