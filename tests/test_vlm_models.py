@@ -142,6 +142,8 @@ def test_max_pixels_sets_what_an_image_costs(embedder_dir):
     # Two views of one model keep their own budgets, and the larger budget is a different vector.
     capped, uncapped = encoder.encode_images([large]), full.encode_images([large])
     assert float(capped[0] @ uncapped[0]) < 0.9999
+    later = get_encoder(f"{embedder_dir}?dimension=48", "cpu")  # made after the capped view set its budget
+    assert later.visual_tokens(2048, 2048) == full.visual_tokens(2048, 2048)
     assert encoder.identity == full.identity  # the budget sets a cost; it does not change the vector space
 
 
@@ -308,6 +310,21 @@ def test_align_keeps_its_output_contract(embedder_dir, tmp_path):
                           heatmap=False)
     assert tiled["mode"] == "tiled" and tiled["tiles"] > 1
     service.store.close()
+
+
+def test_a_calibration_is_fitted_per_model_as_for_dual_encoders(embedder_dir, tmp_path):
+    from crossmodal.alignment.calibration import calibration_path, load_calibration
+    from crossmodal.encoders.models import get_encoder
+    from crossmodal.lab.calibration_fit import fit_calibration, labelled_scene_pairs, save_calibration
+
+    encoder = get_encoder(f"{embedder_dir}?dimension=32", "cpu")
+    pairs = labelled_scene_pairs(12, seed=3, sizes=(96, 128))
+    fitted = fit_calibration(encoder, pairs, f"{len(pairs)} generated pairs")
+    assert fitted.metrics["pairs"] == len(pairs) >= 20
+    save_calibration(fitted, calibration_path(encoder.identity, tmp_path))
+    loaded = load_calibration(encoder, tmp_path)
+    assert (loaded.a, loaded.b) == pytest.approx((fitted.a, fitted.b))
+    assert "default" in load_calibration(get_encoder(str(embedder_dir), "cpu"), tmp_path).source  # per size
 
 
 # -- the multimodal cross-encoder -----------------------------------------------------------------------------------

@@ -129,18 +129,54 @@ def refuse_on_lean_build(identity: str) -> None:
                               param="model")
 
 
-def takes_options(name: str, hub: "HubOptions | None" = None) -> bool:
-    """Whether the model is a VLM model (its options apply): by preset, else by its files' config (a hub
-    model's config files only, a few KB). A model that cannot be read takes none here; loading says why."""
+FAMILIES = ("dual", "vlm", "cross-encoder", "vlm-cross-encoder", "other")
+
+
+def model_family(name: str, hub: "HubOptions | None" = None) -> str:
+    """What kind of model ``name`` is, by preset, else by its files' config (a hub model's config files only, a
+    few KB; never its weights): 'dual' (CLIP, Chinese-CLIP, SigLIP), 'vlm' (a VLM embedder saved by
+    sentence-transformers), 'cross-encoder' (text), 'vlm-cross-encoder' (reads images too), or 'other'."""
     identity = model_identity(name).partition("?")[0]
+    if identity in RERANKER_PRESETS:
+        return "vlm-cross-encoder"
     if identity in VLM_PRESETS:
-        return True
-    if identity in PRESETS or engine() == "onnx":
-        return False
-    try:
-        return is_vlm_model(resolve_model_config_dir(identity, hub))
-    except CrossmodalError:
-        return False
+        return "vlm"
+    if identity in PRESETS:
+        return "dual"
+    directory = resolve_model_config_dir(identity, hub)
+    config = read_config(directory)
+    if config.get("model_type") in SUPPORTED_TYPES:
+        return "dual"
+    kind = sentence_transformers_kind(directory)
+    if kind == "CrossEncoder":
+        return "vlm-cross-encoder" if is_vlm_model(directory) else "cross-encoder"
+    if kind is not None:
+        return "vlm"
+    if any(str(a).endswith("ForSequenceClassification") for a in (config.get("architectures") or [])):
+        return "cross-encoder"
+    return "other"
+
+
+_FAMILIES: dict[str, str] = {}  # identity -> family, once per process: a hub model's config is not re-fetched
+
+
+def family_or_none(name: str | None, hub: "HubOptions | None" = None) -> str | None:
+    """model_family (remembered), or None for a model that cannot be read here (loading it says why)."""
+    if not name or name.startswith("dify:"):
+        return None
+    identity = model_identity(name).partition("?")[0]
+    if identity not in _FAMILIES:
+        try:
+            _FAMILIES[identity] = model_family(identity, hub)
+        except CrossmodalError:
+            return None
+    return _FAMILIES[identity]
+
+
+def takes_options(name: str, hub: "HubOptions | None" = None) -> bool:
+    """Whether VLM options (dimension, max_pixels, instruction) apply to the model. The lean build runs no
+    VLM model: there none do (loading one says so)."""
+    return engine() != "onnx" and family_or_none(name, hub) in ("vlm", "vlm-cross-encoder")
 
 
 def sentence_transformers_kind(directory: Path) -> str | None:

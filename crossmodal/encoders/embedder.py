@@ -45,14 +45,15 @@ def embed(ctx: Context, images: Sequence[ImageInput] = (), texts: Sequence[str] 
 
 
 def embed_documents(ctx: Context, documents: Sequence[tuple[str, str]], model: str | None = None,
-                    input_type: str = "document") -> dict:
+                    input_type: str = "document", first_index: int = 0) -> dict:
     """Texts and images (base64) of one call into one space, in the caller's order: what Dify's multimodal
     embedding models return. Unlike ``embed``, a bad document fails the call, naming its index, so that no
-    vector ever lands at another document's place."""
+    vector ever lands at another document's place. ``first_index``: the request's index of ``documents[0]``
+    (what an error names)."""
     if not documents:
         raise CrossmodalError("give at least one text or image", param="documents")
     images, texts, order = [], [], []
-    for index, (kind, content) in enumerate(documents):
+    for index, (kind, content) in enumerate(documents, start=first_index):
         param = f"documents[{index}]"
         if kind == "image":
             images.append(ImageInput.from_bytes(param, decode_base64(content, param)))

@@ -49,6 +49,9 @@ class SharedModel:
         self.model = model
         self.device = device
         self.turn = os_lock()
+        # The processor's own size setting, kept before any view sets its cap on the shared processor.
+        processor = getattr(model[0], "processor", None)
+        self.image_size_setting = dict(getattr(getattr(processor, "image_processor", None), "size", None) or {})
         self.precision, self.precision_note, self.precision_agreement = "fp32", None, None
         self.precision_checked: set[str] = set()
 
@@ -105,7 +108,7 @@ class VlmEncoder(DualEncoderBase):
 
     def _image_budget(self, max_pixels: int | None) -> dict:
         """The processor's size setting with this view's pixel cap (so an image's visual tokens)."""
-        size = dict(getattr(self.image_processor, "size", None) or {})
+        size = dict(self.shared.image_size_setting)
         if max_pixels is not None and "longest_edge" in size:
             size["longest_edge"] = max(int(max_pixels), int(size.get("shortest_edge") or 0))
         return size

@@ -56,32 +56,22 @@ def rerank_documents(ctx: Context, query: tuple[str, str], documents: Sequence[t
 def reranker_kind(ctx: Context, model: str | None) -> str:
     """'dual' (a dual encoder or a VLM embedder: cosines) or 'cross-encoder' (text or multimodal), read from
     the model's config (a few KB; never its weights)."""
-    from crossmodal.encoders.catalog import (PRESETS, RERANKER_PRESETS, SUPPORTED_TYPES, is_vlm_model,
-                                             model_identity, read_config, refuse_on_lean_build,
-                                             resolve_model_config_dir, sentence_transformers_kind)
+    from crossmodal.encoders.catalog import SUPPORTED_TYPES, model_family, model_identity, refuse_on_lean_build
 
     identity = model_identity(model or ctx.settings.model)
     refuse_on_lean_build(identity)
-    if identity in RERANKER_PRESETS:
-        return "cross-encoder"
-    if identity in PRESETS or is_workspace_model(identity):
+    if is_workspace_model(identity):
         return "dual"
     with _KINDS_LOCK:
         if identity in _KINDS:
             return _KINDS[identity]
-    directory = resolve_model_config_dir(identity, ctx.settings.hub)
-    config = read_config(directory)
-    st_kind = sentence_transformers_kind(directory)
-    if config.get("model_type") in SUPPORTED_TYPES or (st_kind == "SentenceTransformer" and is_vlm_model(directory)):
-        kind = "dual"
-    elif (any(str(a).endswith("ForSequenceClassification") for a in (config.get("architectures") or []))
-          or st_kind == "CrossEncoder"):
-        kind = "cross-encoder"
-    else:
-        raise CrossmodalError(f"'{identity}' is a {config.get('model_type')} model; a rerank model is a dual encoder "
-                              f"({', '.join(SUPPORTED_TYPES)}), a VLM embedding model, or a cross-encoder (a "
-                              "*ForSequenceClassification model such as cross-encoder/ms-marco-MiniLM-L-6-v2, or "
-                              "qwen3-vl-reranker-2b); a BLIP ITM model goes in the ITM model field", param="model")
+    family = model_family(identity, ctx.settings.hub)
+    if family == "other":
+        raise CrossmodalError(f"'{identity}' is neither a dual encoder ({', '.join(SUPPORTED_TYPES)}), a VLM "
+                              "embedding model, nor a cross-encoder (a *ForSequenceClassification model such as "
+                              "cross-encoder/ms-marco-MiniLM-L-6-v2, or qwen3-vl-reranker-2b); a BLIP ITM model "
+                              "goes in the ITM model field", param="model")
+    kind = "dual" if family in ("dual", "vlm") else "cross-encoder"
     with _KINDS_LOCK:
         _KINDS[identity] = kind
     return kind
@@ -89,8 +79,8 @@ def reranker_kind(ctx: Context, model: str | None) -> str:
 
 def dual_encoder_scores(ctx: Context, query: tuple[str, str], documents: Sequence[tuple[str, str]],
                         model: str | None):
-    embedded = embed_documents(ctx, documents, model)
-    asked = embed_documents(ctx, [query], model, input_type="query")["vectors"][0]
+    asked = embed_documents(ctx, [query], model, input_type="query")["vectors"][0]  # the request's documents[0]
+    embedded = embed_documents(ctx, documents, model, first_index=1)
     vectors = np.asarray(embedded["vectors"], dtype=np.float32)
     calibration = ctx.calibration(ctx.encoder(embedded["model"]))
     cosines = vectors @ np.asarray(asked, dtype=np.float32)

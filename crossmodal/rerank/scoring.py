@@ -106,19 +106,9 @@ def load_cross_encoder(name: str, hub=None, device: str = "cpu"):
 
 def reads_images(name: str | None, hub=None) -> bool:
     """Whether ``name`` is a multimodal cross-encoder (by preset, else by its config files; never loads it)."""
-    from crossmodal.encoders.catalog import (RERANKER_PRESETS, is_vlm_model, model_identity,
-                                             resolve_model_config_dir, sentence_transformers_kind)
+    from crossmodal.encoders.catalog import family_or_none
 
-    if not name:
-        return False
-    identity = model_identity(name)
-    if identity in RERANKER_PRESETS:
-        return True
-    try:
-        directory = resolve_model_config_dir(identity, hub)
-    except CrossmodalError:
-        return False
-    return sentence_transformers_kind(directory) == "CrossEncoder" and is_vlm_model(directory)
+    return family_or_none(name, hub) == "vlm-cross-encoder"
 
 
 def is_multimodal(model) -> bool:
