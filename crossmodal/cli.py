@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".pdf"}  # PDFs: a point a page
 
 
 def _store_args(p: argparse.ArgumentParser) -> None:
@@ -54,7 +54,7 @@ def _emit(obj, as_json: bool, text: str | None = None) -> None:
 
 
 def expand_paths(paths: list[str]) -> list[Path]:
-    """Files as given; directories walked for image files, in a stable order."""
+    """Files as given; directories walked for image and PDF files, in a stable order."""
     out: list[Path] = []
     for raw in paths:
         path = Path(raw)
@@ -82,7 +82,7 @@ def cmd_ingest(args) -> int:
         raise _usage("give image files, directories or --text")
     bar = tqdm(total=len(items), unit="item", disable=args.json, file=sys.stderr)
     report = _service(args).ingest(items, args.collection, args.model, progress=bar.update, regions=args.regions,
-                                   storage=args.storage)
+                                   storage=args.storage, dpi=args.dpi, max_pages=args.max_pages, figures=args.figures)
     bar.close()
     summary = {"added": report["added"], "duplicates": report["duplicates"], "rejected": report["rejected"]}
     text = (f"{report['added']} added, {report['duplicates']} duplicates, {len(report['rejected'])} rejected; "
@@ -279,12 +279,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("ingest", help="add images / texts to a collection")
-    p.add_argument("paths", nargs="*", help="image files or directories")
+    p.add_argument("paths", nargs="*", help="image or PDF files, or directories")
     p.add_argument("--text", action="append", help="a text-only item (repeatable)")
     p.add_argument("--collection", required=True)
     p.add_argument("--tags", help="comma-separated tags for every item")
     p.add_argument("--metadata", help="JSON object stored with every item")
     p.add_argument("--regions", action="store_true", help="also store tile vectors of large images")
+    p.add_argument("--dpi", type=float, help="PDF pages: render resolution (default 144)")
+    p.add_argument("--max-pages", type=int, help="PDF files: refuse longer ones (default 500)")
+    p.add_argument("--figures", action="store_true", help="PDF files: also a point per embedded image")
     p.add_argument("--storage", help="for a new collection: e.g. 'quantization=int8, on_disk=true' "
                                      "(vectors, quantization, on_disk; shards, replicas, write_consistency on a server)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a progress bar")

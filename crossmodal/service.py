@@ -12,7 +12,7 @@ import functools
 from crossmodal.alignment import aligner
 from crossmodal.context import Context
 from crossmodal.encoders import embedder
-from crossmodal.ingest import writer
+from crossmodal.ingest import documents as pdf_documents, writer
 from crossmodal.ingest.items import IngestItem
 from crossmodal.inputs.sources import ImageInput
 from crossmodal.rerank import documents, reranker
@@ -36,6 +36,7 @@ class Service(Context):
     embed = _capability(embedder.embed)
     embed_documents = _capability(embedder.embed_documents)
     ingest = _capability(writer.ingest)
+    chunk_document = _capability(pdf_documents.chunk_document)
     search = _capability(searcher.search)
     align = _capability(aligner.align)
     rerank = _capability(reranker.rerank)

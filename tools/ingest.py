@@ -4,8 +4,8 @@ from typing import Any
 from dify_plugin import Tool
 from dify_plugin.entities.tool import ToolInvokeMessage
 
-from crossmodal.dify.adapter import (ToolInputError, call, file_inputs, flag, json_object, service_for, tag_list,
-                                     text_list, variable_message)
+from crossmodal.dify.adapter import (ToolInputError, call, file_inputs, flag, json_object, number, service_for,
+                                     tag_list, text_list, variable_message)
 from crossmodal.lanes import BULK
 from crossmodal.service import IngestItem
 
@@ -29,7 +29,10 @@ class IngestTool(Tool):
         report = call(service.ingest, items, tool_parameters.get("collection") or None,
                       tool_parameters.get("model") or None, regions=flag(tool_parameters.get("regions")),
                       storage=tool_parameters.get("storage") or None,
-                      embed_captions=flag(tool_parameters.get("embed_captions")), lane=BULK)
+                      embed_captions=flag(tool_parameters.get("embed_captions")),
+                      dpi=number(tool_parameters.get("dpi"), "dpi"), max_pages=number(tool_parameters.get("max_pages"),
+                                                                                      "max_pages"),
+                      figures=flag(tool_parameters.get("figures")), lane=BULK)
         yield self.create_text_message(
             f"{report['added']} added, {report['duplicates']} duplicates, {len(report['rejected'])} rejected; "
             f"'{report['collection']}' now holds {report['count']} points"

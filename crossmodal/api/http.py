@@ -149,7 +149,9 @@ def route_ingest(service: Service, body: dict, request: Request) -> dict:
     if not items:
         raise CrossmodalError("give at least one item (image, image_url or text), or multipart files", param="items")
     report = service.ingest(items, field(body, "collection", str), field(body, "model", str),
-                            regions=bool(field(body, "regions", bool, False)), storage=field(body, "storage", str))
+                            regions=bool(field(body, "regions", bool, False)), storage=field(body, "storage", str),
+                            dpi=field(body, "dpi", (int, float)), max_pages=field(body, "max_pages", int),
+                            figures=bool(field(body, "figures", bool, False)))
     return report
 
 

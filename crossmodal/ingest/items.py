@@ -53,34 +53,52 @@ class Rejected(NamedTuple):
     reason: str
 
 
-def prepare_or_reject(item: IngestItem, fast=None, keep_full: bool = False) -> PreparedItem | Rejected:
+def prepare_or_reject(item: IngestItem, fast=None, keep_full: bool = False, documents=None):
+    """A PreparedItem, a Rejected, or for a PDF a PdfFile whose pages the writer prepares next
+    (crossmodal/ingest/documents.py; ``documents``: its DocumentOptions)."""
     try:
-        return prepare_item(item, fast, keep_full)
+        return prepare_item(item, fast, keep_full, documents)
     except CrossmodalError as exc:  # read and decode errors all arrive as this
         return Rejected(item, str(exc))
 
 
-def prepare_item(item: IngestItem, fast=None, keep_full: bool = True) -> PreparedItem:
+def prepare_item(item: IngestItem, fast=None, keep_full: bool = True, documents=None):
     """Read and validate one item; its point id derives from its content.
 
     With ``fast`` (a FastPreprocessor) the model input is made here too, so that worker threads do it;
     unless ``keep_full``, a JPEG is then decoded only as large as the model input and the thumbnail need,
     and the decoded picture is dropped once they are made."""
-    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    tags = [str(t).strip() for t in item.tags if str(t).strip()]
-    payload: dict[str, Any] = {"source": item.name, "caption": item.caption, "tags": tags,
-                               "metadata": dict(item.metadata), "ingested_at": now}
     if item.image is None:
         text = check_text(item.text, "texts")
         digest = hashlib.sha256(b"text\0" + text.encode()).hexdigest()
-        payload.update(kind="text", text=text, sha256=digest, mime_type="text/plain")
+        payload = {**base_payload(item), "kind": "text", "text": text, "sha256": digest, "mime_type": "text/plain"}
         return PreparedItem(item, point_id(digest), None, payload)
     data = read_input(item.image)
+    from crossmodal.inputs.pdf import is_pdf
+
+    if is_pdf(data):
+        from crossmodal.ingest.documents import DocumentOptions, read_pdf
+
+        return read_pdf(item, data, documents or DocumentOptions())
     min_size = None if (fast is None or keep_full) else (lambda w, h: _draft_request(fast, w, h))
     decoded = decode_image(data, param=f"files[{item.name}]", min_size=min_size)
-    digest = hashlib.sha256(data).hexdigest()
-    payload.update(kind="image", sha256=digest, width=decoded.width, height=decoded.height,
-                   mime_type=decoded.mime_type, thumbnail=thumbnail_b64(decoded.image))
+    return prepared_picture(item, hashlib.sha256(data).hexdigest(), decoded, {}, fast, keep_full, hashed=True)
+
+
+def base_payload(item: IngestItem) -> dict[str, Any]:
+    tags = [str(t).strip() for t in item.tags if str(t).strip()]
+    return {"source": item.name, "caption": item.caption, "tags": tags, "metadata": dict(item.metadata),
+            "ingested_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+
+
+def prepared_picture(item: IngestItem, key: str, decoded: DecodedImage, extra: dict, fast=None,
+                     keep_full: bool = True, hashed: bool = False) -> PreparedItem:
+    """An image point: ``key`` is its content digest (``hashed``) or the text its digest is taken of (a PDF
+    page: the file's digest and the page). ``extra`` payload fields go over the shared ones."""
+    digest = key if hashed else hashlib.sha256(key.encode()).hexdigest()
+    payload = {**base_payload(item), "kind": "image", "sha256": digest, "width": decoded.width,
+               "height": decoded.height, "mime_type": decoded.mime_type, "thumbnail": thumbnail_b64(decoded.image)}
+    payload.update({k: v for k, v in extra.items() if v is not None})
     if decoded.notes:
         payload["notes"] = decoded.notes
     pixels = fast.to_uint8(decoded.image) if fast is not None else None

@@ -10,6 +10,7 @@ import numpy as np
 from crossmodal.context import Context, precision_warnings, truncation_warning
 from crossmodal.encoders.models import Encoder
 from crossmodal.errors import CrossmodalError, NotFoundError
+from crossmodal.ingest.documents import DocumentOptions, PdfFile, prepared_pages
 from crossmodal.ingest.items import IngestItem, PreparedItem, Rejected, prepare_or_reject, region_points
 from crossmodal.ingest.pipeline import decode_workers, ordered_map
 from crossmodal.store import StoredPoint
@@ -28,12 +29,18 @@ def ingest(
     regions: bool = False,
     storage: str | dict | None = None,
     embed_captions: bool = False,
+    dpi: float | None = None,
+    max_pages: int | None = None,
+    figures: bool = False,
 ) -> dict:
     """Add items; same content again is a duplicate; a bad item is rejected, never the batch.
 
     ``regions``: also store one child point per overlapping tile of each large image (see
     ``region_points``), so that searches with ``regions`` find small objects in large images. ``storage``: how a
-    new collection keeps its vectors (crossmodal/store/options.py); the provider's default when empty."""
+    new collection keeps its vectors (crossmodal/store/options.py); the provider's default when empty.
+    A PDF file is a point per page (``dpi``, at most ``max_pages``; with ``figures`` also a point per embedded
+    image): crossmodal/ingest/documents.py."""
+    documents = DocumentOptions.parse(dpi, max_pages, figures)
     name = ctx.collection_name(collection)
     asked = StorageOptions.parse(storage) if storage else None
     default = (StorageOptions.parse(ctx.settings.storage, param="storage (provider default)")
@@ -49,10 +56,10 @@ def ingest(
               "duplicates": 0, "rejected": [], "items": [], "warnings": precision_warnings(encoder)}
     seen: set[str] = set()
     fast = encoder.fast_preprocessor
-    prepared = ordered_map(lambda item: prepare_or_reject(item, fast, keep_full=regions), items,
+    prepared = ordered_map(lambda item: prepare_or_reject(item, fast, keep_full=regions, documents=documents), items,
                            workers=decode_workers(), window=2 * INGEST_CHUNK)
     chunk: list[PreparedItem | Rejected] = []
-    for result in prepared:
+    for result in with_pages(prepared, documents, fast, keep_full=regions):
         chunk.append(result)
         if len(chunk) >= INGEST_CHUNK:
             ingest_chunk(ctx, name, encoder, chunk, seen, report, regions, embed_captions)
@@ -64,6 +71,16 @@ def ingest(
     ctx.store.finish_writes(name)
     report["count"] = ctx.store.count(name)
     return report
+
+
+def with_pages(prepared: Iterable, documents: DocumentOptions, fast, keep_full: bool) -> Iterable:
+    """The prepared items, each PDF file replaced by its pages (and figures), prepared in order."""
+    for result in prepared:
+        if isinstance(result, PdfFile):
+            yield from prepared_pages(result, documents, fast, keep_full, workers=decode_workers(),
+                                      window=INGEST_CHUNK)
+        else:
+            yield result
 
 
 def encoder_for_write(ctx: Context, name: str, model: str | None) -> Encoder:
