@@ -157,7 +157,7 @@ class PluginProcess:
         self.invocations.append((kind, request))
         needed = INVOKE_PERMISSIONS.get(kind)
         replies = []
-        if needed is None or not self.permissions.get(needed):
+        if needed != ALWAYS and (needed is None or not self.permissions.get(needed)):
             replies.append({"event": "error", "message": f"permission denied, you need to enable {needed or kind} "
                             "access in plugin manifest", "data": None})
         else:
@@ -195,9 +195,11 @@ class PluginProcess:
         self.proc.wait(timeout=10)
 
 
-# The daemon's permission for each backwards invocation type (its backwards_invocation permissionMapping).
+# The daemon's permission for each backwards invocation type (its backwards_invocation permissionMapping);
+# it lets every plugin upload files, whatever its manifest says.
+ALWAYS = "always"
 INVOKE_PERMISSIONS = {"text_embedding": "text-embedding", "multimodal_embedding": "text-embedding",
-                      "rerank": "rerank", "multimodal_rerank": "rerank"}
+                      "rerank": "rerank", "multimodal_rerank": "rerank", "upload_file": ALWAYS}
 
 
 def _permissions(manifest: Path) -> dict:

@@ -46,9 +46,22 @@ class PdfFile:
     sha256: str
 
 
-def read_pdf(item, data: bytes, options: DocumentOptions) -> PdfFile:
-    return PdfFile(item, data, pdf.page_count(data, name=item.name, max_pages=options.max_pages),
-                   hashlib.sha256(data).hexdigest())
+def prepare_or_reject(item, fast, keep_full: bool, options: DocumentOptions):
+    """An item prepared (crossmodal/ingest/items.py) or rejected, or for a PDF a PdfFile whose pages the writer
+    prepares next (only its pages are counted here)."""
+    from crossmodal.ingest.items import Rejected, prepare_item
+    from crossmodal.inputs.sources import read_input
+
+    try:
+        if item.image is None:
+            return prepare_item(item, fast, keep_full)
+        data = read_input(item.image)
+        if pdf.is_pdf(data):
+            return PdfFile(item, data, pdf.page_count(data, name=item.name, max_pages=options.max_pages),
+                           hashlib.sha256(data).hexdigest())
+        return prepare_item(item, fast, keep_full, data=data)
+    except CrossmodalError as exc:  # read, decode and PDF errors all arrive as this
+        return Rejected(item, str(exc))
 
 
 def prepared_pages(document: PdfFile, options: DocumentOptions, fast, keep_full: bool, *, workers: int,

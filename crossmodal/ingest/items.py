@@ -53,17 +53,9 @@ class Rejected(NamedTuple):
     reason: str
 
 
-def prepare_or_reject(item: IngestItem, fast=None, keep_full: bool = False, documents=None):
-    """A PreparedItem, a Rejected, or for a PDF a PdfFile whose pages the writer prepares next
-    (crossmodal/ingest/documents.py; ``documents``: its DocumentOptions)."""
-    try:
-        return prepare_item(item, fast, keep_full, documents)
-    except CrossmodalError as exc:  # read and decode errors all arrive as this
-        return Rejected(item, str(exc))
-
-
-def prepare_item(item: IngestItem, fast=None, keep_full: bool = True, documents=None):
-    """Read and validate one item; its point id derives from its content.
+def prepare_item(item: IngestItem, fast=None, keep_full: bool = True, data: bytes | None = None) -> PreparedItem:
+    """Read and validate one item; its point id derives from its content. ``data``: the image's bytes when the
+    caller read them already (crossmodal/ingest/documents.py looks for PDFs first).
 
     With ``fast`` (a FastPreprocessor) the model input is made here too, so that worker threads do it;
     unless ``keep_full``, a JPEG is then decoded only as large as the model input and the thumbnail need,
@@ -73,13 +65,7 @@ def prepare_item(item: IngestItem, fast=None, keep_full: bool = True, documents=
         digest = hashlib.sha256(b"text\0" + text.encode()).hexdigest()
         payload = {**base_payload(item), "kind": "text", "text": text, "sha256": digest, "mime_type": "text/plain"}
         return PreparedItem(item, point_id(digest), None, payload)
-    data = read_input(item.image)
-    from crossmodal.inputs.pdf import is_pdf
-
-    if is_pdf(data):
-        from crossmodal.ingest.documents import DocumentOptions, read_pdf
-
-        return read_pdf(item, data, documents or DocumentOptions())
+    data = read_input(item.image) if data is None else data
     min_size = None if (fast is None or keep_full) else (lambda w, h: _draft_request(fast, w, h))
     decoded = decode_image(data, param=f"files[{item.name}]", min_size=min_size)
     return prepared_picture(item, hashlib.sha256(data).hexdigest(), decoded, {}, fast, keep_full, hashed=True)

@@ -10,8 +10,8 @@ import numpy as np
 from crossmodal.context import Context, precision_warnings, truncation_warning
 from crossmodal.encoders.models import Encoder
 from crossmodal.errors import CrossmodalError, NotFoundError
-from crossmodal.ingest.documents import DocumentOptions, PdfFile, prepared_pages
-from crossmodal.ingest.items import IngestItem, PreparedItem, Rejected, prepare_or_reject, region_points
+from crossmodal.ingest.documents import DocumentOptions, PdfFile, prepare_or_reject, prepared_pages
+from crossmodal.ingest.items import IngestItem, PreparedItem, Rejected, region_points
 from crossmodal.ingest.pipeline import decode_workers, ordered_map
 from crossmodal.store import StoredPoint
 from crossmodal.store.options import DEFAULT_FOR_NEW, StorageOptions
@@ -56,7 +56,7 @@ def ingest(
               "duplicates": 0, "rejected": [], "items": [], "warnings": precision_warnings(encoder)}
     seen: set[str] = set()
     fast = encoder.fast_preprocessor
-    prepared = ordered_map(lambda item: prepare_or_reject(item, fast, keep_full=regions, documents=documents), items,
+    prepared = ordered_map(lambda item: prepare_or_reject(item, fast, regions, documents), items,
                            workers=decode_workers(), window=2 * INGEST_CHUNK)
     chunk: list[PreparedItem | Rejected] = []
     for result in with_pages(prepared, documents, fast, keep_full=regions):
