@@ -13,7 +13,7 @@ from crossmodal.errors import CrossmodalError
 from crossmodal.inputs import pdf
 from crossmodal.service import ImageInput, IngestItem, Service
 from crossmodal.settings import Settings
-from pdf_files import picture_pdf, text_pdf
+from crossmodal.lab.pdfs import picture_pdf, text_pdf
 
 
 @pytest.fixture()

@@ -1,4 +1,4 @@
-"""PDF files made in the tests: text pages written by hand (no PDF library), pages of pictures by Pillow,
+"""PDF files for tests and benchmarks: text pages written by hand (no PDF library), pages of pictures by Pillow,
 an encrypted one, a damaged one."""
 
 from __future__ import annotations
