@@ -11,6 +11,9 @@ from crossmodal.errors import CollectionExists, CrossmodalError, NotFoundError
 from crossmodal.store.options import StorageOptions
 
 VECTOR_NAME = "embedding"
+# A late-interaction model's token vectors (MaxSim), kept beside the pooled vector, out of the HNSW graph: the
+# pooled vector's HNSW search finds candidates, MaxSim on these rescores them (query_late).
+MULTIVECTOR_NAME = "late"
 COLLECTION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 # Payload fields that filters commonly use get an index when a collection is made.
 KEYWORD_FIELDS = ("kind", "tags", "source", "sha256", "mime_type")
@@ -26,10 +29,14 @@ class CollectionInfo:
     created_at: str | None = None
     weights: str | None = None  # the model's weights_fingerprint when it was made; None: made before it was kept
     storage: StorageOptions = field(default_factory=StorageOptions)  # how its vectors are kept (store/options.py)
+    multivector_dim: int | None = None  # a late-interaction model's token vectors, when it keeps them
 
     def as_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "model": self.model, "dimension": self.dim, "count": self.count,
-                "created_at": self.created_at, "weights": self.weights, "storage": self.storage.as_dict()}
+        out = {"name": self.name, "model": self.model, "dimension": self.dim, "count": self.count,
+               "created_at": self.created_at, "weights": self.weights, "storage": self.storage.as_dict()}
+        if self.multivector_dim:
+            out["multivector_dimension"] = self.multivector_dim
+        return out
 
 
 @dataclass
@@ -37,6 +44,7 @@ class StoredPoint:
     id: str
     vector: list[float]
     payload: dict[str, Any]
+    multivector: list[list[float]] | None = None  # token vectors, in a late-interaction collection
 
 
 @dataclass
@@ -79,8 +87,9 @@ class VectorStore(ABC):
 
     @abstractmethod
     def create_collection(self, name: str, model: str, dim: int, weights: str | None = None,
-                          storage: StorageOptions | None = None) -> CollectionInfo:
-        """A new collection; ``storage`` is checked against the backend and the dimension first."""
+                          storage: StorageOptions | None = None, multivector_dim: int | None = None) -> CollectionInfo:
+        """A new collection; ``storage`` is checked against the backend and the dimension first. With
+        ``multivector_dim`` its points also keep token vectors (MaxSim, no HNSW graph; the same storage options)."""
 
     @abstractmethod
     def get_collection(self, name: str, with_count: bool = True) -> CollectionInfo:
@@ -115,6 +124,14 @@ class VectorStore(ABC):
     ) -> list[Hit]: ...
 
     @abstractmethod
+    def query_late(self, name: str, vector: list[float], multivector: list[list[float]], limit: int,
+                   prefetch: int, conditions: list[Condition] = (), score_threshold: float | None = None
+                   ) -> list[Hit]:
+        """Two stages in the engine: ``prefetch`` candidates by the pooled ``vector`` (HNSW), then the best
+        ``limit`` of them by MaxSim of ``multivector`` against their token vectors (the score: the sum over
+        query tokens of each one's best cosine)."""
+
+    @abstractmethod
     def count(self, name: str, conditions: list[Condition] = ()) -> int: ...
 
     @abstractmethod
@@ -133,14 +150,16 @@ class VectorStore(ABC):
         """Release files and connections."""
 
     def ensure_collection(self, name: str, model: str, dim: int, weights: str | None = None,
-                          storage: StorageOptions | None = None, strict: bool = False) -> CollectionInfo:
-        """The collection, made on first use (with ``storage``); a clear error if another model, or other
-        weights, made it, or (``strict``: the caller asked for these options) if it keeps its vectors otherwise."""
+                          storage: StorageOptions | None = None, strict: bool = False,
+                          multivector_dim: int | None = None) -> CollectionInfo:
+        """The collection, made on first use (with ``storage``, and token vectors of ``multivector_dim`` for a
+        late-interaction model); a clear error if another model, or other weights, made it, or (``strict``: the
+        caller asked for these options) if it keeps its vectors otherwise."""
         try:
             info = self.get_collection(name, with_count=False)
         except NotFoundError:
             try:
-                return self.create_collection(name, model, dim, weights, storage)
+                return self.create_collection(name, model, dim, weights, storage, multivector_dim)
             except CollectionExists:  # another call made it meanwhile (two first ingests at once): use it
                 info = self.get_collection(name, with_count=False)
         check_model(info, model, dim)

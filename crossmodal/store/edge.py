@@ -31,6 +31,7 @@ from crossmodal.store.options import INT8_QUANTILE, StorageOptions
 from crossmodal.store.base import (
     INTEGER_FIELDS,
     KEYWORD_FIELDS,
+    MULTIVECTOR_NAME,
     VECTOR_NAME,
     CollectionInfo,
     Condition,
@@ -77,20 +78,20 @@ class EdgeStore(VectorStore):
         return self.root / "collections" / check_collection_name(name)
 
     def create_collection(self, name: str, model: str, dim: int, weights: str | None = None,
-                          storage: StorageOptions | None = None) -> CollectionInfo:
+                          storage: StorageOptions | None = None, multivector_dim: int | None = None) -> CollectionInfo:
         storage = (storage or StorageOptions()).check(self.backend, int(dim))
         directory = self._dir(name)
         with _CREATE_LOCK:  # two first ingests at once: one creates, the other finds it made
             if (directory / META_FILE).exists() or str(directory) in _OPEN:
                 raise CollectionExists(name)
-            return self._create(name, directory, model, dim, weights, storage)
+            return self._create(name, directory, model, dim, weights, storage, multivector_dim)
 
     def _create(self, name: str, directory: Path, model: str, dim: int, weights: str | None,
-                storage: StorageOptions) -> CollectionInfo:
+                storage: StorageOptions, multivector_dim: int | None) -> CollectionInfo:
         directory.mkdir(parents=True, exist_ok=True)
         info = CollectionInfo(name, model, int(dim), 0, datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                              weights, storage)
-        config = edge_config(int(dim), storage)
+                              weights, storage, multivector_dim)
+        config = edge_config(int(dim), storage, multivector_dim)
         lock_fd = _lock(directory, name)
         shard = qe.EdgeShard.create(str(directory / "shard"), config)
         for field in KEYWORD_FIELDS:
@@ -101,7 +102,8 @@ class EdgeStore(VectorStore):
             _OPEN[str(directory)] = _OpenShard(shard, lock_fd, storage)
         # The metadata file is written last and atomically: its presence marks a complete collection.
         _write_json(directory / META_FILE, {"model": model, "dim": int(dim), "created_at": info.created_at,
-                                            "weights": weights, "storage": storage.as_dict()})
+                                            "weights": weights, "storage": storage.as_dict(),
+                                            **({"multivector_dim": int(multivector_dim)} if multivector_dim else {})})
         return info
 
     def _meta(self, name: str) -> dict:
@@ -114,7 +116,7 @@ class EdgeStore(VectorStore):
         meta = self._meta(name)
         count = self.count(name) if with_count else 0
         return CollectionInfo(name, meta["model"], int(meta["dim"]), count, meta.get("created_at"),
-                              meta.get("weights"), StorageOptions.parse(meta.get("storage")))
+                              meta.get("weights"), StorageOptions.parse(meta.get("storage")), meta.get("multivector_dim"))
 
     def list_collections(self) -> list[CollectionInfo]:
         names = sorted(p.parent.name for p in (self.root / "collections").glob(f"*/{META_FILE}"))
@@ -181,7 +183,10 @@ class EdgeStore(VectorStore):
                 # Written before the point: a crash leaves at worst an unused file, never a point without it.
                 _write_bytes(self._thumbnail_path(name, p.id), base64.b64decode(payload["thumbnail"]))
                 payload = {k: v for k, v in payload.items() if k != "thumbnail"}
-            batch.append(qe.Point(p.id, {VECTOR_NAME: list(map(float, p.vector))}, payload))
+            vectors = {VECTOR_NAME: list(map(float, p.vector))}
+            if p.multivector is not None:
+                vectors[MULTIVECTOR_NAME] = [list(map(float, row)) for row in p.multivector]
+            batch.append(qe.Point(p.id, vectors, payload))
         with opened.mutex:
             opened.shard.update(qe.UpdateOperation.upsert_points(batch))
 
@@ -218,6 +223,20 @@ class EdgeStore(VectorStore):
             points = opened.shard.query(request)
         return [self._hit(name, p.id, float(p.score), p.payload) for p in points]
 
+    def query_late(self, name, vector, multivector, limit, prefetch, conditions=(), score_threshold=None) -> list[Hit]:
+        opened = self._shard(name)
+        conditions_filter = _edge_filter(conditions)
+        first = qe.Prefetch(limit=int(prefetch), query=qe.Query.Nearest(list(map(float, vector)), using=VECTOR_NAME),
+                            filter=conditions_filter, params=qe.SearchParams(hnsw_ef=max(HNSW_EF, int(prefetch)),
+                                                                             **opened.search_params))
+        request = qe.QueryRequest(
+            limit=int(limit), prefetches=[first], filter=conditions_filter, score_threshold=score_threshold,
+            query=qe.Query.Nearest([list(map(float, row)) for row in multivector], using=MULTIVECTOR_NAME),
+            with_payload=True, params=qe.SearchParams(**opened.search_params))
+        with opened.mutex:
+            points = opened.shard.query(request)
+        return [self._hit(name, p.id, float(p.score), p.payload) for p in points]
+
     def count(self, name: str, conditions=()) -> int:
         opened = self._shard(name)
         with opened.mutex:
@@ -228,8 +247,8 @@ class EdgeStore(VectorStore):
         with opened.mutex:
             records, following = opened.shard.scroll(qe.ScrollRequest(offset=offset, limit=int(limit),
                                                                       with_payload=True, with_vector=True))
-        points = [StoredPoint(str(r.id), list(r.vector[VECTOR_NAME]), self._hit(name, r.id, 0.0, r.payload).payload)
-                  for r in records]
+        points = [StoredPoint(str(r.id), list(r.vector[VECTOR_NAME]), self._hit(name, r.id, 0.0, r.payload).payload,
+                              _rows(r.vector.get(MULTIVECTOR_NAME))) for r in records]
         return points, following
 
     def vectors(self, name: str, ids: list[str]) -> dict[str, list[float]]:
@@ -251,20 +270,32 @@ class EdgeStore(VectorStore):
                     os.close(opened.lock_fd)
 
 
-def edge_config(dim: int, storage: StorageOptions) -> qe.EdgeConfig:
+def edge_config(dim: int, storage: StorageOptions, multivector_dim: int | None = None) -> qe.EdgeConfig:
     """Qdrant-edge's configuration for these storage options: originals Cached (memory-mapped and kept in the
-    page cache) or Cold (on disk, read as needed); the quantised copy, when there is one, Pinned in RAM."""
+    page cache) or Cold (on disk, read as needed); the quantised copy, when there is one, Pinned in RAM. Token
+    vectors (``multivector_dim``) are kept the same way, compared by MaxSim and left out of the HNSW graph
+    (m=0): only the pooled vector's graph is searched."""
+    vectors = {VECTOR_NAME: edge_vector(dim, storage)}
+    if multivector_dim:
+        vectors[MULTIVECTOR_NAME] = edge_vector(
+            multivector_dim, storage, multivector_config=qe.MultiVectorConfig(qe.MultiVectorComparator.MaxSim),
+            hnsw_config=qe.HnswIndexConfig(m=0, ef_construct=100, full_scan_threshold=10_000))
+    placement = qe.Memory.Cold if storage.on_disk else qe.Memory.Cached
+    return qe.EdgeConfig(vectors=vectors, payload_memory=placement,
+                         optimizers=qe.EdgeOptimizersConfig(indexing_threshold=INDEXING_THRESHOLD))
+
+
+def edge_vector(dim: int, storage: StorageOptions, **extra) -> qe.EdgeVectorParams:
     quantization = None
     if storage.quantization == "int8":
         quantization = qe.ScalarQuantizationConfig(qe.ScalarType.Int8, quantile=INT8_QUANTILE, memory=qe.Memory.Pinned)
     elif storage.quantization == "binary":
         quantization = qe.BinaryQuantizationConfig(memory=qe.Memory.Pinned)
     placement = qe.Memory.Cold if storage.on_disk else qe.Memory.Cached
-    vector = qe.EdgeVectorParams(
+    return qe.EdgeVectorParams(
         size=dim, distance=qe.Distance.Cosine, memory=placement, quantization_config=quantization,
-        datatype=qe.VectorStorageDatatype.Float16 if storage.vectors == "float16" else qe.VectorStorageDatatype.Float32)
-    return qe.EdgeConfig(vectors={VECTOR_NAME: vector}, payload_memory=placement,
-                         optimizers=qe.EdgeOptimizersConfig(indexing_threshold=INDEXING_THRESHOLD))
+        datatype=qe.VectorStorageDatatype.Float16 if storage.vectors == "float16" else qe.VectorStorageDatatype.Float32,
+        **extra)
 
 
 def search_params(storage: StorageOptions) -> dict:
@@ -272,6 +303,10 @@ def search_params(storage: StorageOptions) -> dict:
     if storage.quantization == "none":
         return {}
     return {"quantization": qe.QuantizationSearchParams(rescore=True, oversampling=storage.oversampling)}
+
+
+def _rows(multivector) -> list[list[float]] | None:
+    return None if multivector is None else [list(row) for row in multivector]
 
 
 def _edge_filter(conditions) -> qe.Filter | None:

@@ -34,7 +34,8 @@ def migrate(source: VectorStore, target: VectorStore, name: str, new_name: str |
     if target.backend != "qdrant" and storage.server_options():
         storage = replace(storage, **{k: None for k in SERVER_ONLY})
         notes.append("shards, replicas and write_consistency have no meaning in the embedded store: left out")
-    target.ensure_collection(new_name, info.model, info.dim, info.weights, storage)
+    target.ensure_collection(new_name, info.model, info.dim, info.weights, storage,
+                             multivector_dim=info.multivector_dim)
     copied = skipped = 0
     offset = None
     sampled = Reservoir(sample)

@@ -9,6 +9,7 @@ from crossmodal.store.options import INT8_QUANTILE, StorageOptions
 from crossmodal.store.base import (
     INTEGER_FIELDS,
     KEYWORD_FIELDS,
+    MULTIVECTOR_NAME,
     VECTOR_NAME,
     CollectionInfo,
     Condition,
@@ -66,7 +67,7 @@ class RemoteStore(VectorStore):
         return bool(self._call(self.client.collection_exists, check_collection_name(name)))
 
     def create_collection(self, name: str, model: str, dim: int, weights: str | None = None,
-                          storage: StorageOptions | None = None) -> CollectionInfo:
+                          storage: StorageOptions | None = None, multivector_dim: int | None = None) -> CollectionInfo:
         from qdrant_client import models
 
         storage = (storage or StorageOptions()).check(self.backend, int(dim))
@@ -76,13 +77,14 @@ class RemoteStore(VectorStore):
         self._call(
             self.client.create_collection,
             name,
-            vectors_config={VECTOR_NAME: vector_params(int(dim), storage, models)},
+            vectors_config=vectors_config(int(dim), storage, multivector_dim, models),
             on_disk_payload=storage.on_disk,
             shard_number=storage.shards,
             replication_factor=storage.replicas,
             write_consistency_factor=storage.write_consistency,
             metadata={"crossmodal_model": model, "crossmodal_dim": int(dim), "created_at": created,
-                      "crossmodal_weights": weights, "crossmodal_storage": storage.as_dict()},
+                      "crossmodal_weights": weights, "crossmodal_storage": storage.as_dict(),
+                      **({"crossmodal_multivector_dim": int(multivector_dim)} if multivector_dim else {})},
             refused_param="storage",
         )
         for field in KEYWORD_FIELDS:
@@ -90,7 +92,7 @@ class RemoteStore(VectorStore):
         for field in INTEGER_FIELDS:
             self._call(self.client.create_payload_index, name, field, models.PayloadSchemaType.INTEGER)
         self._storage[name] = storage
-        return CollectionInfo(name, model, int(dim), 0, created, weights, storage)
+        return CollectionInfo(name, model, int(dim), 0, created, weights, storage, multivector_dim)
 
     def get_collection(self, name: str, with_count: bool = True) -> CollectionInfo:
         try:
@@ -107,7 +109,8 @@ class RemoteStore(VectorStore):
         storage = StorageOptions.parse(meta.get("crossmodal_storage"))
         self._storage[name] = storage
         return CollectionInfo(name, meta["crossmodal_model"], int(meta["crossmodal_dim"]), count,
-                              meta.get("created_at"), meta.get("crossmodal_weights"), storage)
+                              meta.get("created_at"), meta.get("crossmodal_weights"), storage,
+                              meta.get("crossmodal_multivector_dim"))
 
     def list_collections(self) -> list[CollectionInfo]:
         names = sorted(c.name for c in self._call(self.client.get_collections).collections)
@@ -141,8 +144,7 @@ class RemoteStore(VectorStore):
         from qdrant_client import models
 
         if points:
-            batch = [models.PointStruct(id=p.id, vector={VECTOR_NAME: list(map(float, p.vector))}, payload=p.payload)
-                     for p in points]
+            batch = [models.PointStruct(id=p.id, vector=point_vectors(p), payload=p.payload) for p in points]
             self._call(self.client.upsert, name, points=batch, wait=True)
 
     def query(self, name, vector, limit, conditions=(), score_threshold=None, exact=False) -> list[Hit]:
@@ -168,13 +170,35 @@ class RemoteStore(VectorStore):
             raise missing_collection(name) from None
         return [Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in response.points]
 
+    def query_late(self, name, vector, multivector, limit, prefetch, conditions=(), score_threshold=None) -> list[Hit]:
+        from qdrant_client import models
+
+        storage = self._storage.get(name) or self.get_collection(name, with_count=False).storage
+        quantization = None
+        if storage.quantization != "none":
+            quantization = models.QuantizationSearchParams(rescore=True, oversampling=storage.oversampling)
+        query_filter = _client_filter(conditions)
+        first = models.Prefetch(query=list(map(float, vector)), using=VECTOR_NAME, limit=int(prefetch),
+                                filter=query_filter,
+                                params=models.SearchParams(hnsw_ef=max(HNSW_EF, int(prefetch)), quantization=quantization))
+        try:
+            response = self._call(
+                self.client.query_points, check_collection_name(name), prefetch=first,
+                query=[list(map(float, row)) for row in multivector], using=MULTIVECTOR_NAME, limit=int(limit),
+                query_filter=query_filter, score_threshold=score_threshold, with_payload=True,
+                search_params=models.SearchParams(quantization=quantization))
+        except NotFoundError:
+            raise missing_collection(name) from None
+        return [Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in response.points]
+
     def count(self, name: str, conditions=()) -> int:
         return int(self._call(self.client.count, name, count_filter=_client_filter(conditions), exact=True).count)
 
     def scroll(self, name: str, offset=None, limit: int = 256):
         records, following = self._call(self.client.scroll, name, offset=offset, limit=int(limit),
-                                        with_payload=True, with_vectors=[VECTOR_NAME])
-        return [StoredPoint(str(r.id), list(r.vector[VECTOR_NAME]), dict(r.payload or {})) for r in records], following
+                                        with_payload=True, with_vectors=True)
+        return [StoredPoint(str(r.id), list(r.vector[VECTOR_NAME]), dict(r.payload or {}),
+                            r.vector.get(MULTIVECTOR_NAME)) for r in records], following
 
     def vectors(self, name: str, ids: list[str]) -> dict[str, list[float]]:
         if not ids:
@@ -187,7 +211,25 @@ class RemoteStore(VectorStore):
         self.client.close()
 
 
-def vector_params(dim: int, storage: StorageOptions, models):
+def vectors_config(dim: int, storage: StorageOptions, multivector_dim: int | None, models) -> dict:
+    """The pooled vector; with ``multivector_dim`` also token vectors (MaxSim, out of the HNSW graph: m=0)."""
+    config = {VECTOR_NAME: vector_params(dim, storage, models)}
+    if multivector_dim:
+        config[MULTIVECTOR_NAME] = vector_params(
+            multivector_dim, storage, models,
+            multivector_config=models.MultiVectorConfig(comparator=models.MultiVectorComparator.MAX_SIM),
+            hnsw_config=models.HnswConfigDiff(m=0))
+    return config
+
+
+def point_vectors(point: StoredPoint) -> dict:
+    vectors = {VECTOR_NAME: list(map(float, point.vector))}
+    if point.multivector is not None:
+        vectors[MULTIVECTOR_NAME] = [list(map(float, row)) for row in point.multivector]
+    return vectors
+
+
+def vector_params(dim: int, storage: StorageOptions, models, **extra):
     """qdrant-client's vector parameters for these storage options (the quantised copy always in RAM)."""
     quantization = None
     if storage.quantization == "int8":
@@ -197,7 +239,7 @@ def vector_params(dim: int, storage: StorageOptions, models):
         quantization = models.BinaryQuantization(binary=models.BinaryQuantizationConfig(always_ram=True))
     return models.VectorParams(size=dim, distance=models.Distance.COSINE, on_disk=storage.on_disk,
                                datatype=models.Datatype.FLOAT16 if storage.vectors == "float16" else None,
-                               quantization_config=quantization)
+                               quantization_config=quantization, **extra)
 
 
 def _client_filter(conditions):

@@ -1,0 +1,94 @@
+"""Late interaction in both stores: token vectors kept beside a pooled vector, found in two stages (HNSW on the
+pooled vector, MaxSim on the tokens), checked against brute-force MaxSim over the same stored vectors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from crossmodal.store import Condition, StoredPoint
+from crossmodal.store.options import StorageOptions
+
+TOKENS, DIM = 24, 16
+
+
+def unit(x):
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def pages(n: int, seed: int = 0):
+    """Multivectors with structure (tokens near a page's few topics), and their mean as the pooled vector."""
+    rng = np.random.default_rng(seed)
+    topics = unit(rng.normal(size=(12, DIM)))
+    out = []
+    for i in range(n):
+        chosen = topics[rng.choice(12, size=3, replace=False)]
+        tokens = unit(chosen[rng.integers(0, 3, TOKENS)] + 0.35 * rng.normal(size=(TOKENS, DIM)))
+        out.append(StoredPoint(f"00000000-0000-0000-0000-{i:012d}", unit(tokens.mean(0)).tolist(),
+                               {"kind": "image", "page": i + 1, "tags": ["even" if i % 2 == 0 else "odd"]},
+                               tokens.tolist()))
+    return out
+
+
+def maxsim(query: np.ndarray, tokens) -> float:
+    return float((query @ np.asarray(tokens, dtype=np.float32).T).max(axis=1).sum())
+
+
+def test_two_stages_equal_brute_force_maxsim_over_the_stored_vectors(store):
+    stored = pages(120)
+    store.create_collection("pages", "late-model", DIM, multivector_dim=DIM)
+    store.upsert("pages", stored)
+    store.finish_writes("pages")
+    assert store.get_collection("pages").multivector_dim == DIM
+    rng = np.random.default_rng(7)
+    for trial in range(5):
+        query = unit(np.asarray(stored[trial * 7].multivector[:6]) + 0.2 * rng.normal(size=(6, DIM)))
+        pooled = unit(query.mean(0))
+        hits = store.query_late("pages", pooled.tolist(), query.tolist(), limit=10, prefetch=120)
+        exhaustive = sorted(((maxsim(query, p.multivector), p.id) for p in stored), reverse=True)[:10]
+        assert [h.id for h in hits] == [i for _, i in exhaustive]
+        assert np.allclose([h.score for h in hits], [s for s, _ in exhaustive], atol=1e-4)
+        # A smaller first stage: MaxSim orders exactly the candidates the pooled vector found.
+        candidates = {h.id for h in store.query("pages", pooled.tolist(), 30, exact=True)}
+        narrowed = store.query_late("pages", pooled.tolist(), query.tolist(), limit=10, prefetch=30)
+        expected = sorted(((maxsim(query, p.multivector), p.id) for p in stored if p.id in candidates),
+                          reverse=True)[:10]
+        assert [h.id for h in narrowed] == [i for _, i in expected]
+    odd = store.query_late("pages", pooled.tolist(), query.tolist(), limit=50, prefetch=120,
+                           conditions=[Condition("tags", "eq", "odd")])
+    assert odd and all(h.payload["tags"] == ["odd"] for h in odd)
+
+
+def test_token_vectors_survive_a_scroll_and_float16_storage(store):
+    stored = pages(10, seed=3)
+    store.create_collection("half", "late-model", DIM, storage=StorageOptions.parse("vectors=float16"),
+                            multivector_dim=DIM)
+    store.upsert("half", stored)
+    points, _ = store.scroll("half", None, 100)
+    by_id = {p.id: p for p in points}
+    for original in stored:
+        kept = np.asarray(by_id[original.id].multivector, dtype=np.float32)
+        assert kept.shape == (TOKENS, DIM)
+        assert np.min(np.sum(unit(kept) * unit(original.multivector), axis=1)) > 0.999
+
+
+def test_migration_keeps_the_token_vectors(tmp_path):
+    from qdrant_client import QdrantClient
+
+    from crossmodal.store.edge import EdgeStore
+    from crossmodal.store.migrate import migrate
+    from crossmodal.store.remote import RemoteStore
+
+    source = EdgeStore(tmp_path / "edge")
+    target = RemoteStore(url="local", client=QdrantClient(path=str(tmp_path / "server")))
+    stored = pages(15, seed=5)
+    source.create_collection("docs", "late-model", DIM, multivector_dim=DIM)
+    source.upsert("docs", stored)
+    report = migrate(source, target, "docs")
+    assert report["copied"] == 15 and target.get_collection("docs").multivector_dim == DIM
+    query = unit(np.asarray(stored[4].multivector[:5]))
+    hits = target.query_late("docs", unit(query.mean(0)).tolist(), query.tolist(), limit=3, prefetch=15)
+    assert hits[0].id == stored[4].id
+    source.close()
+    target.close()
