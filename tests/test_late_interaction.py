@@ -92,3 +92,79 @@ def test_migration_keeps_the_token_vectors(tmp_path):
     assert hits[0].id == stored[4].id
     source.close()
     target.close()
+
+
+# -- a late-interaction model (a tiny ColQwen2) through Ingest and Search ---------------------------------------
+@pytest.fixture(scope="module")
+def colqwen_dir(tmp_path_factory):
+    from crossmodal.lab.vlm_models import save_colqwen2
+
+    return save_colqwen2(tmp_path_factory.mktemp("colqwen2"))
+
+
+def page_images(count: int):
+    from crossmodal.lab.scenes import generate_scene
+
+    return [generate_scene(7_000 + k, 224, 280, 2).image for k in range(count)]
+
+
+@pytest.mark.parametrize("backend", ["embedded", "server"])
+def test_pages_are_searched_by_maxsim_as_the_library_scores_them(colqwen_dir, tmp_path, backend):
+    from qdrant_client import QdrantClient
+    from sentence_transformers import MultiVectorEncoder
+
+    from crossmodal.lab.pdfs import picture_pdf
+    from crossmodal.service import ImageInput, IngestItem, Service
+    from crossmodal.settings import Settings
+    from crossmodal.store.remote import RemoteStore
+
+    store = RemoteStore(url="local", client=QdrantClient(path=str(tmp_path / "q"))) if backend == "server" else None
+    service = Service(Settings(data_dir=str(tmp_path / "store"), model=str(colqwen_dir), device="cpu"), store=store)
+    images = page_images(6)
+    report = service.ingest([IngestItem(image=ImageInput.from_bytes("deck.pdf", picture_pdf(images)))], "deck",
+                            dpi=72)
+    assert report["added"] == 6
+    info = service.collection_info("deck")
+    assert info["multivector_dimension"] == 16 and info["dimension"] == 16
+    from crossmodal.inputs import pdf
+
+    library = MultiVectorEncoder(str(colqwen_dir), device="cpu")
+    query = library.encode_query(["a red circle"], convert_to_numpy=True)[0]
+    document = picture_pdf(images)
+    rendered = [pdf.render_page(document, k, 6, name="deck.pdf", dpi=72).image for k in range(1, 7)]
+    pages = library.encode_document(rendered, convert_to_numpy=True)
+    stored = {p.payload["page"]: np.asarray(p.multivector) for p in service.store.scroll("deck", None, 10)[0]}
+    for k, tokens in enumerate(pages, start=1):  # the stored token vectors are the library's for each page
+        assert stored[k].shape == tokens.shape and np.min(np.sum(unit(stored[k]) * unit(tokens), axis=1)) > 0.9999
+    expected = sorted(((maxsim(unit(query), stored[k]) / len(query), k) for k in stored), reverse=True)
+    found = service.search("a red circle", collection="deck", top_k=6)
+    assert found["scoring"] == "maxsim"
+    assert [h["payload"]["page"] for h in found["results"]] == [k for _, k in expected]
+    assert np.allclose([h["score"] for h in found["results"]], [s for s, _ in expected], atol=1e-4)
+    by_image = service.search(image=ImageInput.from_bytes("q.png", png(images[2])), collection="deck", top_k=1)
+    assert by_image["results"][0]["payload"]["page"] == 3  # an image query: the pooled vectors
+    service.store.close()
+
+
+def test_pool_factor_stores_fewer_token_vectors(colqwen_dir, tmp_path):
+    from crossmodal.service import ImageInput, IngestItem, Service
+    from crossmodal.settings import Settings
+
+    service = Service(Settings(data_dir=str(tmp_path / "store"), model=str(colqwen_dir), device="cpu"))
+    image = page_images(1)[0]
+    for name, storage in (("full", None), ("pooled", "pool_factor=2")):
+        service.ingest([IngestItem(image=ImageInput.from_bytes("p.png", png(image)))], name, storage=storage)
+    full, _ = service.store.scroll("full", None, 10)
+    pooled, _ = service.store.scroll("pooled", None, 10)
+    tokens = len(full[0].multivector)
+    assert len(pooled[0].multivector) == tokens // 2
+    assert service.collection_info("pooled")["storage"]["pool_factor"] == 2
+    service.store.close()
+
+
+def png(image) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    image.save(buf, "PNG")
+    return buf.getvalue()

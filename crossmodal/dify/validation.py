@@ -63,8 +63,10 @@ def validate_model(settings: Settings) -> str:
     refuse_on_lean_build(model_identity(settings.model))
     directory = resolve_model_config_dir(settings.model, settings.hub)
     model_type = read_config(directory).get("model_type")
-    if sentence_transformers_kind(directory) == "SentenceTransformer" and is_vlm_model(directory):
-        require_torch(f"'{settings.model}', a VLM embedding model,", "model", "install the full package")
+    late = any(str(a).endswith("ForRetrieval") for a in read_config(directory).get("architectures") or [])
+    if late or (sentence_transformers_kind(directory) == "SentenceTransformer" and is_vlm_model(directory)):
+        require_torch(f"'{settings.model}', a {'late-interaction' if late else 'VLM embedding'} model,", "model",
+                      "install the full package")
         return model_type
     if model_type not in SUPPORTED_TYPES:
         raise CrossmodalError(f"'{settings.model}' is a {model_type} model, not a dual encoder "

@@ -129,13 +129,14 @@ def refuse_on_lean_build(identity: str) -> None:
                               param="model")
 
 
-FAMILIES = ("dual", "vlm", "cross-encoder", "vlm-cross-encoder", "other")
+FAMILIES = ("dual", "vlm", "late", "cross-encoder", "vlm-cross-encoder", "other")
 
 
 def model_family(name: str, hub: "HubOptions | None" = None) -> str:
     """What kind of model ``name`` is, by preset, else by its files' config (a hub model's config files only, a
     few KB; never its weights): 'dual' (CLIP, Chinese-CLIP, SigLIP), 'vlm' (a VLM embedder saved by
-    sentence-transformers), 'cross-encoder' (text), 'vlm-cross-encoder' (reads images too), or 'other'."""
+    sentence-transformers), 'late' (a late-interaction ``*ForRetrieval`` model: ColQwen2, ColPali),
+    'cross-encoder' (text), 'vlm-cross-encoder' (reads images too), or 'other'."""
     identity = model_identity(name).partition("?")[0]
     if identity in RERANKER_PRESETS:
         return "vlm-cross-encoder"
@@ -147,12 +148,15 @@ def model_family(name: str, hub: "HubOptions | None" = None) -> str:
     config = read_config(directory)
     if config.get("model_type") in SUPPORTED_TYPES:
         return "dual"
+    architectures = [str(a) for a in (config.get("architectures") or [])]
+    if any(a.endswith("ForRetrieval") for a in architectures):
+        return "late"
     kind = sentence_transformers_kind(directory)
     if kind == "CrossEncoder":
         return "vlm-cross-encoder" if is_vlm_model(directory) else "cross-encoder"
     if kind is not None:
         return "vlm"
-    if any(str(a).endswith("ForSequenceClassification") for a in (config.get("architectures") or [])):
+    if any(a.endswith("ForSequenceClassification") for a in architectures):
         return "cross-encoder"
     return "other"
 

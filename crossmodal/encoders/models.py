@@ -323,9 +323,16 @@ def uses_onnx_export(identity: str) -> bool:
 
 
 def load_any_encoder(ref: ModelRef, device: str, hub: HubOptions | None):
-    """The family the model's files name: a VLM embedder saved by sentence-transformers
+    """The family the model's files name: a late-interaction ``*ForRetrieval`` model
+    (crossmodal/encoders/late_encoder.py), a VLM embedder saved by sentence-transformers
     (crossmodal/encoders/vlm_encoder.py), else a dual encoder."""
     directory = resolve_model_dir(ref.name, hub)
+    from crossmodal.encoders.late_encoder import is_late_interaction_dir
+
+    if is_late_interaction_dir(directory):
+        from crossmodal.encoders.late_encoder import load_late_encoder
+
+        return load_late_encoder(ref, directory, device, weights_fingerprint(directory))
     if is_vlm_model(directory):
         from crossmodal.encoders.vlm_encoder import load_vlm_encoder
 

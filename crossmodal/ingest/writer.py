@@ -50,8 +50,11 @@ def ingest(
         raise CrossmodalError(f"'{encoder.identity}' embeds an image or a text, not both in one vector; reading an "
                               "image with its caption needs a VLM embedding model such as qwen3-vl-embedding-2b",
                               param="embed_captions")
-    ctx.store.ensure_collection(name, encoder.identity, encoder.dim, encoder.weights, asked or default,
-                                strict=asked is not None)
+    late = getattr(encoder, "late_interaction", False)
+    info = ctx.store.ensure_collection(name, encoder.identity, encoder.dim, encoder.weights, asked or default,
+                                       strict=asked is not None,
+                                       multivector_dim=encoder.multivector_dim if late else None)
+    pool_factor = info.storage.pool_factor if late else None
     report = {"collection": name, "model": encoder.identity, "precision": encoder.precision, "added": 0,
               "duplicates": 0, "rejected": [], "items": [], "warnings": precision_warnings(encoder)}
     seen: set[str] = set()
@@ -62,11 +65,11 @@ def ingest(
     for result in with_pages(prepared, documents, fast, keep_full=regions):
         chunk.append(result)
         if len(chunk) >= INGEST_CHUNK:
-            ingest_chunk(ctx, name, encoder, chunk, seen, report, regions, embed_captions)
+            ingest_chunk(ctx, name, encoder, chunk, seen, report, regions, embed_captions, pool_factor)
             progress and progress(len(chunk))
             chunk = []
     if chunk:
-        ingest_chunk(ctx, name, encoder, chunk, seen, report, regions, embed_captions)
+        ingest_chunk(ctx, name, encoder, chunk, seen, report, regions, embed_captions, pool_factor)
         progress and progress(len(chunk))
     ctx.store.finish_writes(name)
     report["count"] = ctx.store.count(name)
@@ -92,7 +95,7 @@ def encoder_for_write(ctx: Context, name: str, model: str | None) -> Encoder:
 
 
 def ingest_chunk(ctx: Context, name: str, encoder: Encoder, chunk: list, seen: set, report: dict,
-                 regions: bool = False, embed_captions: bool = False):
+                 regions: bool = False, embed_captions: bool = False, pool_factor: int | None = None):
     prepared: list[PreparedItem] = []
     for result in chunk:
         if isinstance(result, Rejected):
@@ -111,8 +114,11 @@ def ingest_chunk(ctx: Context, name: str, encoder: Encoder, chunk: list, seen: s
             fresh.append(p)
     if not fresh:
         return
-    vectors = vectors_for(encoder, fresh, report, embed_captions)
-    points = [StoredPoint(p.point_id, v.tolist(), p.payload) for p, v in zip(fresh, vectors)]
+    if getattr(encoder, "late_interaction", False):
+        points = late_points(encoder, fresh, pool_factor)
+    else:
+        vectors = vectors_for(encoder, fresh, report, embed_captions)
+        points = [StoredPoint(p.point_id, v.tolist(), p.payload) for p, v in zip(fresh, vectors)]
     region_counts = {}
     if regions:
         for p in fresh:
@@ -128,6 +134,15 @@ def ingest_chunk(ctx: Context, name: str, encoder: Encoder, chunk: list, seen: s
         if p.point_id in region_counts:
             row["regions"] = region_counts[p.point_id]
         report["items"].append(row)
+
+
+def late_points(encoder, fresh: list[PreparedItem], pool_factor: int | None) -> list[StoredPoint]:
+    """A late-interaction model's points: the token vectors of each page (or text) and their pooled vector."""
+    from crossmodal.encoders.late_encoder import pooled
+
+    tokens = encoder.page_tokens([p.decoded.image if p.decoded is not None else p.payload["text"] for p in fresh],
+                                 pool_factor)
+    return [StoredPoint(p.point_id, pooled(t).tolist(), p.payload, t.tolist()) for p, t in zip(fresh, tokens)]
 
 
 def vectors_for(encoder: Encoder, fresh: list[PreparedItem], report: dict, embed_captions: bool = False) -> np.ndarray:

@@ -71,7 +71,7 @@ def reranker_kind(ctx: Context, model: str | None) -> str:
                               "embedding model, nor a cross-encoder (a *ForSequenceClassification model such as "
                               "cross-encoder/ms-marco-MiniLM-L-6-v2, or qwen3-vl-reranker-2b); a BLIP ITM model "
                               "goes in the ITM model field", param="model")
-    kind = "dual" if family in ("dual", "vlm") else "cross-encoder"
+    kind = "dual" if family in ("dual", "vlm", "late") else "cross-encoder"
     with _KINDS_LOCK:
         _KINDS[identity] = kind
     return kind

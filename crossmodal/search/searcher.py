@@ -19,6 +19,7 @@ from crossmodal.store import Condition, Hit, check_weights, parse_filter
 
 
 SEARCH_TARGETS = ("image", "text", "any")
+LATE_PREFETCH = 100  # first-stage candidates of a late-interaction search (benchmarks/bench_late.py)
 MAX_REGION_CANDIDATES = 2000
 
 
@@ -62,15 +63,21 @@ def search(
     info = ctx.store.get_collection(name, with_count=False)
     encoder, route = ctx.routed_encoder(asked=model, collection_model=ctx.model_for(info.model, model))
     check_weights(info, encoder.weights)
-    vector, warnings, query_kind = query_vector(encoder, text, image, float(text_weight))
     if regions and target != "image":
         raise CrossmodalError("region search finds images; set target to image", param="regions")
-    if regions:
-        hits = region_search(ctx, name, vector, top_k, conditions, score_threshold)
+    kinds = ["image", "text"] if target == "any" else [target]
+    late = bool(info.multivector_dim) and getattr(encoder, "late_interaction", False) and text and image is None
+    if late:
+        warnings, query_kind = [], "text"
+        hits = late_search(ctx, encoder, name, text, top_k, [*conditions, Condition("kind", "any", kinds)],
+                           score_threshold, where)
     else:
-        kinds = ["image", "text"] if target == "any" else [target]
-        hits = query_where(ctx, name, vector, top_k, [*conditions, Condition("kind", "any", kinds)],
-                                 score_threshold, where)
+        vector, warnings, query_kind = query_vector(encoder, text, image, float(text_weight))
+        if regions:
+            hits = region_search(ctx, name, vector, top_k, conditions, score_threshold)
+        else:
+            hits = query_where(ctx, name, vector, top_k, [*conditions, Condition("kind", "any", kinds)],
+                               score_threshold, where)
     results, thumbnails = [], {}
     for hit in hits:
         thumb = hit.payload.pop("thumbnail", None)
@@ -79,6 +86,8 @@ def search(
         results.append(hit.as_dict())
     out = {"results": results, "model": encoder.identity, "collection": name, "query_kind": query_kind,
            "target": target, "warnings": precision_warnings(encoder) + warnings, "route": route.as_dict()}
+    if late:
+        out["scoring"] = "maxsim"  # each query token's best cosine over a page's token vectors, averaged
     if with_thumbnails:
         out["thumbnails"] = thumbnails
     return out
@@ -101,6 +110,20 @@ def search_and_rerank(ctx: Context, text, image, collection, top_k, score_thresh
     first["rerank"] = {"method": second["method"], "model": second["model"], "candidates": rerank_k,
                        "rejected": second["rejected"]}
     return first
+
+
+def late_search(ctx: Context, encoder, name, text, top_k, conditions, score_threshold, where) -> list[Hit]:
+    """Late interaction: LATE_PREFETCH candidates by the pooled vector, ranked by MaxSim in the engine. Scores
+    are MaxSim divided by the query's token count (the mean of each token's best cosine), so that they read
+    as cosines do, thresholds and calibration included."""
+    pooled, tokens = encoder.query_multivector(text)
+    count = len(tokens)
+    limit = top_k if where is None else top_k * 4
+    threshold = None if score_threshold is None else float(score_threshold) * count
+    hits = ctx.store.query_late(name, pooled.tolist(), tokens.tolist(), limit, max(LATE_PREFETCH, 4 * limit),
+                                conditions, threshold)
+    hits = [Hit(h.id, h.score / count, h.payload) for h in hits]
+    return (hits if where is None else [h for h in hits if where(h.payload)])[:top_k]
 
 
 def query_where(ctx: Context, name, vector, top_k, conditions, score_threshold, where) -> list[Hit]:

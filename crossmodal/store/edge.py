@@ -229,10 +229,12 @@ class EdgeStore(VectorStore):
         first = qe.Prefetch(limit=int(prefetch), query=qe.Query.Nearest(list(map(float, vector)), using=VECTOR_NAME),
                             filter=conditions_filter, params=qe.SearchParams(hnsw_ef=max(HNSW_EF, int(prefetch)),
                                                                              **opened.search_params))
+        # MaxSim over the few candidates reads the original token vectors (quantised codes would cost
+        # ranking precision and save nothing there).
         request = qe.QueryRequest(
             limit=int(limit), prefetches=[first], filter=conditions_filter, score_threshold=score_threshold,
             query=qe.Query.Nearest([list(map(float, row)) for row in multivector], using=MULTIVECTOR_NAME),
-            with_payload=True, params=qe.SearchParams(**opened.search_params))
+            with_payload=True, params=qe.SearchParams(quantization=qe.QuantizationSearchParams(ignore=True)))
         with opened.mutex:
             points = opened.shard.query(request)
         return [self._hit(name, p.id, float(p.score), p.payload) for p in points]

@@ -11,7 +11,9 @@ default): comma-separated ``key=value`` pairs, e.g. ``quantization=int8, on_disk
   quantised copy stays in RAM;
 - with nothing said, a new collection gets ``DEFAULT_FOR_NEW`` (int8, originals on disk; see below), and a
   collection made before options were recorded reads as ``StorageOptions()``, float32 in memory;
-- on a Qdrant server only: ``shards``, ``replicas``, ``write_consistency``.
+- on a Qdrant server only: ``shards``, ``replicas``, ``write_consistency``;
+- for late-interaction models (their token vectors): ``pool_factor`` (2, 3, ...) merges similar token vectors
+  into 1/pool_factor of them before they are stored (sentence-transformers' HierarchicalTokenPooling).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ class StorageOptions:
     shards: int | None = None
     replicas: int | None = None
     write_consistency: int | None = None
+    pool_factor: int | None = None
 
     @classmethod
     def parse(cls, value, param: str = "storage") -> "StorageOptions":
@@ -46,7 +49,7 @@ class StorageOptions:
         if value is None or value == "" or isinstance(value, StorageOptions):
             return value or cls()
         pairs = value if isinstance(value, dict) else _pairs(str(value), param)
-        known = {"vectors", "quantization", "on_disk", *SERVER_ONLY}
+        known = {"vectors", "quantization", "on_disk", "pool_factor", *SERVER_ONLY}
         unknown = sorted(set(pairs) - known)
         if unknown:
             raise CrossmodalError(f"unknown storage option(s) {unknown}; known: {', '.join(sorted(known))}",
@@ -58,7 +61,7 @@ class StorageOptions:
             options["quantization"] = _choice(pairs["quantization"], QUANTIZATIONS, "quantization", param)
         if "on_disk" in pairs:
             options["on_disk"] = _bool(pairs["on_disk"], param)
-        for key in SERVER_ONLY:
+        for key in (*SERVER_ONLY, "pool_factor"):
             if key in pairs and pairs[key] not in (None, ""):
                 options[key] = _positive(pairs[key], key, param)
         return cls(**options)

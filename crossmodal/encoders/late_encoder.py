@@ -1,0 +1,174 @@
+"""Late-interaction models (ColQwen2 / ColQwen2.5 / ColPali / ColModernVBert) behind the encoder interface, loaded
+with sentence-transformers' ``MultiVectorEncoder`` (its ``*ForRetrieval`` checkpoints).
+
+A page is a set of token vectors (one per image patch and prompt token) and a query one per query token; their
+score is MaxSim (each query token's best cosine, summed). To every other part of the pack the encoder is a
+dual encoder whose vector is the mean of the token vectors, renormalised: Embed returns it, and a collection's
+HNSW graph indexes it. A late-interaction collection keeps the token vectors too (crossmodal/store: MaxSim, out
+of the graph), and Search ranks the pooled vector's candidates by MaxSim (``query_late``).
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from crossmodal.encoders.interface import DualEncoderBase
+from crossmodal.encoders.model_ref import ModelRef
+from crossmodal.encoders.vectors import TextEncoding, l2_normalize
+from crossmodal.errors import CrossmodalError
+from crossmodal.runtime import os_lock
+
+logger = logging.getLogger(__name__)
+ALIGN_VIEW_SIDE = 448
+PAGE_BATCH = {"cuda": 16, "cpu": 4}
+
+
+class LateInteractionEncoder(DualEncoderBase):
+    late_interaction = True
+
+    def __init__(self, identity: str, model, device: str, model_dir: Path, weights: str):
+        import torch
+
+        self._torch = torch
+        self.identity = identity
+        self.model = model
+        self.device = device
+        self.model_dir = model_dir
+        self.weights = weights
+        transformer = model[0]
+        self.model_type = getattr(transformer.config, "model_type", "late-interaction")
+        self.dim = self.multivector_dim = int(model.get_embedding_dimension())
+        self.context_length = int(getattr(model, "max_seq_length", None) or 512)
+        self.image_processor = getattr(transformer.processor, "image_processor", None)
+        ip = self.image_processor
+        self.patch_size = int(getattr(ip, "patch_size", 14) or 14) * int(getattr(ip, "merge_size", 1) or 1)
+        self.image_size = max(self.patch_size, ALIGN_VIEW_SIDE // self.patch_size * self.patch_size)
+        self.image_config = {"do_center_crop": False, "size": {"height": self.image_size, "width": self.image_size}}
+        self.fast_preprocessor = None
+        self.batch_size = PAGE_BATCH.get(device, 4)
+        self.logit_scale, self.logit_bias = 20.0, None  # no published temperature; a fitted calibration replaces it
+        self.precision, self.precision_note = "fp32", None
+        self._lock = os_lock()
+        self.start_query_batching()
+
+    # -- token vectors ------------------------------------------------------------------------------
+    def page_tokens(self, pages: Sequence, pool_factor: int | None = None) -> list[np.ndarray]:
+        """Each page's (or document text's) token vectors, L2-normalised; ``pool_factor`` merges similar ones
+        (sentence-transformers' HierarchicalTokenPooling: about the same MaxSim with 1/pool_factor of them)."""
+        pooling = None
+        if pool_factor and pool_factor > 1:
+            from sentence_transformers.multi_vector_encoder.modules.token_pooling import HierarchicalTokenPooling
+
+            pooling = HierarchicalTokenPooling(pool_factor=int(pool_factor))
+        pages = [p if isinstance(p, str) or p.mode == "RGB" else p.convert("RGB") for p in pages]
+        with self._lock, self._torch.inference_mode(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            tokens = self.model.encode_document(pages, batch_size=self.batch_size, convert_to_numpy=True,
+                                                normalize_embeddings=True, token_pooling=pooling,
+                                                show_progress_bar=False)
+        return [np.asarray(t, dtype=np.float32) for t in tokens]
+
+    def query_tokens(self, texts: Sequence[str]) -> list[np.ndarray]:
+        with self._lock, self._torch.inference_mode(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            tokens = self.model.encode_query(list(texts), batch_size=2 * self.batch_size, convert_to_numpy=True,
+                                             normalize_embeddings=True, show_progress_bar=False)
+        return [np.asarray(t, dtype=np.float32) for t in tokens]
+
+    def query_multivector(self, text: str) -> tuple[np.ndarray, np.ndarray]:
+        """(pooled vector, token vectors) of a text query."""
+        tokens = self.query_tokens([text])[0]
+        return pooled(tokens), tokens
+
+    # -- the dual-encoder interface: pooled vectors ---------------------------------------------------------
+    def encode_images(self, images: Sequence, *, batch_size: int | None = None, show_progress_bar: bool = False,
+                      normalize=True, input_type: str = "document") -> np.ndarray:
+        return self._pooled(self.page_tokens(list(images))) if images else self._empty()
+
+    def encode_texts(self, texts: Sequence[str], *, batch_size: int | None = None, normalize=True,
+                     input_type: str = "document") -> TextEncoding:
+        texts = list(texts)
+        if not texts:
+            return TextEncoding(self._empty(), [])
+        tokens = self.query_tokens(texts) if input_type == "query" else self.page_tokens(texts)
+        return TextEncoding(self._pooled(tokens), [])
+
+    def query_image_vector(self, image) -> np.ndarray:
+        return self.encode_images([image])[0]
+
+    def _text_query_batch(self, texts: Sequence[str]) -> list:
+        return [(vector, False) for vector in self.encode_texts(list(texts), input_type="query").vectors]
+
+    def preprocess(self, images: Sequence) -> np.ndarray:
+        side = self.image_size
+        views = [np.asarray(im.convert("RGB").resize((side, side), resample=3), dtype=np.float32) for im in images]
+        return np.stack(views).transpose(0, 3, 1, 2) / 127.5 - 1.0
+
+    def stack(self, pixels: list) -> np.ndarray:
+        return np.stack(pixels)
+
+    def embed_pixels(self, pixels, *, batch_size: int | None = None, normalize=True) -> np.ndarray:
+        from PIL import Image
+
+        arrays = np.clip((np.asarray(pixels).transpose(0, 2, 3, 1) + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
+        return self.encode_images([Image.fromarray(a) for a in arrays])
+
+    def token_counts(self, texts: Sequence[str]) -> list[int]:
+        return [len(ids) for ids in self.model.tokenizer(list(texts), truncation=False)["input_ids"]] if texts else []
+
+    @property
+    def image_tokens(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+    def use_precision(self, wanted: str) -> str:
+        if (wanted or "fp32").lower() != "fp32":
+            self.precision_note = f"{wanted}: late-interaction models run fp32 here; running fp32"
+        return self.precision
+
+    def _pooled(self, tokens: list[np.ndarray]) -> np.ndarray:
+        return np.vstack([pooled(t) for t in tokens]) if tokens else self._empty()
+
+    def _empty(self) -> np.ndarray:
+        return np.zeros((0, self.dim), dtype=np.float32)
+
+    def _finish(self, chunks, normalize: bool) -> np.ndarray:
+        return l2_normalize(np.vstack(chunks)) if chunks else self._empty()
+
+
+def pooled(tokens: np.ndarray) -> np.ndarray:
+    """The mean of token vectors, renormalised: what the HNSW graph indexes and the first stage searches."""
+    return l2_normalize(np.asarray(tokens, dtype=np.float32).mean(axis=0, keepdims=True))[0]
+
+
+def is_late_interaction_dir(directory: Path) -> bool:
+    """A ``*ForRetrieval`` checkpoint (ColQwen2, ColPali, ColModernVBert): one vector per token."""
+    from crossmodal.encoders.catalog import read_config
+
+    architectures = read_config(directory).get("architectures") or []
+    return any(str(a).endswith("ForRetrieval") for a in architectures)
+
+
+def load_late_encoder(ref: ModelRef, directory: Path, device: str, weights: str) -> LateInteractionEncoder:
+    from crossmodal.engine import require_torch
+
+    require_torch(f"'{ref.name}', a late-interaction model,", "model",
+                  "install the full package (python -m crossmodal package --runtime torch)")
+    if ref.options:
+        raise CrossmodalError(f"'{ref.name}' is a late-interaction model, which takes no options "
+                              f"({', '.join(ref.options.as_dict())}); leave them empty", param="model")
+    from sentence_transformers import MultiVectorEncoder
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        logging.getLogger("transformers").setLevel(logging.ERROR)
+        try:
+            model = MultiVectorEncoder(str(directory), device=device, local_files_only=True)
+        except (OSError, ValueError, KeyError) as exc:
+            raise CrossmodalError(f"cannot load '{ref.name}' with sentence-transformers: {exc}",
+                                  param="model") from None
+    return LateInteractionEncoder(ref.name, model.eval(), device, directory, weights)
