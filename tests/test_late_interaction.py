@@ -168,3 +168,35 @@ def png(image) -> bytes:
     buf = io.BytesIO()
     image.save(buf, "PNG")
     return buf.getvalue()
+
+
+def test_align_maps_each_phrase_over_the_pages_patch_grid(colqwen_dir, tmp_path):
+    import torch
+    from sentence_transformers import MultiVectorEncoder
+    from sentence_transformers.multi_vector_encoder.interpretability import get_n_patches, maxsim_similarity_map
+
+    from crossmodal.service import ImageInput, Service
+    from crossmodal.settings import Settings
+
+    service = Service(Settings(data_dir=str(tmp_path / "store"), model=str(colqwen_dir), device="cpu"))
+    image = page_images(1)[0]
+    result = service.align(ImageInput.from_bytes("page.png", png(image)), "a red circle and a blue star")
+    library = MultiVectorEncoder(str(colqwen_dir), device="cpu")
+    cols, rows = get_n_patches(library, image.size)
+    grid = result["attention_map"]
+    assert (grid["rows"], grid["cols"], result["scoring"], result["mode"]) == (rows, cols, "maxsim", "global")
+    assert [p["text"] for p in result["phrases"]] == ["a red circle", "a blue star"]
+    assert len(result["phrase_maps"]) == 2 and 0 <= result["match_probability"] <= 1
+    for phrase in result["phrases"]:
+        x0, y0, x1, y1 = phrase["box"]
+        assert 0 <= x0 < x1 <= image.width and 0 <= y0 < y1 <= image.height
+    # The map is the library's per-token MaxSim map over the image patches, summed over the phrase's tokens.
+    query = library.encode_query(["a red circle"], convert_to_numpy=True)[0]
+    raw = library.encode_document([image], output_value=None)[0]
+    keep = raw["attention_mask"].bool()
+    page = torch.nn.functional.normalize(raw["token_embeddings"][keep].float(), dim=-1)
+    mask = raw["input_ids"][keep] == library[0].processor.image_token_id
+    expected = maxsim_similarity_map(torch.from_numpy(query), page, (cols, rows), image_mask=mask).sum(0).clamp(min=0)
+    expected = (expected - expected.min()) / (expected.max() - expected.min())
+    assert np.allclose(result["phrase_maps"][0], expected.numpy(), atol=1e-3)
+    service.store.close()

@@ -80,6 +80,21 @@ class LateInteractionEncoder(DualEncoderBase):
                                              normalize_embeddings=True, show_progress_bar=False)
         return [np.asarray(t, dtype=np.float32) for t in tokens]
 
+    def page_patches(self, image) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
+        """A page's token vectors (normalised, every token: MaxSim reads them all), which of them are image
+        patches, and the patch grid (cols, rows) the processor cut the page into: what a heat map needs."""
+        from sentence_transformers.multi_vector_encoder.interpretability import get_n_patches
+
+        image = image if image.mode == "RGB" else image.convert("RGB")
+        with self._lock, self._torch.inference_mode(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            raw = self.model.encode_document([image], output_value=None, show_progress_bar=False)[0]
+            n_patches = get_n_patches(self.model, image.size)
+        keep = raw["attention_mask"].bool()
+        tokens = raw["token_embeddings"][keep].float().numpy()
+        image_token = self.model[0].processor.image_token_id
+        return l2_normalize(tokens), (raw["input_ids"][keep] == image_token).numpy(), tuple(n_patches)
+
     def query_multivector(self, text: str) -> tuple[np.ndarray, np.ndarray]:
         """(pooled vector, token vectors) of a text query."""
         tokens = self.query_tokens([text])[0]
