@@ -241,3 +241,25 @@ def test_the_pipeline_processor_makes_dify_chunks_with_uploaded_pictures(dify_up
         assert "locked.pdf" in error["message"] and "encrypted" in error["message"]
     finally:
         plugin.close()
+
+
+def test_mutated_pdfs_are_rejected_or_read_never_a_crash(service):
+    """Bytes of a valid PDF changed at random (seeded): each file goes in or is rejected with a reason, and the
+    image beside them always goes in. PDFium runs in this process, so a crash would end the test run."""
+    import random
+
+    rng = random.Random(38)
+    original = bytearray(picture_pdf([Image.new("RGB", (120, 90), (200, 30, 30)),
+                                      Image.new("RGB", (90, 120), (30, 30, 200))]))
+    items = []
+    for k in range(40):
+        mutated = bytearray(original)
+        for _ in range(rng.randint(1, 12)):
+            at = rng.randrange(len(mutated))
+            mutated[at:at + rng.randint(1, 8)] = bytes(rng.randrange(256) for _ in range(rng.randint(0, 8)))
+        items.append(IngestItem(image=ImageInput.from_bytes(f"m{k}.pdf", bytes(mutated))))
+    items.append(IngestItem(image=ImageInput.from_bytes("photo.png", png(Image.new("RGB", (64, 48), (9, 9, 9))))))
+    report = service.ingest(items, "mutated", dpi=72, max_pages=50)
+    outcomes = {row["source"] for row in report["items"]}
+    assert "photo.png" in outcomes and outcomes == {item.image.source for item in items}
+    assert all(r["reason"] for r in report["rejected"])

@@ -77,7 +77,7 @@ def render_page(data: bytes, number: int, pages: int, *, name: str, dpi: float =
     with _PDFIUM:
         document = _open(data, name)
         try:
-            page = document[number - 1]
+            page = _page(document, number, name, pdfium)
             try:
                 width_pt, height_pt = page.get_size()
                 notes = []
@@ -88,14 +88,26 @@ def render_page(data: bytes, number: int, pages: int, *, name: str, dpi: float =
                         scale *= 0.999
                     notes.append(f"page {number} is {width_pt / 72:.0f}x{height_pt / 72:.0f} in; rendered at "
                                  f"{72 * scale:.0f} dpi to stay within {MAX_PAGE_PIXELS:,} pixels")
-                image = page.render(scale=scale).to_pil().convert("RGB")
-                text = _text(page)
+                try:
+                    image = page.render(scale=scale).to_pil().convert("RGB")
+                    text = _text(page)
+                except (pdfium.PdfiumError, ValueError, OSError) as exc:
+                    raise CrossmodalError(f"page {number} cannot be rendered ({exc}); the file may be damaged",
+                                          param=f"files[{name}]") from None
                 found = _figures(page, scale, height_pt, pdfium) if figures else []
             finally:
                 page.close()
         finally:
             document.close()
     return PdfPage(number, pages, image, text, round(72 * scale, 1), found, notes)
+
+
+def _page(document, number: int, name: str, pdfium):
+    try:
+        return document[number - 1]
+    except pdfium.PdfiumError as exc:
+        raise CrossmodalError(f"page {number} cannot be read ({exc}); the file may be damaged",
+                              param=f"files[{name}]") from None
 
 
 def _pixels(width_pt: float, height_pt: float, scale: float) -> int:
