@@ -109,14 +109,19 @@ class PluginProcess:
         return session_id
 
     def collect(self, session_ids, timeout: float = 120, partial: bool = False,
-                first: bool = False) -> dict[str, list[dict]]:
+                first: bool = False, quiet: float | None = None) -> dict[str, list[dict]]:
         """Messages per session until each has ended; other events stay queued for later calls. ``partial``: at
-        the timeout, return the sessions that ended instead of raising; ``first``: return as soon as one ends."""
+        the timeout, return the sessions that ended instead of raising; ``first``: return as soon as one ends;
+        ``quiet`` (with ``partial``): return once none of the sessions has sent anything for that many seconds
+        (heartbeats do not count: a plugin that parked its requests keeps sending them)."""
         pending = {s: self.unfinished.pop(s, []) for s in ([session_ids] if isinstance(session_ids, str) else session_ids)}
         done: dict[str, list[dict]] = {}
         deadline = time.monotonic() + timeout
         held = []
+        last_news = time.monotonic()
         while pending:
+            if quiet is not None and partial and time.monotonic() - last_news > quiet:
+                break
             remaining = deadline - time.monotonic()
             if self.oversized:
                 raise PluginKilled(f"the plugin wrote a {self.oversized[0]}-byte stdout line, over the daemon's "
@@ -136,6 +141,7 @@ class PluginProcess:
                     held.append(event)
                 continue
             data = event["data"]
+            last_news = time.monotonic()
             if data["type"] == "invoke":
                 self._answer(sid, data["data"])
                 continue

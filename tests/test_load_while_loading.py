@@ -62,13 +62,16 @@ def stream_requests(plugin: PluginProcess, count: int, make) -> list[str]:
     return sessions
 
 
-def answered(plugin: PluginProcess, sessions: list[str], timeout: float) -> tuple[dict, list[str]]:
-    """The sessions that ended within ``timeout``, and those that never did (parked)."""
-    done = plugin.collect(sessions, timeout=timeout, partial=True)
+def answered(plugin: PluginProcess, sessions: list[str], timeout: float,
+             quiet: float | None = None) -> tuple[dict, list[str]]:
+    """The sessions that ended within ``timeout`` (or before ``quiet`` seconds passed without news from any of
+    them), and those that never did (parked)."""
+    done = plugin.collect(sessions, timeout=timeout, partial=True, quiet=quiet)
     return done, [s for s in sessions if s not in done]
 
 
-def requests_during_first_loads(home, models: list[str], python_code: str | None, timeout: float):
+def requests_during_first_loads(home, models: list[str], python_code: str | None, timeout: float,
+                                quiet: float | None = None):
     """Every model's first use at once, with cheap requests streaming in while they load."""
     plugin = start_plugin(home, python_code)
     try:
@@ -77,13 +80,14 @@ def requests_during_first_loads(home, models: list[str], python_code: str | None
         settings = {"api_key": "k", "data_dir": str(home)}
         cheap = stream_requests(plugin, 120, lambda k: endpoint_request(
             settings, "GET", "/v1/collections", headers={"Authorization": "Bearer k"}))
-        return plugin, *answered(plugin, loads + cheap, timeout)
+        return plugin, *answered(plugin, loads + cheap, timeout, quiet)
     except BaseException:
         plugin.close()
         raise
 
 
-def requests_during_warm_up(home, models: list[str], python_code: str | None, timeout: float):
+def requests_during_warm_up(home, models: list[str], python_code: str | None, timeout: float,
+                            quiet: float | None = None):
     """A start with three remembered models: their warm-up loads run while requests stream in."""
     home.mkdir(parents=True, exist_ok=True)
     (home / "warm-models.json").write_text(json.dumps([{"model": m, "device": "cpu", "precision": "fp32"}
@@ -93,7 +97,7 @@ def requests_during_warm_up(home, models: list[str], python_code: str | None, ti
         creds = {"data_dir": str(home), "model": models[0]}
         sessions = stream_requests(plugin, 150, lambda k: tool_request(
             "collections", {"action": "list"}, creds) if k % 2 else tool_request("embed", {"texts": f"t {k}"}, creds))
-        return plugin, *answered(plugin, sessions, timeout)
+        return plugin, *answered(plugin, sessions, timeout, quiet)
     except BaseException:
         plugin.close()
         raise
@@ -118,7 +122,10 @@ def test_control_without_loop_safe_locks_parks(scenario, model_dirs, tmp_path):
     five runs of six here; a run that does not park ends in seconds)."""
     outcomes = []
     for attempt in range(5):
-        plugin, done, parked = scenario(tmp_path / f"home{attempt}", model_dirs, WITHOUT_LOOP_SAFE_LOCKS, timeout=15)
+        # Parked requests never end: 8 s without news from any session ends the wait (a run that does not park
+        # sends news every few milliseconds, a load included).
+        plugin, done, parked = scenario(tmp_path / f"home{attempt}", model_dirs, WITHOUT_LOOP_SAFE_LOCKS, timeout=15,
+                                        quiet=8)
         plugin.close()
         outcomes.append(len(parked))
         if parked:

@@ -215,10 +215,6 @@ def align(encoder, image, text: str, options: AlignOptions | None = None, calibr
     if min(width, height) < MIN_IMAGE_SIDE:
         raise CrossmodalError(f"the image is {width}x{height}; at least {MIN_IMAGE_SIDE} px a side is needed",
                               param="image")
-    if getattr(encoder, "late_interaction", False):  # the model's own MaxSim says where (crossmodal/alignment/late.py)
-        from crossmodal.alignment.late import late_align
-
-        return late_align(encoder, image, text, calibration)
     phrases, notes = split_phrases(text)
     timings: dict[str, float] = {}
     clock = time.perf_counter()

@@ -29,7 +29,12 @@ def align(
     decoded = decode_image(read_input(image), param="image")
     encoder, route = ctx.routed_encoder(asked=model, text=text)
     require_local(encoder, "Align")
-    result = align_scores(encoder, decoded.image, text, options, ctx.calibration(encoder))
+    if getattr(encoder, "late_interaction", False):  # the model's own MaxSim says where (late.py)
+        from crossmodal.alignment.late import late_align
+
+        result = late_align(encoder, decoded.image, text, ctx.calibration(encoder))
+    else:
+        result = align_scores(encoder, decoded.image, text, options, ctx.calibration(encoder))
     result["route"] = route.as_dict()
     result["notes"] = decoded.notes + result["notes"]
     if overlay:

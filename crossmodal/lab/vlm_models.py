@@ -154,10 +154,22 @@ def _save_backbone(directory: Path, model_class, template: str, size: str, seed:
     return backbone
 
 
-def save_colqwen2(directory: Path, *, seed: int = 2, embedding_dim: int = 16, max_pixels: int = 28 * 28 * 64) -> Path:
-    """A tiny ColQwen2 (Qwen2-VL with a 16-d projection per token), saved as transformers saves the published
-    ``*ForRetrieval`` checkpoints; sentence-transformers' MultiVectorEncoder loads it. Its processor needs no
-    torchvision."""
+# ColQwen2's backbone sizes: "tiny" for tests, "2b" = Qwen2-VL-2B's (vidore/colqwen2-v1.0 is fine-tuned from it).
+COLQWEN2_SIZES = {
+    "tiny": {"text": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                          num_key_value_heads=2, rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]}),
+             "vision": dict(depth=2, embed_dim=32, hidden_size=64, num_heads=2, mlp_ratio=2)},
+    "2b": {"text": dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
+                        num_key_value_heads=2, rope_scaling={"type": "mrope", "mrope_section": [16, 24, 24]}),
+           "vision": dict(depth=32, embed_dim=1280, hidden_size=1536, num_heads=16, mlp_ratio=4)},
+}
+
+
+def save_colqwen2(directory: Path, *, seed: int = 2, embedding_dim: int = 16, max_pixels: int = 28 * 28 * 64,
+                  size: str = "tiny", dtype: str = "float32") -> Path:
+    """A ColQwen2 with random weights (Qwen2-VL with a projection per token; the tests' tiny one has 16-d token
+    vectors, the published one 128), saved as transformers saves the published ``*ForRetrieval`` checkpoints;
+    sentence-transformers' MultiVectorEncoder loads it. Its processor needs no torchvision."""
     import torch
     from transformers import ColQwen2Config, ColQwen2ForRetrieval, ColQwen2Processor, Qwen2VLImageProcessor
 
@@ -165,16 +177,17 @@ def save_colqwen2(directory: Path, *, seed: int = 2, embedding_dim: int = 16, ma
     tokenizer = qwen_tokenizer()
     ids = {s: tokenizer.convert_tokens_to_ids(s) for s in QWEN_SPECIALS}
     vlm = dict(model_type="qwen2_vl",
-               text_config=dict(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
-                                rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]},
+               text_config=dict(vocab_size=len(tokenizer), max_position_embeddings=8192,
                                 bos_token_id=ids["<|im_start|>"], eos_token_id=ids["<|im_end|>"],
-                                pad_token_id=ids["<|endoftext|>"]),
-               vision_config=dict(depth=2, embed_dim=32, hidden_size=64, num_heads=2, mlp_ratio=2, patch_size=14,
-                                  spatial_merge_size=2, temporal_patch_size=2),
+                                pad_token_id=ids["<|endoftext|>"], **COLQWEN2_SIZES[size]["text"]),
+               vision_config=dict(patch_size=14, spatial_merge_size=2, temporal_patch_size=2,
+                                  **COLQWEN2_SIZES[size]["vision"]),
                image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
                vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])
-    ColQwen2ForRetrieval(ColQwen2Config(vlm_config=vlm, embedding_dim=embedding_dim)).save_pretrained(directory)
+    with torch.no_grad():
+        model = ColQwen2ForRetrieval(ColQwen2Config(vlm_config=vlm, embedding_dim=embedding_dim)).to(getattr(torch, dtype))
+    model.save_pretrained(directory)
+    del model
     images = Qwen2VLImageProcessor(patch_size=14, merge_size=2, temporal_patch_size=2, min_pixels=28 * 28 * 4,
                                    max_pixels=max_pixels)
     ColQwen2Processor(image_processor=images, tokenizer=tokenizer).save_pretrained(directory)
