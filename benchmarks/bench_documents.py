@@ -60,10 +60,6 @@ def main(argv=None) -> dict:
     return out
 
 
-if __name__ == "__main__":
-    main()
-
-
 def late_pages(pages: int = 2, dpi: float = 144, max_pixels: int = 768 * 28 * 28) -> dict:
     """ColQwen2 at its real size (Qwen2-VL-2B's towers, 128-d token vectors, random weights) on letter pages
     rendered at ``dpi`` and capped at ``max_pixels`` (vidore's colqwen2 setting, 768 visual tokens): pages/s
@@ -93,3 +89,7 @@ def late_pages(pages: int = 2, dpi: float = 144, max_pixels: int = 768 * 28 * 28
     return {"measure": f"ColQwen2-2B size (random weights), a {dpi:g}-dpi letter page, {len(tokens[0])} token vectors",
             "value": round(1 / seconds, 3), "unit": "pages/s",
             "vs_limit": round(counter.get_total_flops() / seconds / (peak * 1e9), 2)}
+
+
+if __name__ == "__main__":
+    main()

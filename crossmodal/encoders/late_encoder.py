@@ -178,11 +178,14 @@ def load_late_encoder(ref: ModelRef, directory: Path, device: str, weights: str)
                               f"({', '.join(ref.options.as_dict())}); leave them empty", param="model")
     from sentence_transformers import MultiVectorEncoder
 
+    from crossmodal.encoders.vlm_encoder import vlm_model_kwargs
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         logging.getLogger("transformers").setLevel(logging.ERROR)
         try:
-            model = MultiVectorEncoder(str(directory), device=device, local_files_only=True)
+            model = MultiVectorEncoder(str(directory), device=device, local_files_only=True,
+                                       model_kwargs=vlm_model_kwargs(device))  # fp32 on a CPU, bf16 on a GPU
         except (OSError, ValueError, KeyError) as exc:
             raise CrossmodalError(f"cannot load '{ref.name}' with sentence-transformers: {exc}",
                                   param="model") from None
