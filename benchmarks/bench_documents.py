@@ -60,7 +60,7 @@ def main(argv=None) -> dict:
     return out
 
 
-def late_pages(pages: int = 2, dpi: float = 144, max_pixels: int = 768 * 28 * 28) -> dict:
+def late_pages(pages: int = 2, dpi: float = 144, max_pixels: int = 768 * 28 * 28, device: str = "cpu") -> dict:
     """ColQwen2 at its real size (Qwen2-VL-2B's towers, 128-d token vectors, random weights) on letter pages
     rendered at ``dpi`` and capped at ``max_pixels`` (vidore's colqwen2 setting, 768 visual tokens): pages/s
     through the pack's encoder, and its share of the matmul limit for the FLOPs torch counts."""
@@ -79,13 +79,16 @@ def late_pages(pages: int = 2, dpi: float = 144, max_pixels: int = 768 * 28 * 28
     images = [pdf.render_page(document, k, pages, name="p.pdf", dpi=dpi).image for k in range(1, pages + 1)]
     with tempfile.TemporaryDirectory() as tmp:
         encoder = get_encoder(str(save_colqwen2(Path(tmp) / "colqwen2", size="2b", embedding_dim=128,
-                                                max_pixels=max_pixels, dtype="bfloat16")), "cpu")
+                                                max_pixels=max_pixels, dtype="bfloat16")), device)
         with FlopCounterMode(display=False) as counter:
             tokens = encoder.page_tokens(images[:1])
         started = time.perf_counter()
         encoder.page_tokens(images)
+        if device == "cuda":
+            torch.cuda.synchronize()
         seconds = (time.perf_counter() - started) / pages
-    peak = matmul_peak_gflops(torch.float32)
+    peak = matmul_peak_gflops(torch.bfloat16 if device == "cuda" else torch.float32, device=device,
+                              n=8192 if device == "cuda" else 2048)
     return {"measure": f"ColQwen2-2B size (random weights), a {dpi:g}-dpi letter page, {len(tokens[0])} token vectors",
             "value": round(1 / seconds, 3), "unit": "pages/s",
             "vs_limit": round(counter.get_total_flops() / seconds / (peak * 1e9), 2)}

@@ -2,7 +2,8 @@
 minutes. fp16 and large batches: image-embedding throughput, pipelined ingest of JPEGs, align with heat map
 on a 2048^2 image (the seed's target: 210 ms), text-query latency, all with a ViT-B/32-size CLIP (random
 weights); then Qwen3-VL-Embedding-2B at real size (random weights) in bf16, flash attention 2 when installed:
-images/s and text-query p50 against the bf16 matmul limit (benchmarks/bench_vlm.py's rows). On a machine
+images/s and text-query p50 against the bf16 matmul limit (benchmarks/bench_vlm.py's rows), and ColQwen2 at
+its real size embedding PDF pages into token vectors (benchmarks/bench_documents.py's late row). On a machine
 without a GPU it says so and exits 0.
 
     python benchmarks/gpu_check.py [--images 1024] [--no-vlm]
@@ -91,6 +92,10 @@ def main(argv=None) -> dict:
                      "unit": "ms"})
     vlm = {} if args.no_vlm else vlm_rows()
     rows += vlm.get("rows", [])
+    if not args.no_vlm:
+        from benchmarks.bench_documents import late_pages
+
+        rows.append(late_pages(pages=16, device="cuda"))  # ColQwen2-2B size, bf16: pages/s
     print(f"GPU: {gpu}")
     print(table(rows, ["measure", "value", "unit", "vs_limit", "target"]))
     out = {"gpu": gpu, "fp16_matmul_peak_tflops": round(peak / 1000, 1), "rows": rows,
