@@ -159,6 +159,12 @@ def test_pool_factor_stores_fewer_token_vectors(colqwen_dir, tmp_path):
     tokens = len(full[0].multivector)
     assert len(pooled[0].multivector) == tokens // 2
     assert service.collection_info("pooled")["storage"]["pool_factor"] == 2
+    from crossmodal.errors import CrossmodalError
+
+    with pytest.raises(CrossmodalError, match="late-interaction") as error:
+        service.ingest([IngestItem(image=ImageInput.from_bytes("p.png", png(image)))], "clip", model="demo-shapes",
+                       storage="pool_factor=2")
+    assert error.value.param == "storage"
     service.store.close()
 
 

@@ -161,20 +161,28 @@ def model_family(name: str, hub: "HubOptions | None" = None) -> str:
     return "other"
 
 
-_FAMILIES: dict[str, str] = {}  # identity -> family, once per process: a hub model's config is not re-fetched
+# identity -> (family or None, when it was read): a hub model's config is fetched once per process; a model that
+# could not be read is asked again after UNREADABLE_RETRY_S, not on every call (a Dify without the hub would
+# wait for its timeout each time).
+_FAMILIES: dict[str, tuple[str | None, float]] = {}
+UNREADABLE_RETRY_S = 300.0
 
 
 def family_or_none(name: str | None, hub: "HubOptions | None" = None) -> str | None:
     """model_family (remembered), or None for a model that cannot be read here (loading it says why)."""
+    import time
+
     if not name or name.startswith("dify:"):
         return None
     identity = model_identity(name).partition("?")[0]
-    if identity not in _FAMILIES:
+    known = _FAMILIES.get(identity)
+    if known is None or (known[0] is None and time.monotonic() - known[1] > UNREADABLE_RETRY_S):
         try:
-            _FAMILIES[identity] = model_family(identity, hub)
+            family = model_family(identity, hub)
         except CrossmodalError:
-            return None
-    return _FAMILIES[identity]
+            family = None
+        known = _FAMILIES[identity] = (family, time.monotonic())
+    return known[0]
 
 
 def takes_options(name: str, hub: "HubOptions | None" = None) -> bool:

@@ -51,6 +51,10 @@ def ingest(
                               "image with its caption needs a VLM embedding model such as qwen3-vl-embedding-2b",
                               param="embed_captions")
     late = getattr(encoder, "late_interaction", False)
+    if asked is not None and asked.pool_factor and not late:
+        raise CrossmodalError(f"pool_factor merges the token vectors of late-interaction models (ColQwen2, ColPali); "
+                              f"'{encoder.identity}' makes one vector per item: leave pool_factor out",
+                              param="storage")
     info = ctx.store.ensure_collection(name, encoder.identity, encoder.dim, encoder.weights, asked or default,
                                        strict=asked is not None,
                                        multivector_dim=encoder.multivector_dim if late else None)

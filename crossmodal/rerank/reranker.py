@@ -45,7 +45,10 @@ def rerank(
         return out
     query_kind = "text" if query else "image"
     routes = ctx.routes
-    multimodal = rr.reads_images(model or routes["cross_encoder"], ctx.settings.hub)
+    # Only images make the difference (a text pair goes to the cross-encoder either way): the model's config is
+    # read only then.
+    needs_images = query_kind == "image" or any(c.kind == "image" for c in pool)
+    multimodal = needs_images and rr.reads_images(model or routes["cross_encoder"], ctx.settings.hub)
     method = rr.pick_method(method, pool, has_itm=bool(routes.get("itm")), query_kind=query_kind,
                             multimodal_cross_encoder=multimodal)
     weight = float(weight)
