@@ -18,6 +18,7 @@ from typing import Sequence
 import numpy as np
 
 from crossmodal.encoders.interface import DualEncoderBase
+from crossmodal.encoders.views import SquareViews
 from crossmodal.encoders.model_ref import ModelRef
 from crossmodal.encoders.vectors import TextEncoding, l2_normalize
 from crossmodal.errors import CrossmodalError
@@ -28,7 +29,7 @@ ALIGN_VIEW_SIDE = 448
 PAGE_BATCH = {"cuda": 16, "cpu": 4}
 
 
-class LateInteractionEncoder(DualEncoderBase):
+class LateInteractionEncoder(SquareViews, DualEncoderBase):
     late_interaction = True
 
     def __init__(self, identity: str, model, device: str, model_dir: Path, weights: str):
@@ -118,20 +119,6 @@ class LateInteractionEncoder(DualEncoderBase):
 
     def _text_query_batch(self, texts: Sequence[str]) -> list:
         return [(vector, False) for vector in self.encode_texts(list(texts), input_type="query").vectors]
-
-    def preprocess(self, images: Sequence) -> np.ndarray:
-        side = self.image_size
-        views = [np.asarray(im.convert("RGB").resize((side, side), resample=3), dtype=np.float32) for im in images]
-        return np.stack(views).transpose(0, 3, 1, 2) / 127.5 - 1.0
-
-    def stack(self, pixels: list) -> np.ndarray:
-        return np.stack(pixels)
-
-    def embed_pixels(self, pixels, *, batch_size: int | None = None, normalize=True) -> np.ndarray:
-        from PIL import Image
-
-        arrays = np.clip((np.asarray(pixels).transpose(0, 2, 3, 1) + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
-        return self.encode_images([Image.fromarray(a) for a in arrays])
 
     def token_counts(self, texts: Sequence[str]) -> list[int]:
         return [len(ids) for ids in self.model.tokenizer(list(texts), truncation=False)["input_ids"]] if texts else []

@@ -8,8 +8,8 @@ What differs from a dual encoder, and is handled here so that no caller learns o
 - Matryoshka: the ``dimension`` option truncates and renormalises (sentence-transformers' ``truncate_dim``);
 - images keep their aspect ratio and cost visual tokens by their pixel count (``max_pixels`` caps it), so
   image batches are cut by a visual-token budget, not by a count;
-- Align's occlusion needs a fixed view: ``preprocess`` squashes an image to a square of ``image_size``
-  (pixels in [-1, 1], hidden pixels 0 = mid grey) and ``embed_pixels`` embeds such views as documents.
+- Align's occlusion needs a fixed view: the square views of crossmodal/encoders/views.py (the image squashed to
+  an ``image_size`` square, embedded as a document).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import numpy as np
 
 from crossmodal.encoders.catalog import PRECISION_AGREEMENT, PRECISIONS, precision_check_batch
 from crossmodal.encoders.interface import DualEncoderBase
+from crossmodal.encoders.views import SquareViews
 from crossmodal.encoders.model_ref import ModelOptions, ModelRef
 from crossmodal.encoders.vectors import TextEncoding, l2_normalize
 from crossmodal.errors import CrossmodalError
@@ -56,7 +57,7 @@ class SharedModel:
         self.precision_checked: set[str] = set()
 
 
-class VlmEncoder(DualEncoderBase):
+class VlmEncoder(SquareViews, DualEncoderBase):
     def __init__(self, ref: ModelRef, shared: SharedModel, model_dir: Path, weights: str):
         import torch
 
@@ -142,21 +143,6 @@ class VlmEncoder(DualEncoderBase):
         """One vector per (image, text) pair read together: an image with its caption, a figure with its text."""
         items = [{"image": im if im.mode == "RGB" else im.convert("RGB"), "text": text} for im, text in documents]
         return self._encode_by_token_budget(items, input_type)
-
-    def preprocess(self, images: Sequence) -> np.ndarray:
-        side = self.image_size
-        views = [np.asarray(im.convert("RGB").resize((side, side), resample=3), dtype=np.float32)
-                 for im in images]
-        return np.stack(views).transpose(0, 3, 1, 2) / 127.5 - 1.0
-
-    def stack(self, pixels: list) -> np.ndarray:
-        return np.stack(pixels)
-
-    def embed_pixels(self, pixels, *, batch_size: int | None = None, normalize=True) -> np.ndarray:
-        from PIL import Image
-
-        arrays = np.clip((np.asarray(pixels).transpose(0, 2, 3, 1) + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
-        return self.encode_images([Image.fromarray(a) for a in arrays])
 
     def query_image_vector(self, image) -> np.ndarray:
         return self.image_queries.submit(image if image.mode == "RGB" else image.convert("RGB"))
