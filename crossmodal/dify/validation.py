@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from crossmodal.encoders.catalog import (PRECISIONS, SUPPORTED_TYPES, is_vlm_model, model_identity, read_config,
-                                         refuse_on_lean_build, resolve_model_config_dir, sentence_transformers_kind)
+from crossmodal.encoders.catalog import (PRECISIONS, SUPPORTED_TYPES, is_late_interaction_model, is_vlm_model,
+                                         model_identity, read_config, refuse_on_lean_build, resolve_model_config_dir,
+                                         sentence_transformers_kind)
 from crossmodal.encoders.models import pick_device
 from crossmodal.engine import require_torch
 from crossmodal.encoders.workspace import is_workspace_model, parse_workspace_model
@@ -63,7 +64,7 @@ def validate_model(settings: Settings) -> str:
     refuse_on_lean_build(model_identity(settings.model))
     directory = resolve_model_config_dir(settings.model, settings.hub)
     model_type = read_config(directory).get("model_type")
-    late = any(str(a).endswith("ForRetrieval") for a in read_config(directory).get("architectures") or [])
+    late = is_late_interaction_model(directory)
     if late or (sentence_transformers_kind(directory) == "SentenceTransformer" and is_vlm_model(directory)):
         require_torch(f"'{settings.model}', a {'late-interaction' if late else 'VLM embedding'} model,", "model",
                       "install the full package")

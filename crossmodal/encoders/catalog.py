@@ -31,7 +31,7 @@ PRESETS: dict[str, str] = {
     "qwen3-vl-embedding-2b": "Qwen/Qwen3-VL-Embedding-2B",
     "qwen3-vl-embedding-8b": "Qwen/Qwen3-VL-Embedding-8B",
 }
-# Multimodal cross-encoders (crossmodal/rerank/vlm_cross_encoder.py): the Rerank node's and the model
+# Multimodal cross-encoders (crossmodal/rerank/scoring.py): the Rerank node's and the model
 # package's rerank models by short name.
 RERANKER_PRESETS: dict[str, str] = {
     "qwen3-vl-reranker-2b": "Qwen/Qwen3-VL-Reranker-2B",
@@ -148,15 +148,14 @@ def model_family(name: str, hub: "HubOptions | None" = None) -> str:
     config = read_config(directory)
     if config.get("model_type") in SUPPORTED_TYPES:
         return "dual"
-    architectures = [str(a) for a in (config.get("architectures") or [])]
-    if any(a.endswith("ForRetrieval") for a in architectures):
+    if is_late_interaction_model(directory):
         return "late"
     kind = sentence_transformers_kind(directory)
     if kind == "CrossEncoder":
         return "vlm-cross-encoder" if is_vlm_model(directory) else "cross-encoder"
     if kind is not None:
         return "vlm"
-    if any(a.endswith("ForSequenceClassification") for a in architectures):
+    if any(str(a).endswith("ForSequenceClassification") for a in (config.get("architectures") or [])):
         return "cross-encoder"
     return "other"
 
@@ -200,6 +199,11 @@ def sentence_transformers_kind(directory: Path) -> str | None:
         return json.loads(path.read_text(encoding="utf-8")).get("model_type") or "SentenceTransformer"
     except (OSError, ValueError):
         return "SentenceTransformer"
+
+
+def is_late_interaction_model(directory: Path) -> bool:
+    """A ``*ForRetrieval`` checkpoint (ColQwen2, ColPali, ColModernVBert): one vector per token."""
+    return any(str(a).endswith("ForRetrieval") for a in (read_config(directory).get("architectures") or []))
 
 
 def is_vlm_model(directory: Path) -> bool:

@@ -138,21 +138,11 @@ class LateInteractionEncoder(SquareViews, DualEncoderBase):
     def _empty(self) -> np.ndarray:
         return np.zeros((0, self.dim), dtype=np.float32)
 
-    def _finish(self, chunks, normalize: bool) -> np.ndarray:
-        return l2_normalize(np.vstack(chunks)) if chunks else self._empty()
 
 
 def pooled(tokens: np.ndarray) -> np.ndarray:
     """The mean of token vectors, renormalised: what the HNSW graph indexes and the first stage searches."""
     return l2_normalize(np.asarray(tokens, dtype=np.float32).mean(axis=0, keepdims=True))[0]
-
-
-def is_late_interaction_dir(directory: Path) -> bool:
-    """A ``*ForRetrieval`` checkpoint (ColQwen2, ColPali, ColModernVBert): one vector per token."""
-    from crossmodal.encoders.catalog import read_config
-
-    architectures = read_config(directory).get("architectures") or []
-    return any(str(a).endswith("ForRetrieval") for a in architectures)
 
 
 def load_late_encoder(ref: ModelRef, directory: Path, device: str, weights: str) -> LateInteractionEncoder:

@@ -19,7 +19,8 @@ import numpy as np
 from crossmodal.encoders.acceleration import load_towers, pooled
 # Callers have always found these here; they live in crossmodal/encoders/catalog.py.
 from crossmodal.encoders.catalog import (DEMO_MODEL_DIR, PRECISION_AGREEMENT, PRECISION_FALLBACK, PRECISIONS,  # noqa: F401
-                                         PRESETS, SUPPORTED_TYPES, HubOptions, engine, is_vlm_model,
+                                         PRESETS, SUPPORTED_TYPES, HubOptions, engine, is_late_interaction_model,
+                                         is_vlm_model,
                                          model_identity, precision_check_batch, refuse_on_lean_build,
                                          resolve_model_dir, weights_fingerprint)
 from crossmodal.encoders.model_ref import ModelRef
@@ -327,9 +328,7 @@ def load_any_encoder(ref: ModelRef, device: str, hub: HubOptions | None):
     (crossmodal/encoders/late_encoder.py), a VLM embedder saved by sentence-transformers
     (crossmodal/encoders/vlm_encoder.py), else a dual encoder."""
     directory = resolve_model_dir(ref.name, hub)
-    from crossmodal.encoders.late_encoder import is_late_interaction_dir
-
-    if is_late_interaction_dir(directory):
+    if is_late_interaction_model(directory):
         from crossmodal.encoders.late_encoder import load_late_encoder
 
         return load_late_encoder(ref, directory, device, weights_fingerprint(directory))

@@ -19,9 +19,6 @@ class SquareViews:
         views = [np.asarray(im.convert("RGB").resize((side, side), resample=3), dtype=np.float32) for im in images]
         return np.stack(views).transpose(0, 3, 1, 2) / 127.5 - 1.0
 
-    def stack(self, pixels: list) -> np.ndarray:
-        return np.stack(pixels)
-
     def embed_pixels(self, pixels, *, batch_size: int | None = None, normalize=True) -> np.ndarray:
         from PIL import Image
 

@@ -212,8 +212,6 @@ class VlmEncoder(SquareViews, DualEncoderBase):
     def _empty(self, rows: int = 0) -> np.ndarray:
         return np.zeros((rows, self.dim), dtype=np.float32)
 
-    def _finish(self, chunks, normalize: bool) -> np.ndarray:  # the base class's batching is not used here
-        return l2_normalize(np.vstack(chunks)) if chunks else self._empty()
 
     # -- precision -------------------------------------------------------------------------------------
     def use_precision(self, wanted: str) -> str:

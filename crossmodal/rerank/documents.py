@@ -95,8 +95,6 @@ def dual_encoder_scores(ctx: Context, query: tuple[str, str], documents: Sequenc
 def itm_probabilities(ctx: Context, itm: str, query: tuple[str, str], pairs: list[tuple[str, str]],
                       indices: list[int]) -> np.ndarray:
     """BLIP's P(match) for each image-text pair (the query and a document of the other kind)."""
-    from crossmodal.inputs.images import decode_image
-    from crossmodal.inputs.sources import decode_base64
     from crossmodal.rerank import scoring
 
     try:
@@ -104,17 +102,13 @@ def itm_probabilities(ctx: Context, itm: str, query: tuple[str, str], pairs: lis
     except CrossmodalError as exc:
         raise CrossmodalError(f"the ITM model '{itm}' cannot be loaded: {exc}", param="itm_model") from None
 
-    def picture(content: str, index: int):
-        param = f"documents[{index}]"
-        return decode_image(decode_base64(content, param), param=param).image
-
     if query[0] == "image":
-        image = picture(query[1], 0)
+        image = document_content("image", query[1], 0)
         candidates = [scoring.Candidate(str(i), image=image) for i in indices]
         probabilities, _ = scoring.itm_scores(loaded, None, candidates, texts=[text for _, text in pairs])
     else:
-        candidates = [scoring.Candidate(str(i), image=picture(content, i + 1)) for i, (_, content) in
-                      zip(indices, pairs)]
+        candidates = [scoring.Candidate(str(i), image=document_content("image", content, i + 1))
+                      for i, (_, content) in zip(indices, pairs)]
         probabilities, _ = scoring.itm_scores(loaded, query[1], candidates)
     return probabilities
 
