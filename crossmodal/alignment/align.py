@@ -290,6 +290,17 @@ def align(encoder, image, text: str, options: AlignOptions | None = None, calibr
         phrase_scores = [r["similarity_score"] for r in rows]
         tiles_used = len(tiles)
 
+    return alignment_result(encoder, similarity, phrase_scores, rows, maps, (width, height), calibration,
+                            mode=mode, tiles=tiles_used, view=view, timings=timings, notes=notes)
+
+
+def alignment_result(encoder, similarity: float, phrase_scores, rows: list[dict], maps: list[np.ndarray], size,
+                     calibration: Calibration | None, *, mode: str, tiles: int, view, timings: dict, notes: list,
+                     **extra) -> dict:
+    """The Align node's output, however its scores and maps were found (occlusion and tiles here; a
+    late-interaction model's MaxSim in crossmodal/alignment/late.py): the match score and its calibrated
+    probability, the phrases, the combined and per-phrase maps as grids, precision, timings and notes."""
+    width, height = size
     match_score = 0.5 * similarity + 0.5 * min(phrase_scores)
     result = {
         "similarity_score": _r(similarity),
@@ -298,8 +309,9 @@ def align(encoder, image, text: str, options: AlignOptions | None = None, calibr
         "phrases": rows,
         "model": encoder.identity,
         "mode": mode,
-        "tiles": tiles_used,
+        "tiles": tiles,
         "view": [round(v, 1) for v in view],
+        **extra,
     }
     if calibration:
         result["calibration"] = calibration.source

@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 
-from crossmodal.alignment.align import _grid, _ms, _r, normalise, split_phrases
+from crossmodal.alignment.align import _ms, _r, alignment_result, split_phrases
 
 BOX_LEVEL = 0.6  # share of a phrase map's peak that a cell needs to be inside the phrase's box
 
@@ -36,28 +36,12 @@ def late_align(encoder, image, text: str, calibration=None) -> dict:
         phrase_rows.append({"text": phrase, "similarity_score": _r(maxsim_per_token(tokens, page)),
                             "box": peak_box(grid, width, height)})
     timings["maps_ms"] = _ms(clock)
-    match_score = 0.5 * similarity + 0.5 * min(row["similarity_score"] for row in phrase_rows)
-    combined = normalise(np.mean([normalise(m) for m in maps], axis=0))
-    result = {
-        "similarity_score": _r(similarity),
-        "match_probability": _r(calibration.probability(match_score)) if calibration else None,
-        "match_score": _r(match_score),
-        "phrases": phrase_rows,
-        "model": encoder.identity,
-        "mode": "global",
-        "tiles": 0,
-        "view": [0.0, 0.0, float(width), float(height)],
-        "scoring": "maxsim",
-        "attention_map": _grid(combined, width, height),
-        "phrase_maps": [_grid(normalise(m), width, height)["values"] for m in maps],
-        "precision": encoder.precision,
-    }
-    if calibration:
-        result["calibration"] = calibration.source
-    timings["total_ms"] = round(sum(timings.values()), 1)
-    result["timings_ms"] = timings
-    result["notes"] = notes + ["a late-interaction model reads the whole page at its own resolution: no tiles"]
-    return result
+    return alignment_result(encoder, similarity, [row["similarity_score"] for row in phrase_rows], phrase_rows, maps,
+                            (width, height), calibration, mode="global", tiles=0,
+                            view=(0.0, 0.0, float(width), float(height)),
+                            timings=timings, scoring="maxsim",
+                            notes=notes + ["a late-interaction model reads the whole page at its own resolution: "
+                                           "no tiles"])
 
 
 def maxsim_per_token(query: np.ndarray, page: np.ndarray) -> float:
