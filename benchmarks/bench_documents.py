@@ -1,8 +1,9 @@
 """PDF pages through Ingest with the bundled demo model: a 100-page PDF rendered (PDFium, 144 dpi), embedded and
 stored, against rendering alone (PDFium runs one page at a time: its limit here) in the same run; with --late,
-a ColQwen2 of real size (random weights) embedding pages into token vectors, against the matmul limit.
+late-interaction models of real size (random weights: ColQwen2-2B, ColModernVBert) embedding pages into token
+vectors, against the matmul limit.
 
-    python benchmarks/bench_documents.py [--pages 100] [--dpi 144] [--late]
+    python benchmarks/bench_documents.py [--pages 100] [--dpi 144] [--late [colqwen2,colmodernvbert]]
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pages", type=int, default=100)
     parser.add_argument("--dpi", type=float, default=144)
-    parser.add_argument("--late", action="store_true", help="also ColQwen2 at its real size (random weights)")
+    parser.add_argument("--late", nargs="?", const="colqwen2,colmodernvbert", default="",
+                        help="also these late-interaction models at their real size (random weights)")
     args = parser.parse_args(argv)
 
     from crossmodal.inputs import pdf
@@ -52,17 +54,32 @@ def main(argv=None) -> dict:
             {"measure": f"Ingest: render + thumbnail + embed (demo-shapes) + store, {args.pages} pages",
              "value": round(ingest, 1), "unit": "pages/s", "vs_render": round(ingest / render, 2),
              "target": f">= {TARGET_PAGES_PER_S}"}]
-    if args.late:
-        rows.append(late_pages(dpi=args.dpi))
+    for family in filter(None, args.late.split(",")):
+        rows.append(late_pages(family, dpi=args.dpi))
     print(table(rows, ["measure", "value", "unit", "vs_render", "vs_limit", "target"]))
     out = {"rows": rows, "pages": args.pages, "dpi": args.dpi}
     print(f"saved {save('documents', out)}")
     return out
 
 
-def late_pages(pages: int = 2, dpi: float = 144, max_pixels: int = 768 * 28 * 28, device: str = "cpu") -> dict:
-    """ColQwen2 at its real size (Qwen2-VL-2B's towers, 128-d token vectors, random weights) on letter pages
-    rendered at ``dpi`` and capped at ``max_pixels`` (vidore's colqwen2 setting, 768 visual tokens): pages/s
+LATE_MODELS = {
+    # ColQwen2 on Qwen2-VL-2B's towers, a page capped at 768 visual tokens (vidore's colqwen2 setting).
+    "colqwen2": ("ColQwen2-2B", lambda directory: _lab().save_colqwen2(
+        directory, size="2b", embedding_dim=128, max_pixels=768 * 28 * 28, dtype="bfloat16")),
+    # ColModernVBert: SigLIP2-base 512-px tiles within 2,048 px (SmolVLM's processor setting) and ModernBERT-base.
+    "colmodernvbert": ("ColModernVBert (250M)", lambda directory: _lab().save_colmodernvbert(
+        directory, size="base", dtype="bfloat16")),
+}
+
+
+def _lab():
+    from crossmodal.lab import late_models
+
+    return late_models
+
+
+def late_pages(family: str = "colqwen2", pages: int = 2, dpi: float = 144, device: str = "cpu") -> dict:
+    """A late-interaction model at its real size (random weights) on letter pages rendered at ``dpi``: pages/s
     through the pack's encoder, and its share of the matmul limit for the FLOPs torch counts."""
     import time
 
@@ -73,13 +90,12 @@ def late_pages(pages: int = 2, dpi: float = 144, max_pixels: int = 768 * 28 * 28
     from crossmodal.encoders.models import get_encoder
     from crossmodal.inputs import pdf
     from crossmodal.lab.pdfs import text_pdf
-    from crossmodal.lab.vlm_models import save_colqwen2
 
+    label, build = LATE_MODELS[family]
     document = text_pdf([f"Section {k}: the quarter's figures" for k in range(1, pages + 1)])
     images = [pdf.render_page(document, k, pages, name="p.pdf", dpi=dpi).image for k in range(1, pages + 1)]
     with tempfile.TemporaryDirectory() as tmp:
-        encoder = get_encoder(str(save_colqwen2(Path(tmp) / "colqwen2", size="2b", embedding_dim=128,
-                                                max_pixels=max_pixels, dtype="bfloat16")), device)
+        encoder = get_encoder(str(build(Path(tmp) / family)), device)
         with FlopCounterMode(display=False) as counter:
             tokens = encoder.page_tokens(images[:1])
         started = time.perf_counter()
@@ -89,7 +105,7 @@ def late_pages(pages: int = 2, dpi: float = 144, max_pixels: int = 768 * 28 * 28
         seconds = (time.perf_counter() - started) / pages
     peak = matmul_peak_gflops(torch.bfloat16 if device == "cuda" else torch.float32, device=device,
                               n=8192 if device == "cuda" else 2048)
-    return {"measure": f"ColQwen2-2B size (random weights), a {dpi:g}-dpi letter page, {len(tokens[0])} token vectors",
+    return {"measure": f"{label} size (random weights), a {dpi:g}-dpi letter page, {len(tokens[0])} token vectors",
             "value": round(1 / seconds, 3), "unit": "pages/s",
             "vs_limit": round(counter.get_total_flops() / seconds / (peak * 1e9), 2)}
 

@@ -7,6 +7,7 @@ pages have: each page's tokens lie near a few of many topics; a query is a handf
 noise. Recall@10: the share of exhaustive MaxSim's top 10 that the two stages return.
 
     python benchmarks/bench_late.py [--pages 10000] [--tokens 700] [--queries 50] [--prefetch 100] [--storage S]
+    python benchmarks/bench_late.py --footprint    # bytes a page costs, by storage option and pooling
 
 The store is served by a process of its own (opened from disk, as after a restart): its latencies and peak RSS.
 """
@@ -45,12 +46,18 @@ def make_pages(count: int, tokens: int, seed: int = 0):
 
 
 SERVE = """
-import json, resource, statistics, sys, time
+import json, statistics, sys, time
 import numpy as np
 from crossmodal.store.edge import EdgeStore
+
+def memory_gb():
+    fields = dict(line.split(":", 1) for line in open("/proc/self/status"))
+    return {k: int(fields[k].split()[0]) / 2**20 for k in ("VmRSS", "RssAnon", "RssFile", "VmHWM")}
+
 store = EdgeStore(sys.argv[1])
 queries = np.load(sys.argv[2])
 store.get_collection("pages")
+opened = memory_gb()
 found, latencies = [], []
 for query in queries:
     pooled = query.mean(0) / np.linalg.norm(query.mean(0))
@@ -58,9 +65,69 @@ for query in queries:
     hits = store.query_late("pages", pooled.tolist(), query.tolist(), 10, int(sys.argv[3]))
     latencies.append(1000 * (time.perf_counter() - started))
     found.append([h.payload["page"] for h in hits])
-print(json.dumps({"found": found, "latencies": latencies,
-                  "rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}))
+print(json.dumps({"found": found, "latencies": latencies, "opened": opened, "queried": memory_gb()}))
 """
+
+
+FOOTPRINT_STORAGE = ["vectors=float32, quantization=none", "vectors=float16, quantization=none",
+                     "quantization=int8, on_disk=true"]
+FOOTPRINT_TOKENS = {1: 700, 2: 350, 3: 233}  # ColQwen2's token vectors a page at pool_factor 1, 2, 3
+
+OPEN_AND_MEASURE = """
+import json, sys
+from crossmodal.store.edge import EdgeStore
+store = EdgeStore(sys.argv[1])
+store.get_collection("pages")
+fields = dict(line.split(":", 1) for line in open("/proc/self/status"))
+print(json.dumps({k: int(fields[k].split()[0]) * 1024 for k in ("RssAnon", "RssFile")}))
+"""
+
+
+def footprint(storage: str, tokens: int, sizes=(300, 900)) -> dict:
+    """Disk and resident memory a page adds (the difference between two collection sizes: the write-ahead log
+    and the process are the same for both), the store reopened by a process of its own."""
+    import json
+    import subprocess
+
+    from crossmodal.store import StoredPoint
+    from crossmodal.store.edge import EdgeStore
+    from crossmodal.store.options import StorageOptions
+
+    measured = []
+    for count in sizes:
+        with tempfile.TemporaryDirectory() as tmp:
+            store = EdgeStore(Path(tmp) / "store")
+            store.create_collection("pages", "late-bench", DIM, storage=StorageOptions.parse(storage),
+                                    multivector_dim=DIM)
+            pages = list(make_pages(count, tokens))
+            for start in range(0, count, 100):
+                store.upsert("pages", [StoredPoint(f"00000000-0000-0000-0000-{start + i:012d}", unit(t.mean(0)).tolist(),
+                                                   {"page": start + i}, t.tolist())
+                                       for i, t in enumerate(pages[start:start + 100])])
+            store.finish_writes("pages")
+            store.close()
+            disk = sum(f.stat().st_size for f in (Path(tmp) / "store").rglob("*") if f.is_file()
+                       and "wal" not in f.parts)
+            memory = json.loads(subprocess.run([sys.executable, "-c", OPEN_AND_MEASURE, str(Path(tmp) / "store")],
+                                               capture_output=True, text=True, check=True,
+                                               cwd=Path(__file__).resolve().parents[1]).stdout)
+            measured.append((disk, memory["RssAnon"]))
+    pages = sizes[1] - sizes[0]
+    return {"disk_kb": round((measured[1][0] - measured[0][0]) / pages / 1024, 1),
+            "anonymous_kb": round((measured[1][1] - measured[0][1]) / pages / 1024, 1)}
+
+
+def footprint_table() -> dict:
+    rows = []
+    for pool, tokens in FOOTPRINT_TOKENS.items():
+        for storage in FOOTPRINT_STORAGE:
+            row = {"pool_factor": pool, "tokens": tokens, "storage": storage, **footprint(storage, tokens)}
+            rows.append(row)
+            print(row, flush=True)
+    print(table(rows, ["pool_factor", "tokens", "storage", "disk_kb", "anonymous_kb"]))
+    out = {"footprint": rows}
+    print(f"saved {save('late_footprint', out)}")
+    return out
 
 
 def main(argv=None) -> dict:
@@ -70,7 +137,10 @@ def main(argv=None) -> dict:
     parser.add_argument("--queries", type=int, default=50)
     parser.add_argument("--prefetch", type=int, default=100)
     parser.add_argument("--storage", default="quantization=int8, on_disk=true")
+    parser.add_argument("--footprint", action="store_true", help="bytes per page by storage option and pooling")
     args = parser.parse_args(argv)
+    if args.footprint:
+        return footprint_table()
 
     import json
     import subprocess
@@ -133,7 +203,11 @@ def main(argv=None) -> dict:
     print(table(rows, ["measure", "p50_ms", "p95_ms", "recall@10"]))
     facts = {"pages": args.pages, "tokens": args.tokens, "storage": args.storage, "upsert_s": round(upserted, 1),
              "index_s": round(indexed, 1), "disk_bytes_per_page": int(disk / args.pages),
-             "serving_peak_rss_gb": round(served["rss_gb"], 2)}
+             # Anonymous memory is what the store holds; file pages (the token vectors MaxSim read) are the
+             # kernel's page cache, given back under pressure.
+             "serving_anonymous_gb": round(served["queried"]["RssAnon"], 2),
+             "serving_file_pages_gb": round(served["queried"]["RssFile"], 2),
+             "serving_peak_rss_gb": round(served["queried"]["VmHWM"], 2)}
     print(facts)
     out = {"rows": rows, **facts}
     print(f"saved {save('late', out)}")

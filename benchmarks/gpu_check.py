@@ -95,7 +95,8 @@ def main(argv=None) -> dict:
     if not args.no_vlm:
         from benchmarks.bench_documents import late_pages
 
-        rows.append(late_pages(pages=16, device="cuda"))  # ColQwen2-2B size, bf16: pages/s
+        for family in ("colqwen2", "colmodernvbert"):  # real sizes, bf16: pages/s
+            rows.append(late_pages(family, pages=16, device="cuda"))
     print(f"GPU: {gpu}")
     print(table(rows, ["measure", "value", "unit", "vs_limit", "target"]))
     out = {"gpu": gpu, "fp16_matmul_peak_tflops": round(peak / 1000, 1), "rows": rows,

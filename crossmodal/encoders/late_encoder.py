@@ -11,6 +11,7 @@ of the graph), and Search ranks the pooled vector's candidates by MaxSim (``quer
 from __future__ import annotations
 
 import logging
+import math
 import warnings
 from pathlib import Path
 from typing import Sequence
@@ -83,18 +84,23 @@ class LateInteractionEncoder(SquareViews, DualEncoderBase):
 
     def page_patches(self, image) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
         """A page's token vectors (normalised, every token: MaxSim reads them all), which of them are image
-        patches, and the patch grid (cols, rows) the processor cut the page into: what a heat map needs."""
-        from sentence_transformers.multi_vector_encoder.interpretability import get_n_patches
-
+        patches in row-major order over the page, and that patch grid (cols, rows): what a heat map needs."""
         image = image if image.mode == "RGB" else image.convert("RGB")
         with self._lock, self._torch.inference_mode(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             raw = self.model.encode_document([image], output_value=None, show_progress_bar=False)[0]
-            n_patches = get_n_patches(self.model, image.size)
         keep = raw["attention_mask"].bool()
-        tokens = raw["token_embeddings"][keep].float().numpy()
-        image_token = self.model[0].processor.image_token_id
-        return l2_normalize(tokens), (raw["input_ids"][keep] == image_token).numpy(), tuple(n_patches)
+        tokens = l2_normalize(raw["token_embeddings"][keep].float().numpy())
+        processor = self.model[0].processor
+        is_patch = (raw["input_ids"][keep] == processor.image_token_id).numpy()
+        if not split_into_tiles(processor):
+            from sentence_transformers.multi_vector_encoder.interpretability import get_n_patches
+
+            return tokens, is_patch, tuple(get_n_patches(self.model, image.size))
+        order, grid = tile_patch_order(processor, image, np.nonzero(is_patch)[0])
+        rest = np.setdiff1d(np.arange(len(tokens)), order)
+        mask = np.concatenate([np.zeros(len(rest), bool), np.ones(len(order), bool)])
+        return tokens[np.concatenate([rest, order])], mask, grid
 
     def query_multivector(self, text: str) -> tuple[np.ndarray, np.ndarray]:
         """(pooled vector, token vectors) of a text query."""
@@ -140,6 +146,28 @@ class LateInteractionEncoder(SquareViews, DualEncoderBase):
 
 
 
+def split_into_tiles(processor) -> bool:
+    """Idefics3-style processors (ColModernVBert's) cut a page into tiles, each its own block of image tokens,
+    and add the whole page shrunk to one tile after them: not one row-major grid."""
+    return getattr(getattr(processor, "image_processor", None), "do_image_splitting", None) is not None
+
+
+def tile_patch_order(processor, image, patch_positions: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
+    """The positions of a tiled page's image tokens in row-major order over the page, and that grid (cols,
+    rows). Each tile's ``image_seq_len`` tokens are a square, row-major; tiles follow row by row; the global
+    view's block, last, is left out (it covers the page a second time, coarsely)."""
+    side = math.isqrt(processor.image_seq_len)
+    layout = processor.image_processor(images=[[image]], return_row_col_info=True, return_tensors="np")
+    rows, cols = max(1, int(layout["rows"][0][0])), max(1, int(layout["cols"][0][0]))
+    block = side * side
+    spatial = np.empty((rows * side, cols * side), dtype=np.int64)
+    for tile in range(rows * cols):
+        row, col = divmod(tile, cols)
+        spatial[row * side:(row + 1) * side, col * side:(col + 1) * side] = \
+            patch_positions[tile * block:(tile + 1) * block].reshape(side, side)
+    return spatial.ravel(), (cols * side, rows * side)
+
+
 def pooled(tokens: np.ndarray) -> np.ndarray:
     """The mean of token vectors, renormalised: what the HNSW graph indexes and the first stage searches."""
     return l2_normalize(np.asarray(tokens, dtype=np.float32).mean(axis=0, keepdims=True))[0]
@@ -166,4 +194,36 @@ def load_late_encoder(ref: ModelRef, directory: Path, device: str, weights: str)
         except (OSError, ValueError, KeyError) as exc:
             raise CrossmodalError(f"cannot load '{ref.name}' with sentence-transformers: {exc}",
                                   param="model") from None
+    apply_retrieval_prompts(model[0].processor)
     return LateInteractionEncoder(ref.name, model.eval(), device, directory, weights)
+
+
+def apply_retrieval_prompts(processor) -> None:
+    """sentence-transformers hands a ``*ForRetrieval`` processor pages as ``processor(images=...)`` and queries as
+    ``processor(text=...)``. ColQwen2's and ColPali's then add what the model was trained with (the visual
+    prompt around a page's image tokens; the query prefix and ten augmentation tokens after a query).
+    ColModernVBert's does that only in ``process_images`` / ``process_queries``: called plainly it returns a page
+    without token ids, which the model cannot read, and a bare query. Give such a processor the others'
+    behaviour, from its own prompts."""
+    prefix = getattr(processor, "visual_prompt_prefix", None)
+    if prefix is None or getattr(type(processor), "applies_retrieval_prompts", False):
+        return
+    from PIL import Image
+
+    if "input_ids" in processor(images=[Image.new("RGB", (32, 32))], return_tensors="pt"):
+        return
+
+    class WithRetrievalPrompts(type(processor)):
+        applies_retrieval_prompts = True
+
+        def __call__(self, images=None, text=None, **kwargs):
+            if images is not None and text is None:
+                text = [self.visual_prompt_prefix] * len(images)
+            elif text is not None and images is None:
+                augmentation = self.query_augmentation_token * 10  # as process_queries
+                text = [f"{self.query_prefix}{query}{augmentation}" for query in ([text] if isinstance(text, str)
+                                                                                  else text)]
+            return super().__call__(images=images, text=text, **kwargs)
+
+    WithRetrievalPrompts.__name__ = WithRetrievalPrompts.__qualname__ = type(processor).__name__
+    processor.__class__ = WithRetrievalPrompts

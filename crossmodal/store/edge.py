@@ -27,6 +27,7 @@ import qdrant_edge as qe
 
 from crossmodal.runtime import os_lock, os_rlock
 from crossmodal.errors import CollectionExists, CrossmodalError
+from crossmodal.store.heap import return_freed_heap
 from crossmodal.store.options import INT8_QUANTILE, StorageOptions
 from crossmodal.store.base import (
     INTEGER_FIELDS,
@@ -153,6 +154,7 @@ class EdgeStore(VectorStore):
             except Exception:
                 os.close(lock_fd)
                 raise
+            return_freed_heap()  # the log's replay leaves hundreds of MB freed but held (store/heap.py)
             _OPEN[key] = _OpenShard(shard, lock_fd, storage)
             return _OPEN[key]
 
@@ -208,6 +210,7 @@ class EdgeStore(VectorStore):
         with opened.mutex:
             opened.shard.flush()
             opened.shard.optimize()  # builds HNSW once a segment passes INDEXING_THRESHOLD
+        return_freed_heap()  # merged segments' buffers
 
     def query(self, name, vector, limit, conditions=(), score_threshold=None, exact=False) -> list[Hit]:
         opened = self._shard(name)
