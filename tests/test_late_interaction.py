@@ -135,6 +135,29 @@ def test_opening_a_late_collection_does_not_keep_its_logs_replay(tmp_path):
     assert sizes["opened"] - sizes["before"] < 100, sizes  # the token vectors are mapped files, not heap
 
 
+def test_a_long_ingest_keeps_the_write_ahead_log_bounded(tmp_path, monkeypatch):
+    """The log holds every write until a flush: the store flushes along the way (here every 16 MB; 256 MB in
+    use), so 600 pages of token vectors leave a log of its few segments, not a second copy of everything (224
+    MB unflushed), and all of them are there after a reopen."""
+    import crossmodal.store.edge as edge
+
+    monkeypatch.setattr(edge, "FLUSH_AFTER_BYTES", 16 * 2**20)
+    store = edge.EdgeStore(tmp_path / "edge")
+    store.create_collection("pages", "late-model", 128, storage=StorageOptions.parse("vectors=float16"),
+                            multivector_dim=128)
+    rng = np.random.default_rng(1)
+    for start in range(0, 600, 50):
+        tokens = unit(rng.normal(size=(50, 350, 128)))
+        store.upsert("pages", [StoredPoint(f"00000000-0000-0000-0000-{start + i:012d}", unit(t.mean(0)).tolist(),
+                                           {"page": start + i}, t.tolist()) for i, t in enumerate(tokens)])
+        log = sum(f.stat().st_size for f in (tmp_path / "edge").rglob("*") if "wal" in f.parts)
+        assert log < 130 * 2**20, (start, log)
+    store.close()
+    reopened = edge.EdgeStore(tmp_path / "edge")
+    assert reopened.get_collection("pages").count == 600
+    reopened.close()
+
+
 # -- a late-interaction model (a tiny ColQwen2) through Ingest and Search ---------------------------------------
 @pytest.fixture(scope="module")
 def colqwen_dir(tmp_path_factory):

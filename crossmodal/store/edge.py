@@ -47,6 +47,10 @@ from crossmodal.store.base import (
 # above it the optimizer builds HNSW.
 INDEXING_THRESHOLD = 20_000
 HNSW_EF = 512  # recall@10 0.96 at 100k points, p50 under 2 ms (benchmarks/bench_store.py)
+# Every write goes to the shard's write-ahead log first, and only a flush lets the log drop what the segments
+# now hold: without one, a long ingest kept a second copy of everything it wrote (21 GB for 95,000 pages of
+# token vectors) and an open replayed all of it. Flushing after this many bytes keeps the log near 100 MB.
+FLUSH_AFTER_BYTES = 256 * 2**20
 META_FILE = "collection.json"
 
 
@@ -56,6 +60,7 @@ class _OpenShard:
         self.lock_fd = lock_fd
         self.mutex = os_rlock()
         self.search_params = search_params(storage)
+        self.unflushed_bytes = 0
 
 
 # One open shard per directory per process: Qdrant's files must not be opened twice.
@@ -178,7 +183,7 @@ class EdgeStore(VectorStore):
         if not points:
             return
         opened = self._shard(name)
-        batch = []
+        batch, written = [], 0
         for p in points:
             payload = p.payload
             if payload.get("thumbnail"):
@@ -186,11 +191,17 @@ class EdgeStore(VectorStore):
                 _write_bytes(self._thumbnail_path(name, p.id), base64.b64decode(payload["thumbnail"]))
                 payload = {k: v for k, v in payload.items() if k != "thumbnail"}
             vectors = {VECTOR_NAME: list(map(float, p.vector))}
+            written += 4 * len(p.vector)
             if p.multivector is not None:
                 vectors[MULTIVECTOR_NAME] = [list(map(float, row)) for row in p.multivector]
+                written += 4 * sum(map(len, p.multivector))
             batch.append(qe.Point(p.id, vectors, payload))
         with opened.mutex:
             opened.shard.update(qe.UpdateOperation.upsert_points(batch))
+            opened.unflushed_bytes += written
+            if opened.unflushed_bytes >= FLUSH_AFTER_BYTES:
+                opened.shard.flush()
+                opened.unflushed_bytes = 0
 
     def _thumbnail_path(self, name: str, point_id) -> Path:
         point_id = str(point_id)
@@ -209,6 +220,7 @@ class EdgeStore(VectorStore):
         opened = self._shard(name)
         with opened.mutex:
             opened.shard.flush()
+            opened.unflushed_bytes = 0
             opened.shard.optimize()  # builds HNSW once a segment passes INDEXING_THRESHOLD
         return_freed_heap()  # merged segments' buffers
 
