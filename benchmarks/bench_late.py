@@ -15,6 +15,9 @@ The store is served by a process of its own (opened from disk, as after a restar
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -86,7 +89,6 @@ print(json.dumps({k: int(fields[k].split()[0]) * 1024 for k in ("RssAnon", "RssF
 def footprint(storage: str, tokens: int, sizes=(300, 900)) -> dict:
     """Disk and resident memory a page adds (the difference between two collection sizes: the write-ahead log
     and the process are the same for both), the store reopened by a process of its own."""
-    import json
     import subprocess
 
     from crossmodal.store import StoredPoint
@@ -130,6 +132,52 @@ def footprint_table() -> dict:
     return out
 
 
+def build(work: Path, pages: int, tokens: int, storage: str) -> dict:
+    """The store and, for the exhaustive reference, the same pages as float16 on disk (``pages.npy``)."""
+    from crossmodal.store import StoredPoint
+    from crossmodal.store.edge import EdgeStore
+    from crossmodal.store.options import StorageOptions
+
+    kept = np.lib.format.open_memmap(work / "pages.npy", mode="w+", dtype=np.float16, shape=(pages, tokens, DIM))
+    store = EdgeStore(work / "store")
+    store.create_collection("pages", "late-bench", DIM, storage=StorageOptions.parse(storage), multivector_dim=DIM)
+    started = time.perf_counter()
+    batch = []
+    for i, page in enumerate(make_pages(pages, tokens)):
+        kept[i] = page
+        batch.append(StoredPoint(f"00000000-0000-0000-0000-{i:012d}", unit(page.mean(0)).tolist(), {"page": i},
+                                 page.tolist()))
+        if len(batch) == 200:
+            store.upsert("pages", batch)
+            batch = []
+    store.upsert("pages", batch)
+    upserted = time.perf_counter() - started
+    started = time.perf_counter()
+    store.finish_writes("pages")
+    indexed = time.perf_counter() - started
+    store.close()
+    kept.flush()
+    disk = sum(f.stat().st_size for f in (work / "store").rglob("*") if f.is_file())
+    facts = {"pages": pages, "tokens": tokens, "storage": storage, "upsert_s": round(upserted, 1),
+             "index_s": round(indexed, 1), "disk_bytes_per_page": int(disk / pages)}
+    (work / "built.json").write_text(json.dumps(facts))
+    return facts
+
+
+def memory_cgroup(limit_gb: float | None):
+    """A fresh memory cgroup (v1, as this machine has) of ``limit_gb`` for the serving process: page cache
+    counts against it and is reclaimed at the limit, so the store runs in that much memory or is killed."""
+    if not limit_gb:
+        return None
+    group = Path("/sys/fs/cgroup/memory") / f"crossmodal-bench-{os.getpid()}"
+    try:
+        group.mkdir()
+        (group / "memory.limit_in_bytes").write_text(str(int(limit_gb * 2**30)))
+    except OSError as exc:
+        raise SystemExit(f"--memory-limit-gb needs a writable cgroup v1 memory controller: {exc}")
+    return group
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pages", type=int, default=10_000)
@@ -138,60 +186,58 @@ def main(argv=None) -> dict:
     parser.add_argument("--prefetch", type=int, default=100)
     parser.add_argument("--storage", default="quantization=int8, on_disk=true")
     parser.add_argument("--footprint", action="store_true", help="bytes per page by storage option and pooling")
+    parser.add_argument("--work-dir", help="build here and keep it; a later run with the same sizes reuses it")
+    parser.add_argument("--memory-limit-gb", type=float, help="serve inside a memory cgroup of this size")
     args = parser.parse_args(argv)
     if args.footprint:
         return footprint_table()
+    with tempfile.TemporaryDirectory() as tmp:
+        return run(args, Path(args.work_dir) if args.work_dir else Path(tmp))
 
-    import json
+
+def run(args, work: Path) -> dict:
     import subprocess
 
-    from crossmodal.store import StoredPoint
-    from crossmodal.store.edge import EdgeStore
-    from crossmodal.store.options import StorageOptions
+    work.mkdir(parents=True, exist_ok=True)
+    wanted = {"pages": args.pages, "tokens": args.tokens, "storage": args.storage}
+    built = json.loads((work / "built.json").read_text()) if (work / "built.json").exists() else {}
+    if {k: built.get(k) for k in wanted} != wanted:
+        shutil.rmtree(work / "store", ignore_errors=True)
+        built = build(work, args.pages, args.tokens, args.storage)
+    kept = np.load(work / "pages.npy", mmap_mode="r")
 
     rng = np.random.default_rng(1)
-    with tempfile.TemporaryDirectory() as tmp:
-        # The pages, for the exhaustive reference, on disk: the serving process below never touches them.
-        kept = np.lib.format.open_memmap(Path(tmp) / "pages.npy", mode="w+", dtype=np.float16,
-                                         shape=(args.pages, args.tokens, DIM))
-        store = EdgeStore(Path(tmp) / "store")
-        store.create_collection("pages", "late-bench", DIM, storage=StorageOptions.parse(args.storage),
-                                multivector_dim=DIM)
-        started = time.perf_counter()
-        batch = []
-        for i, tokens in enumerate(make_pages(args.pages, args.tokens)):
-            kept[i] = tokens
-            batch.append(StoredPoint(f"00000000-0000-0000-0000-{i:012d}", unit(tokens.mean(0)).tolist(), {"page": i},
-                                     tokens.tolist()))
-            if len(batch) == 200:
-                store.upsert("pages", batch)
-                batch = []
-        store.upsert("pages", batch)
-        upserted = time.perf_counter() - started
-        started = time.perf_counter()
-        store.finish_writes("pages")
-        indexed = time.perf_counter() - started
-        store.close()
-        kept.flush()
-        disk = sum(f.stat().st_size for f in (Path(tmp) / "store").rglob("*") if f.is_file())
+    sources = rng.integers(0, args.pages, args.queries)
+    queries = np.stack([unit(kept[page, rng.choice(args.tokens, 20, replace=False)].astype(np.float32)
+                             + QUERY_NOISE * rng.normal(size=(20, DIM))) for page in sources])
+    np.save(work / "queries.npy", queries)
+    group = memory_cgroup(args.memory_limit_gb)
+    enter = (lambda: (group / "cgroup.procs").write_text(str(os.getpid()))) if group else None
+    try:
+        served = subprocess.run([sys.executable, "-c", SERVE, str(work / "store"), str(work / "queries.npy"),
+                                 str(args.prefetch)], capture_output=True, text=True, preexec_fn=enter,
+                                cwd=Path(__file__).resolve().parents[1])
+        limit = {}
+        if group:
+            limit = {"memory_limit_gb": args.memory_limit_gb,
+                     "cgroup_peak_gb": round(int((group / "memory.max_usage_in_bytes").read_text()) / 2**30, 2),
+                     "cgroup_limit_hits": int((group / "memory.failcnt").read_text())}
+    finally:
+        if group:
+            group.rmdir()
+    if served.returncode:
+        raise SystemExit(f"the serving process failed ({served.returncode}; killed at the memory limit?): "
+                         f"{served.stderr[-2000:]} {limit}")
+    served = json.loads(served.stdout)
 
-        sources = rng.integers(0, args.pages, args.queries)
-        queries = np.stack([unit(kept[page, rng.choice(args.tokens, 20, replace=False)].astype(np.float32)
-                                 + QUERY_NOISE * rng.normal(size=(20, DIM))) for page in sources])
-        np.save(Path(tmp) / "queries.npy", queries)
-        served = json.loads(subprocess.run(
-            [sys.executable, "-c", SERVE, str(Path(tmp) / "store"), str(Path(tmp) / "queries.npy"),
-             str(args.prefetch)], capture_output=True, text=True, check=True,
-            cwd=Path(__file__).resolve().parents[1]).stdout)
-
-        recalls, exhaustive_ms = [], []
-        for query, found in zip(queries, served["found"]):
-            started = time.perf_counter()
-            scores = np.concatenate([
-                (np.asarray(kept[s:s + 500], dtype=np.float32) @ query.T).max(axis=1).sum(axis=1)
-                for s in range(0, args.pages, 500)])
-            exhaustive_ms.append(1000 * (time.perf_counter() - started))
-            recalls.append(len(set(np.argsort(-scores)[:10].tolist()) & set(found)) / 10)
+    recalls, exhaustive_ms = [], []
+    for query, found in zip(queries, served["found"]):
+        started = time.perf_counter()
+        scores = np.concatenate([
+            (np.asarray(kept[s:s + 500], dtype=np.float32) @ query.T).max(axis=1).sum(axis=1)
+            for s in range(0, args.pages, 500)])
+        exhaustive_ms.append(1000 * (time.perf_counter() - started))
+        recalls.append(len(set(np.argsort(-scores)[:10].tolist()) & set(found)) / 10)
 
     latencies = served["latencies"]
     rows = [{"measure": f"two-stage MaxSim, {args.pages:,} pages x {args.tokens} tokens, prefetch {args.prefetch}",
@@ -201,13 +247,12 @@ def main(argv=None) -> dict:
             {"measure": "exhaustive MaxSim in numpy (the reference)", "p50_ms": round(statistics.median(exhaustive_ms), 1),
              "recall@10": 1.0}]
     print(table(rows, ["measure", "p50_ms", "p95_ms", "recall@10"]))
-    facts = {"pages": args.pages, "tokens": args.tokens, "storage": args.storage, "upsert_s": round(upserted, 1),
-             "index_s": round(indexed, 1), "disk_bytes_per_page": int(disk / args.pages),
+    facts = {**built,
              # Anonymous memory is what the store holds; file pages (the token vectors MaxSim read) are the
              # kernel's page cache, given back under pressure.
              "serving_anonymous_gb": round(served["queried"]["RssAnon"], 2),
              "serving_file_pages_gb": round(served["queried"]["RssFile"], 2),
-             "serving_peak_rss_gb": round(served["queried"]["VmHWM"], 2)}
+             "serving_peak_rss_gb": round(served["queried"]["VmHWM"], 2), **limit}
     print(facts)
     out = {"rows": rows, **facts}
     print(f"saved {save('late', out)}")

@@ -78,6 +78,30 @@ def test_token_vectors_survive_a_scroll_and_float16_storage(store):
         assert np.min(np.sum(unit(kept) * unit(original.multivector), axis=1)) > 0.999
 
 
+def test_maxsim_reads_the_int8_codes_only_when_the_originals_are_on_disk(tmp_path, monkeypatch):
+    """On disk, the second stage scores its candidates on the int8 codes in memory (no random read per
+    candidate); in memory, on the originals (exact). Codes exist once the optimizer has indexed a segment."""
+    import crossmodal.store.edge as edge
+
+    monkeypatch.setattr(edge, "INDEXING_THRESHOLD", 10)
+    store = edge.EdgeStore(tmp_path / "edge")
+    stored = pages(60, seed=11)
+    query = unit(np.asarray(stored[9].multivector[:6]))
+    exact = {p.id: maxsim(query, p.multivector) for p in stored}
+    for name, storage in (("memory", "quantization=int8"), ("disk", "quantization=int8, on_disk=true")):
+        store.create_collection(name, "late-model", DIM, storage=StorageOptions.parse(storage), multivector_dim=DIM)
+        store.upsert(name, stored)
+        store.finish_writes(name)
+        hits = store.query_late(name, unit(query.mean(0)).tolist(), query.tolist(), limit=10, prefetch=60)
+        errors = np.abs([h.score - exact[h.id] for h in hits])
+        assert hits[0].id == stored[9].id
+        if name == "memory":
+            assert errors.max() < 1e-4
+        else:
+            assert 1e-4 < errors.max() < 0.05 * len(query)  # int8 codes: close, not exact
+    store.close()
+
+
 def test_migration_keeps_the_token_vectors(tmp_path):
     from qdrant_client import QdrantClient
 

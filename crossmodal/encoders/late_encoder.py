@@ -145,7 +145,6 @@ class LateInteractionEncoder(SquareViews, DualEncoderBase):
         return np.zeros((0, self.dim), dtype=np.float32)
 
 
-
 def split_into_tiles(processor) -> bool:
     """Idefics3-style processors (ColModernVBert's) cut a page into tiles, each its own block of image tokens,
     and add the whole page shrunk to one tile after them: not one row-major grid."""

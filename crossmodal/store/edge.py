@@ -59,6 +59,7 @@ class _OpenShard:
         self.shard = shard
         self.lock_fd = lock_fd
         self.mutex = os_rlock()
+        self.storage = storage
         self.search_params = search_params(storage)
         self.unflushed_bytes = 0
 
@@ -244,12 +245,10 @@ class EdgeStore(VectorStore):
         first = qe.Prefetch(limit=int(prefetch), query=qe.Query.Nearest(list(map(float, vector)), using=VECTOR_NAME),
                             filter=conditions_filter, params=qe.SearchParams(hnsw_ef=max(HNSW_EF, int(prefetch)),
                                                                              **opened.search_params))
-        # MaxSim over the few candidates reads the original token vectors (quantised codes would cost
-        # ranking precision and save nothing there).
         request = qe.QueryRequest(
             limit=int(limit), prefetches=[first], filter=conditions_filter, score_threshold=score_threshold,
             query=qe.Query.Nearest([list(map(float, row)) for row in multivector], using=MULTIVECTOR_NAME),
-            with_payload=True, params=qe.SearchParams(quantization=qe.QuantizationSearchParams(ignore=True)))
+            with_payload=True, params=maxsim_params(opened.storage))
         with opened.mutex:
             points = opened.shard.query(request)
         return [self._hit(name, p.id, float(p.score), p.payload) for p in points]
@@ -320,6 +319,13 @@ def search_params(storage: StorageOptions) -> dict:
     if storage.quantization == "none":
         return {}
     return {"quantization": qe.QuantizationSearchParams(rescore=True, oversampling=storage.oversampling)}
+
+
+def maxsim_params(storage: StorageOptions) -> qe.SearchParams:
+    """MaxSim over the first stage's candidates: on the int8 codes or the originals (StorageOptions.maxsim_on_codes)."""
+    if storage.maxsim_on_codes:
+        return qe.SearchParams(quantization=qe.QuantizationSearchParams(ignore=False, rescore=False))
+    return qe.SearchParams(quantization=qe.QuantizationSearchParams(ignore=True))
 
 
 def _rows(multivector) -> list[list[float]] | None:

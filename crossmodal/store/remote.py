@@ -186,7 +186,8 @@ class RemoteStore(VectorStore):
                 self.client.query_points, check_collection_name(name), prefetch=first,
                 query=[list(map(float, row)) for row in multivector], using=MULTIVECTOR_NAME, limit=int(limit),
                 query_filter=query_filter, score_threshold=score_threshold, with_payload=True,
-                search_params=models.SearchParams(quantization=models.QuantizationSearchParams(ignore=True)))
+                search_params=models.SearchParams(quantization=models.QuantizationSearchParams(
+                    ignore=not storage.maxsim_on_codes, rescore=False)))  # as the embedded store: see options.py
         except NotFoundError:
             raise missing_collection(name) from None
         return [Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in response.points]
