@@ -7,9 +7,12 @@ pages have: each page's tokens lie near a few of many topics; a query is a handf
 noise. Recall@10: the share of exhaustive MaxSim's top 10 that the two stages return.
 
     python benchmarks/bench_late.py [--pages 10000] [--tokens 700] [--queries 50] [--prefetch 100] [--storage S]
+                                    [--work-dir DIR] [--memory-limit-gb 8]
     python benchmarks/bench_late.py --footprint    # bytes a page costs, by storage option and pooling
 
-The store is served by a process of its own (opened from disk, as after a restart): its latencies and peak RSS.
+The store is served by a process of its own (opened from disk, as after a restart): its latencies, its
+anonymous memory and file pages, and with --memory-limit-gb, inside a memory cgroup of that size (page cache
+included: the store runs in that much memory or is killed).
 """
 
 from __future__ import annotations
@@ -86,7 +89,7 @@ print(json.dumps({k: int(fields[k].split()[0]) * 1024 for k in ("RssAnon", "RssF
 """
 
 
-def footprint(storage: str, tokens: int, sizes=(300, 900)) -> dict:
+def footprint(storage: str, tokens: int, sizes=(500, 2500)) -> dict:
     """Disk and resident memory a page adds (the difference between two collection sizes: the write-ahead log
     and the process are the same for both), the store reopened by a process of its own."""
     import subprocess

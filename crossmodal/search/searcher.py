@@ -19,7 +19,6 @@ from crossmodal.store import Condition, Hit, check_weights, parse_filter
 
 
 SEARCH_TARGETS = ("image", "text", "any")
-LATE_PREFETCH = 100  # first-stage candidates of a late-interaction search (benchmarks/bench_late.py)
 MAX_REGION_CANDIDATES = 2000
 
 
@@ -70,7 +69,7 @@ def search(
     if late:
         warnings, query_kind = [], "text"
         hits = late_search(ctx, encoder, name, text, top_k, [*conditions, Condition("kind", "any", kinds)],
-                           score_threshold, where)
+                           score_threshold, where, prefetch=info.storage.late_prefetch)
     else:
         vector, warnings, query_kind = query_vector(encoder, text, image, float(text_weight))
         if regions:
@@ -112,15 +111,16 @@ def search_and_rerank(ctx: Context, text, image, collection, top_k, score_thresh
     return first
 
 
-def late_search(ctx: Context, encoder, name, text, top_k, conditions, score_threshold, where) -> list[Hit]:
-    """Late interaction: LATE_PREFETCH candidates by the pooled vector, ranked by MaxSim in the engine. Scores
+def late_search(ctx: Context, encoder, name, text, top_k, conditions, score_threshold, where,
+                prefetch: int) -> list[Hit]:
+    """Late interaction: ``prefetch`` candidates by the pooled vector, ranked by MaxSim in the engine. Scores
     are MaxSim divided by the query's token count (the mean of each token's best cosine), so that they read
     as cosines do, thresholds and calibration included."""
     pooled, tokens = encoder.query_multivector(text)
     count = len(tokens)
     limit = top_k if where is None else top_k * 4
     threshold = None if score_threshold is None else float(score_threshold) * count
-    hits = ctx.store.query_late(name, pooled.tolist(), tokens.tolist(), limit, max(LATE_PREFETCH, 4 * limit),
+    hits = ctx.store.query_late(name, pooled.tolist(), tokens.tolist(), limit, max(prefetch, 4 * limit),
                                 conditions, threshold)
     hits = [Hit(h.id, h.score / count, h.payload) for h in hits]
     return (hits if where is None else [h for h in hits if where(h.payload)])[:top_k]

@@ -30,6 +30,7 @@ SERVER_ONLY = ("shards", "replicas", "write_consistency")
 BINARY_MIN_DIM = 768
 INT8_QUANTILE = 0.99  # clip the 1 % extreme values before scaling to int8
 BINARY_OVERSAMPLING = 3.0  # candidates fetched per result with binary codes, then rescored
+LATE_PREFETCH, LATE_PREFETCH_ON_CODES = 100, 300  # see StorageOptions.late_prefetch
 INT8_OVERSAMPLING = 1.5
 
 
@@ -93,10 +94,18 @@ class StorageOptions:
     def maxsim_on_codes(self) -> bool:
         """Late interaction's second stage scores its candidates on the int8 codes (kept in memory) when the
         original token vectors are on disk: there the originals cost a random read per candidate (100 pages of
-        350 token vectors, 18 MB a query: p50 48 ms from a cold disk at 10,000 pages) and the codes give the
-        same ranking to within noise (recall@10 0.947 against 0.950) in 6 ms (benchmarks/bench_late.py).
-        In memory the originals are as quick, and exact."""
+        350 token vectors, 18 MB a query: p50 / p95 16 / 110 ms from a cold disk at 10,000 pages) and the codes
+        rank about as well (recall@10 0.943 against 0.950) in 6 / 8 ms. In memory the originals are as quick,
+        and exact. benchmarks/bench_late.py; docs/documents.md."""
         return self.on_disk and self.quantization == "int8"
+
+    @property
+    def late_prefetch(self) -> int:
+        """First-stage candidates of a late-interaction search. MaxSim on the originals in memory: 100 (10,000
+        pages of 700 float16 token vectors: recall@10 0.977 in 15 ms; 300 would take 42 ms for 1.000). On the
+        codes a candidate costs far less: 300 (10,000 pages of 350: 0.980 in 15 ms; 100,000 pages in an 8 GB
+        memory cgroup: 0.965 in 20 ms, against 0.935 at 100)."""
+        return LATE_PREFETCH_ON_CODES if self.maxsim_on_codes else LATE_PREFETCH
 
     def as_dict(self) -> dict:
         return {k: v for k, v in asdict(self).items() if v is not None}
