@@ -123,6 +123,15 @@ def test_migration_keeps_the_token_vectors(tmp_path):
     target.close()
 
 
+def colqwen_sized_pages(count: int, seed: int, batch: int = 50):
+    """Batches of points with 350 random token vectors of 128 dimensions (ColQwen2's pages pooled by 2)."""
+    rng = np.random.default_rng(seed)
+    for start in range(0, count, batch):
+        tokens = unit(rng.normal(size=(batch, 350, 128)))
+        yield [StoredPoint(f"00000000-0000-0000-0000-{start + i:012d}", unit(t.mean(0)).tolist(), {"page": start + i},
+                           t.tolist()) for i, t in enumerate(tokens)]
+
+
 OPEN_AND_REPORT = """
 import json, sys
 def anonymous_mb():
@@ -146,11 +155,8 @@ def test_opening_a_late_collection_does_not_keep_its_logs_replay(tmp_path):
     store = EdgeStore(tmp_path / "edge")
     store.create_collection("pages", "late-model", 128, storage=StorageOptions.parse("vectors=float16"),
                             multivector_dim=128)
-    rng = np.random.default_rng(0)
-    for start in range(0, 400, 50):
-        tokens = unit(rng.normal(size=(50, 350, 128)))
-        store.upsert("pages", [StoredPoint(f"00000000-0000-0000-0000-{start + i:012d}", unit(t.mean(0)).tolist(),
-                                           {"page": start + i}, t.tolist()) for i, t in enumerate(tokens)])
+    for batch in colqwen_sized_pages(400, seed=0):
+        store.upsert("pages", batch)
     store.finish_writes("pages")
     store.close()
     report = subprocess.run([sys.executable, "-c", OPEN_AND_REPORT, str(tmp_path / "edge")], capture_output=True,
@@ -169,11 +175,8 @@ def test_a_long_ingest_keeps_the_write_ahead_log_bounded(tmp_path, monkeypatch):
     store = edge.EdgeStore(tmp_path / "edge")
     store.create_collection("pages", "late-model", 128, storage=StorageOptions.parse("vectors=float16"),
                             multivector_dim=128)
-    rng = np.random.default_rng(1)
-    for start in range(0, 600, 50):
-        tokens = unit(rng.normal(size=(50, 350, 128)))
-        store.upsert("pages", [StoredPoint(f"00000000-0000-0000-0000-{start + i:012d}", unit(t.mean(0)).tolist(),
-                                           {"page": start + i}, t.tolist()) for i, t in enumerate(tokens)])
+    for start, batch in enumerate(colqwen_sized_pages(600, seed=1)):
+        store.upsert("pages", batch)
         log = sum(f.stat().st_size for f in (tmp_path / "edge").rglob("*") if "wal" in f.parts)
         assert log < 130 * 2**20, (start, log)
     store.close()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from crossmodal.lab.vlm_models import QWEN_SPECIALS, qwen_tokenizer
+from crossmodal.lab.vlm_models import QWEN_SPECIALS, byte_level_bpe, qwen_tokenizer
 
 # ColQwen2's backbone sizes: "tiny" for tests, "2b" = Qwen2-VL-2B's (vidore/colqwen2-v1.0 is fine-tuned from it).
 COLQWEN2_SIZES = {
@@ -70,20 +70,8 @@ MODERNVBERT_SPECIALS = (["<|begin_of_text|>", "<|end_of_text|>", "[PAD]", "[MASK
 
 
 def modernvbert_tokenizer():
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    from crossmodal.lab.scenes import COLORS, SHAPES
-
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=320, special_tokens=MODERNVBERT_SPECIALS,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tokenizer.train_from_iterator([" ".join(COLORS), " ".join(SHAPES), "user assistant describe the image"],
-                                  trainer=trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<|begin_of_text|>",
-                                   eos_token="<|end_of_text|>", pad_token="[PAD]", mask_token="[MASK]")
+    return byte_level_bpe(MODERNVBERT_SPECIALS, ["user assistant describe the image"], bos_token="<|begin_of_text|>",
+                          eos_token="<|end_of_text|>", pad_token="[PAD]", mask_token="[MASK]")
 
 
 def save_colmodernvbert(directory: Path, *, size: str = "tiny", seed: int = 3, dtype: str = "float32") -> Path:

@@ -54,8 +54,9 @@ SIZES = {
 }
 
 
-def qwen_tokenizer():
-    """A byte-level BPE (any text encodes) with Qwen's special tokens, and 'yes' / 'no' as single tokens."""
+def byte_level_bpe(special_tokens: list[str], corpus: list[str], **roles):
+    """A small byte-level BPE (any text encodes) trained on ``corpus`` with a family's special tokens, as a fast
+    tokenizer with those ``roles`` (eos_token=..., pad_token=...)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -64,13 +65,17 @@ def qwen_tokenizer():
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=320, special_tokens=QWEN_SPECIALS,
+    trainer = trainers.BpeTrainer(vocab_size=320, special_tokens=special_tokens,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    corpus = [" ".join(COLORS), " ".join(SHAPES), QUERY_PROMPT.lower(), DOCUMENT_PROMPT.lower(),
-              "a the on left right top bottom and picture photo of yes no"]
-    tokenizer.train_from_iterator(corpus, trainer=trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                                   padding_side="left")
+    tokenizer.train_from_iterator([" ".join(COLORS), " ".join(SHAPES), *corpus], trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, **roles)
+
+
+def qwen_tokenizer():
+    """Qwen's special tokens, and 'yes' / 'no' as single tokens (the reranker's answer)."""
+    fast = byte_level_bpe(QWEN_SPECIALS, [QUERY_PROMPT.lower(), DOCUMENT_PROMPT.lower(),
+                                          "a the on left right top bottom and picture photo of yes no"],
+                          eos_token="<|im_end|>", pad_token="<|endoftext|>", padding_side="left")
     fast.add_tokens(["yes", "no"])
     return fast
 
