@@ -94,8 +94,8 @@ class StorageOptions:
     def maxsim_on_codes(self) -> bool:
         """Late interaction's second stage scores its candidates on the int8 codes (kept in memory) when the
         original token vectors are on disk: there the originals cost a random read per candidate (100 pages of
-        350 token vectors, 18 MB a query: p50 / p95 16 / 110 ms from a cold disk at 10,000 pages) and the codes
-        rank about as well (recall@10 0.943 against 0.950) in 6 / 8 ms. In memory the originals are as quick,
+        350 token vectors, 18 MB a query: p50 / p95 20 / 113 ms from a cold disk at 10,000 pages) and the codes
+        rank about as well (recall@10 0.943 against 0.950) in 7 / 9 ms. In memory the originals are as quick,
         and exact. benchmarks/bench_late.py; docs/documents.md."""
         return self.on_disk and self.quantization == "int8"
 
@@ -103,7 +103,7 @@ class StorageOptions:
     def late_prefetch(self) -> int:
         """First-stage candidates of a late-interaction search. MaxSim on the originals in memory: 100 (10,000
         pages of 700 float16 token vectors: recall@10 0.977 in 15 ms; 300 would take 42 ms for 1.000). On the
-        codes a candidate costs far less: 300 (10,000 pages of 350: 0.980 in 15 ms; 100,000 pages in an 8 GB
+        codes a candidate costs far less: 300 (10,000 pages of 350: 0.980 in 16 ms; 100,000 pages in an 8 GB
         memory cgroup: 0.965 in 20 ms, against 0.935 at 100)."""
         return LATE_PREFETCH_ON_CODES if self.maxsim_on_codes else LATE_PREFETCH
 
