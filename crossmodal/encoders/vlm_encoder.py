@@ -212,7 +212,6 @@ class VlmEncoder(SquareViews, DualEncoderBase):
     def _empty(self, rows: int = 0) -> np.ndarray:
         return np.zeros((rows, self.dim), dtype=np.float32)
 
-
     # -- precision -------------------------------------------------------------------------------------
     def use_precision(self, wanted: str) -> str:
         """bf16 on CUDA (flash attention 2 when installed), kept only if its vectors agree with fp32 on the

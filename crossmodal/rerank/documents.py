@@ -23,10 +23,6 @@ from crossmodal.encoders.embedder import embed_documents
 from crossmodal.encoders.workspace import is_workspace_model
 from crossmodal.errors import CrossmodalError
 from crossmodal.inputs.checks import check_text
-from crossmodal.runtime import os_lock
-
-_KINDS: dict[str, str] = {}  # model identity -> "dual" | "cross-encoder"
-_KINDS_LOCK = os_lock()
 
 
 def rerank_documents(ctx: Context, query: tuple[str, str], documents: Sequence[tuple[str, str]],
@@ -55,26 +51,22 @@ def rerank_documents(ctx: Context, query: tuple[str, str], documents: Sequence[t
 
 def reranker_kind(ctx: Context, model: str | None) -> str:
     """'dual' (a dual encoder or a VLM embedder: cosines) or 'cross-encoder' (text or multimodal), read from
-    the model's config (a few KB; never its weights)."""
-    from crossmodal.encoders.catalog import SUPPORTED_TYPES, model_family, model_identity, refuse_on_lean_build
+    the model's config (a few KB; never its weights; remembered by the catalog)."""
+    from crossmodal.encoders.catalog import (SUPPORTED_TYPES, family_or_none, model_family, model_identity,
+                                             refuse_on_lean_build)
 
     identity = model_identity(model or ctx.settings.model)
     refuse_on_lean_build(identity)
     if is_workspace_model(identity):
         return "dual"
-    with _KINDS_LOCK:
-        if identity in _KINDS:
-            return _KINDS[identity]
-    family = model_family(identity, ctx.settings.hub)
+    # A model that cannot be read: model_family raises the reason.
+    family = family_or_none(identity, ctx.settings.hub) or model_family(identity, ctx.settings.hub)
     if family == "other":
         raise CrossmodalError(f"'{identity}' is neither a dual encoder ({', '.join(SUPPORTED_TYPES)}), a VLM "
                               "embedding model, nor a cross-encoder (a *ForSequenceClassification model such as "
                               "cross-encoder/ms-marco-MiniLM-L-6-v2, or qwen3-vl-reranker-2b); a BLIP ITM model "
                               "goes in the ITM model field", param="model")
-    kind = "dual" if family in ("dual", "vlm", "late") else "cross-encoder"
-    with _KINDS_LOCK:
-        _KINDS[identity] = kind
-    return kind
+    return "dual" if family in ("dual", "vlm", "late") else "cross-encoder"
 
 
 def dual_encoder_scores(ctx: Context, query: tuple[str, str], documents: Sequence[tuple[str, str]],

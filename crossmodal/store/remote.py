@@ -147,13 +147,13 @@ class RemoteStore(VectorStore):
             batch = [models.PointStruct(id=p.id, vector=point_vectors(p), payload=p.payload) for p in points]
             self._call(self.client.upsert, name, points=batch, wait=True)
 
+    def _storage_of(self, name: str) -> StorageOptions:
+        return self._storage.get(name) or self.get_collection(name, with_count=False).storage
+
     def query(self, name, vector, limit, conditions=(), score_threshold=None, exact=False) -> list[Hit]:
         from qdrant_client import models
 
-        storage = self._storage.get(name) or self.get_collection(name, with_count=False).storage
-        quantization = None
-        if storage.quantization != "none" and not exact:
-            quantization = models.QuantizationSearchParams(rescore=True, oversampling=storage.oversampling)
+        quantization = None if exact else search_quantization(self._storage_of(name), models)
         try:
             response = self._call(
                 self.client.query_points,
@@ -173,14 +173,12 @@ class RemoteStore(VectorStore):
     def query_late(self, name, vector, multivector, limit, prefetch, conditions=(), score_threshold=None) -> list[Hit]:
         from qdrant_client import models
 
-        storage = self._storage.get(name) or self.get_collection(name, with_count=False).storage
-        quantization = None
-        if storage.quantization != "none":
-            quantization = models.QuantizationSearchParams(rescore=True, oversampling=storage.oversampling)
+        storage = self._storage_of(name)
         query_filter = _client_filter(conditions)
         first = models.Prefetch(query=list(map(float, vector)), using=VECTOR_NAME, limit=int(prefetch),
                                 filter=query_filter,
-                                params=models.SearchParams(hnsw_ef=max(HNSW_EF, int(prefetch)), quantization=quantization))
+                                params=models.SearchParams(hnsw_ef=max(HNSW_EF, int(prefetch)),
+                                                           quantization=search_quantization(storage, models)))
         try:
             response = self._call(
                 self.client.query_points, check_collection_name(name), prefetch=first,
@@ -228,6 +226,14 @@ def point_vectors(point: StoredPoint) -> dict:
     if point.multivector is not None:
         vectors[MULTIVECTOR_NAME] = [list(map(float, row)) for row in point.multivector]
     return vectors
+
+
+def search_quantization(storage: StorageOptions, models):
+    """Quantised collections search the codes first, then rescore the best candidates on the originals (as the
+    embedded store's search_params)."""
+    if storage.quantization == "none":
+        return None
+    return models.QuantizationSearchParams(rescore=True, oversampling=storage.oversampling)
 
 
 def vector_params(dim: int, storage: StorageOptions, models, **extra):
