@@ -12,23 +12,22 @@ install_loop_safe_locks()
 from dify_plugin.config.logger_format import plugin_logger_handler  # noqa: E402
 
 from crossmodal.dify.server import ending_every_session  # noqa: E402
-from crossmodal.encoders.warmup import warm_remembered  # noqa: E402
-from crossmodal.runtime import LoopLogHandler, dump_stacks_on_signal, mark_loop_thread, preload_libraries  # noqa: E402
+from crossmodal.runtime import LoopLogHandler, dump_stacks_on_signal, mark_loop_thread, prepare_plugin_imports  # noqa: E402
+from crossmodal.workers.supervisor import engine  # noqa: E402
 
 # The core logs through the SDK's handler (stdout carries only protocol JSON), written from the loop's thread
-# only, so that a record from a worker thread never lands inside another protocol line.
+# only, so that a record from another thread never lands inside another protocol line.
 logging.getLogger("crossmodal").addHandler(LoopLogHandler(plugin_logger_handler))
 logging.getLogger("crossmodal").setLevel(logging.INFO)
 
-# Import torch / transformers / huggingface_hub here, on the main thread, before serving:
-# imported later inside a worker thread under gevent they fail (child watchers) and print to stdout.
-preload_libraries()
+prepare_plugin_imports()
 # kill -USR1 writes every thread's and greenlet's stack to stderr: what a plugin that stopped answering waits for.
 dump_stacks_on_signal()
-# Calls into Dify (a workspace model) are made from worker threads through this loop (runtime.on_loop).
 mark_loop_thread()
-# Models that Dify's 5-second External Knowledge calls used before a restart load now, in the background.
-warm_remembered()
+# The worker process: every call's work runs there (crossmodal/workers/). It starts now, loading the model
+# libraries and warming the models that Dify's 5-second External Knowledge calls used before a restart, while
+# this process already answers heartbeats.
+engine()
 
 plugin = ending_every_session(Plugin)(DifyPluginEnv(MAX_REQUEST_TIMEOUT=600))
 

@@ -3,7 +3,12 @@ stored, against rendering alone (PDFium runs one page at a time: its limit here)
 late-interaction models of real size (random weights: ColQwen2-2B, ColModernVBert) embedding pages into token
 vectors, against the matmul limit.
 
+``--scaling``: 1,000 and 2,000 pages rendered through one reader (target: 2,000 take <= 2.2x the time of 1,000:
+the document is opened once, not once a page). ``--bombs``: a form fan-out page against its budget while another
+caller's page renders, a figure bomb's figures and memory, a 12,000^2 embedded image (issue 42's targets).
+
     python benchmarks/bench_documents.py [--pages 100] [--dpi 144] [--late [colqwen2,colmodernvbert]]
+    python benchmarks/bench_documents.py --scaling | --bombs
 """
 
 from __future__ import annotations
@@ -21,13 +26,119 @@ from benchmarks.common import save, table  # noqa: E402
 TARGET_PAGES_PER_S = 10
 
 
+def render_seconds(document: bytes, dpi: float) -> float:
+    """Every page of ``document`` rendered through one reader (one PDF worker, the file opened once)."""
+    from crossmodal.inputs import pdf
+
+    started = time.perf_counter()
+    with pdf.PdfReader(document, "bench.pdf", max_pages=100_000) as reader:
+        for number in range(1, reader.pages + 1):
+            reader.page(number, dpi=dpi)
+    return time.perf_counter() - started
+
+
+def scaling() -> dict:
+    import os
+
+    from crossmodal.lab.pdfs import text_pdf
+
+    os.environ.setdefault("CROSSMODAL_PDF_PAGES", "100000")
+    rows = []
+    for pages in (1000, 2000):
+        document = text_pdf([f"page {k}: a line of text" for k in range(pages)])
+        seconds = render_seconds(document, 72)
+        rows.append({"pages": pages, "file_mib": round(len(document) / 2**20, 2), "seconds": round(seconds, 1),
+                     "ms_per_page": round(1000 * seconds / pages, 2)})
+    rows[1]["vs_1000"] = round(rows[1]["seconds"] / rows[0]["seconds"], 2)
+    print(table(rows, ["pages", "file_mib", "seconds", "ms_per_page", "vs_1000"]))
+    out = {"rows": rows, "target": "2,000 pages <= 2.2x the time of 1,000"}
+    save("documents-scaling", out)
+    return out
+
+
+BOMBS_CHILD = """
+import json, resource, sys, time
+from crossmodal.ingest.documents import DocumentOptions, document_chunks
+from crossmodal.lab.pdfs import figure_bomb_pdf
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+started = time.perf_counter()
+chunks = document_chunks(figure_bomb_pdf(pages=int(sys.argv[1])), "bomb.pdf", DocumentOptions.parse(figures=True))
+print(json.dumps({"chunks": len(chunks), "figures": sum(1 for c in chunks if c.pictures and "figure" in c.pictures[0].name),
+                  "seconds": round(time.perf_counter() - started, 1),
+                  "growth_mb": round((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)}))
+"""
+
+
+def bombs() -> dict:
+    import json
+    import subprocess
+    import threading
+
+    from crossmodal.errors import CrossmodalError
+    from crossmodal.inputs import pdf
+    from crossmodal.lab.pdfs import form_bomb_pdf, huge_image_pdf, text_pdf
+
+    rows = []
+    outcome = {}
+
+    def attack():
+        started = time.perf_counter()
+        try:
+            pdf.render_page(form_bomb_pdf(10, 8), 1, 1, name="bomb.pdf")
+            outcome["bomb"] = ("rendered", time.perf_counter() - started)
+        except CrossmodalError as exc:
+            outcome["bomb"] = (str(exc)[:90], time.perf_counter() - started)
+
+    thread = threading.Thread(target=attack)
+    thread.start()
+    time.sleep(1.0)
+    started = time.perf_counter()
+    pdf.render_page(text_pdf(["another caller's page"]), 1, 1, name="plain.pdf")
+    plain = time.perf_counter() - started
+    thread.join()
+    rows.append({"case": "form fan-out (10^8 draws, 3 KB) beside another caller's one-page PDF",
+                 "result": outcome["bomb"][0], "seconds": round(outcome["bomb"][1], 1),
+                 "target": "within its page budget (10 s) + a worker start; the other page <= 2 s",
+                 "other_page_s": round(plain, 2)})
+    root = Path(__file__).resolve().parents[1]
+    for pages in (3, 500):
+        out = subprocess.run([sys.executable, "-c", BOMBS_CHILD, str(pages)], cwd=root, capture_output=True,
+                             text=True, timeout=1800)
+        report = json.loads(out.stdout.strip().splitlines()[-1])
+        rows.append({"case": f"figure bomb, {pages} pages of 10,000 figures ({len(_figure_bomb(pages)) // 1024} KB)",
+                     "result": f"{report['figures']} figures, {report['chunks']} chunks", "seconds": report["seconds"],
+                     "target": "figures within their budgets; memory growth <= 512 MB",
+                     "growth_mb": report["growth_mb"]})
+    started = time.perf_counter()
+    page = pdf.render_page(huge_image_pdf(), 1, 1, name="huge.pdf", figures=True)
+    rows.append({"case": "one 12,000^2 embedded image (140 KB)", "result": f"{len(page.figures)} figures; "
+                 f"{page.notes[-1][:60] if page.notes else ''}", "seconds": round(time.perf_counter() - started, 2),
+                 "target": "refused before decoding"})
+    print(table(rows, ["case", "result", "seconds", "other_page_s", "growth_mb", "target"]))
+    out = {"rows": rows}
+    save("documents-bombs", out)
+    return out
+
+
+def _figure_bomb(pages: int) -> bytes:
+    from crossmodal.lab.pdfs import figure_bomb_pdf
+
+    return figure_bomb_pdf(pages=pages)
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pages", type=int, default=100)
     parser.add_argument("--dpi", type=float, default=144)
     parser.add_argument("--late", nargs="?", const="colqwen2,colmodernvbert", default="",
                         help="also these late-interaction models at their real size (random weights)")
+    parser.add_argument("--scaling", action="store_true", help="1,000 against 2,000 pages through one reader")
+    parser.add_argument("--bombs", action="store_true", help="the PDF bombs of issue 42 against their budgets")
     args = parser.parse_args(argv)
+    if args.scaling:
+        return scaling()
+    if args.bombs:
+        return bombs()
 
     from crossmodal.inputs import pdf
     from crossmodal.lab.pdfs import text_pdf
@@ -35,10 +146,7 @@ def main(argv=None) -> dict:
     from crossmodal.settings import Settings
 
     document = text_pdf([f"Section {k}: figures for the quarter, with a chart" for k in range(1, args.pages + 1)])
-    started = time.perf_counter()
-    for number in range(1, args.pages + 1):
-        pdf.render_page(document, number, args.pages, name="bench.pdf", dpi=args.dpi)
-    render = args.pages / (time.perf_counter() - started)
+    render = args.pages / render_seconds(document, args.dpi)
     with tempfile.TemporaryDirectory() as tmp:
         service = Service(Settings(data_dir=tmp, model="demo-shapes", device="cpu"))
         service.ingest([IngestItem(text="warm-up")], "warm")  # the model's load is not the PDF's cost

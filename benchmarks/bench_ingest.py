@@ -93,11 +93,21 @@ def pipeline_agreement(encoder, paths: list[Path], reference: np.ndarray) -> flo
     from crossmodal.ingest.items import prepare_item
     from crossmodal.service import ImageInput, IngestItem
 
-    prepared = [prepare_item(IngestItem(image=ImageInput.from_path(p)), encoder.fast_preprocessor, keep_full=False)
+    prepared = [prepare_item(IngestItem(image=ImageInput.from_path(p)), encoder.fast_preprocessor)
                 for p in paths]
     pixels = encoder.fast_preprocessor.normalise([p.pixels for p in prepared])
     vectors = encoder.embed_pixels(pixels)
     return float(np.mean(np.sum(vectors * reference, axis=1)))
+
+
+def cpu_line() -> str:
+    """The CPU and the flags that decide ONNX Runtime's int8 kernels: int8 figures hold for that instruction set."""
+    from crossmodal.encoders.int8 import cpu_flags, cpu_model, u8s8_may_saturate
+
+    flags = sorted(f for f in cpu_flags() if f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16")
+                   or f.startswith("amx"))
+    kernels = "u8s8 in int16 pairs (no VNNI)" if u8s8_may_saturate() else "u8s8 in int32 (VNNI)"
+    return f"{cpu_model()}, {os.cpu_count()} cores [{' '.join(flags)}]: int8 runs {kernels}"
 
 
 def main(argv=None) -> dict:
@@ -145,9 +155,10 @@ def main(argv=None) -> dict:
                          "vs_limit": round(rate / limit, 2),
                          "cosine_to_fp32": round(pipeline_agreement(encoder, sample, reference), 5),
                          "note": encoder.precision_note})
+    print(cpu_line())
     print(table(rows, ["path", "images_per_s", "vs_naive", "vs_limit", "cosine_to_fp32"]))
     result = {"images": args.images, "image_size": "1024x768 JPEG", "model": "ViT-B/32 CLIP (random weights)",
-              "gflops_per_image": round(flops / 1e9, 2), "matmul_peak_gflops": round(peak, 1),
+              "cpu": cpu_line(), "gflops_per_image": round(flops / 1e9, 2), "matmul_peak_gflops": round(peak, 1),
               "decode_workers": os.environ.get("CROSSMODAL_DECODE_WORKERS", "one per core"), "rows": rows}
     print(f"saved {save('ingest', result)}")
     return result

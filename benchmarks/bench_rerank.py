@@ -26,7 +26,7 @@ def minilm_flops_per_pair(hidden=384, intermediate=1536, layers=6, seq=SEQ_LEN) 
     return per_token_layer * layers * seq
 
 
-def save_minilm_cross_encoder(directory: Path) -> Path:
+def save_minilm_cross_encoder(directory: Path, initializer_range: float = 0.02) -> Path:
     """cross-encoder/ms-marco-MiniLM-L-6-v2's shape (6 layers, 384 wide, 30,522-token vocabulary)."""
     from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
 
@@ -35,7 +35,7 @@ def save_minilm_cross_encoder(directory: Path) -> Path:
     (directory / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]))
     BertTokenizerFast(vocab_file=str(directory / "vocab.txt")).save_pretrained(directory)
     config = BertConfig(hidden_size=384, intermediate_size=1536, num_hidden_layers=6, num_attention_heads=12,
-                        num_labels=1)
+                        num_labels=1, initializer_range=initializer_range)
     BertForSequenceClassification(config).save_pretrained(directory)
     return directory
 

@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from benchmarks.bench_ingest import save_vit_b32  # noqa: E402
+from benchmarks.bench_ingest import cpu_line, save_vit_b32  # noqa: E402
 from benchmarks.bench_model_package import file_server, photos  # noqa: E402
 from benchmarks.common import save, table  # noqa: E402
 
@@ -200,9 +200,11 @@ def main(argv: list[str] | None = None) -> dict:
                "encoder_query_ms")}
     columns = ["build", "python", "installed_mb", "start_s", "idle_rss_mb", "loaded_rss_mb", "precision",
                "ingest_images_per_s", "query_p50_ms", "query_p95_ms", "encoder_query_ms"]
+    print(cpu_line())  # both builds' int8 figures hold for this instruction set (docs/benchmarks.md)
     print(table(rows, columns))
     print("lean / full:", ratios)
-    result = {"rows": rows, "lean_over_full": ratios, "images": args.images, "queries": args.queries,
+    result = {"cpu": cpu_line(), "rows": rows, "lean_over_full": ratios, "images": args.images,
+              "queries": args.queries,
               "targets": "lean env <= 400 MB; start <= 1.5 s; idle RSS <= 250 MB; ingest >= full int8; "
                          "query p50 <= full"}
     save("runtimes", result)

@@ -21,6 +21,17 @@ def machine() -> dict:
             "torch": torch.__version__}
 
 
+def cpu_steal_seconds() -> float:
+    """CPU time the hypervisor gave to other guests so far (/proc/stat's steal; 0 where there is none): read
+    before and after a measurement, it says how much of a slow round was a noisy neighbour."""
+    try:
+        with open("/proc/stat") as stat:
+            fields = stat.readline().split()
+        return int(fields[8]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
 def matmul_peak_gflops(dtype=None, n: int = 2048, repeat: int = 10, device: str = "cpu", trials: int = 3) -> float:
     """Measured matrix-multiply throughput, the best of ``trials``: the hardware limit the other figures
     are compared with (a limit, so a noisy neighbour must not lower it)."""

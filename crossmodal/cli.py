@@ -82,7 +82,8 @@ def cmd_ingest(args) -> int:
         raise _usage("give image files, directories or --text")
     bar = tqdm(total=len(items), unit="item", disable=args.json, file=sys.stderr)
     report = _service(args).ingest(items, args.collection, args.model, progress=bar.update, regions=args.regions,
-                                   storage=args.storage, dpi=args.dpi, max_pages=args.max_pages, figures=args.figures)
+                                   storage=args.storage, dpi=args.dpi, max_pages=args.max_pages, figures=args.figures,
+                                   ocr=args.ocr)
     bar.close()
     summary = {"added": report["added"], "duplicates": report["duplicates"], "rejected": report["rejected"]}
     text = (f"{report['added']} added, {report['duplicates']} duplicates, {len(report['rejected'])} rejected; "
@@ -101,6 +102,7 @@ def cmd_search(args) -> int:
         text=args.text, image=image, collection=args.collection, top_k=args.top_k,
         score_threshold=args.score_threshold, filter=args.filter, target=args.target, model=args.model,
         text_weight=args.text_weight, regions=args.regions, rerank=args.rerank, rerank_k=args.rerank_k,
+        mode=args.mode, fusion=args.fusion,
     )
     lines = [f"{'rank':>4}  {'score':>7}  source"]
     for rank, hit in enumerate(result["results"], 1):
@@ -221,6 +223,35 @@ def cmd_migrate(args) -> int:
     return 0
 
 
+def cmd_reindex(args) -> int:
+    """The lexical index for a collection made before it, and text read in the pictures of its original files
+    (crossmodal/ingest/reindex.py); a crash or a second run goes on where it stopped."""
+    from tqdm.auto import tqdm
+
+    from crossmodal.ingest.reindex import reindex
+    from crossmodal.service import ImageInput
+
+    service = _service(args)
+    files = [ImageInput.from_path(p) for p in expand_paths(args.files)] if args.files else None
+    total = service.store.get_collection(args.name).count
+    bar = tqdm(total=total, unit="point", disable=args.json, file=sys.stderr, desc=f"reindexing {args.name}")
+    try:
+        report = reindex(service, args.name, files, ocr=args.ocr, figures=args.figures, batch=args.batch,
+                         progress=bar.update)
+    finally:
+        bar.close()
+        service.store.close()
+    vectors = report["vectors"]
+    text = (f"{report['collection']}: lexical vectors for {vectors['with_text']} of {vectors['points']} points "
+            f"({report['lexical']}){' (resumed)' if report['resumed'] else ''}")
+    if "files" in report:
+        read = report["files"]
+        text += (f"; {read['read']} pictures read, {read['already_read']} read before, {read['no_text']} without "
+                 f"text, {read['not_in_collection']} not in the collection, {len(read['rejected'])} files rejected")
+    _emit(report, args.json, text)
+    return 0
+
+
 def cmd_move_store(args) -> int:
     """Move a store made before store keys under a key (crossmodal/locations.py, move_store_under_key)."""
     from crossmodal.locations import data_root, move_store_under_key
@@ -269,6 +300,7 @@ COMMANDS = {
     "rerank": cmd_rerank,
     "serve": cmd_serve,
     "move-store": cmd_move_store,
+    "reindex": cmd_reindex,
 }
 
 
@@ -288,6 +320,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dpi", type=float, help="PDF pages: render resolution (default 144)")
     p.add_argument("--max-pages", type=int, help="PDF files: refuse longer ones (default 500)")
     p.add_argument("--figures", action="store_true", help="PDF files: also a point per embedded image")
+    p.add_argument("--ocr", choices=("auto", "true", "false"), default="auto",
+                   help="read text in pictures: auto (scanned pages, pictures that show text), true (all), false")
     p.add_argument("--storage", help="for a new collection: e.g. 'quantization=int8, on_disk=true' "
                                      "(vectors, quantization, on_disk; shards, replicas, write_consistency on a server)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a progress bar")
@@ -306,6 +340,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--regions", action="store_true", help="rank images by their best stored region too")
     p.add_argument("--rerank", choices=["auto", "cross-encoder", "itm", "region"], help="second-stage rescoring")
     p.add_argument("--rerank-k", type=int, default=20, help="first-stage hits the reranker reads")
+    p.add_argument("--mode", choices=["auto", "dense", "lexical", "hybrid"],
+                   help="dense (vectors), lexical (words and codes in the items' text), hybrid (both fused); "
+                        "default auto: hybrid when the collection has text")
+    p.add_argument("--fusion", choices=["rrf", "dbsf"], help="how hybrid fuses the two lists (default rrf)")
     p.add_argument("--json", action="store_true")
     _store_args(p)
     _model_args(p)
@@ -359,6 +397,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", help="migrate: where to copy the collection (a Qdrant URL, embedded[:DIR] or path:DIR); "
                                 "rerunning after an interruption goes on where it stopped")
     p.add_argument("--as", dest="as_name", metavar="NEW", help="migrate: the copy's name (default: the same)")
+    p.add_argument("--json", action="store_true")
+    _store_args(p)
+
+    p = sub.add_parser("reindex", help="give a collection made before the lexical index its words and codes "
+                                        "(hybrid search), and with its original files the text in their pictures; "
+                                        "a crash or a second run goes on where it stopped")
+    p.add_argument("name", help="the collection")
+    p.add_argument("files", nargs="*", help="its original image or PDF files, or directories: matched to its points "
+                                            "by content; the text in their pictures is read (the store keeps only "
+                                            "384-px thumbnails, too small to read)")
+    p.add_argument("--ocr", choices=("auto", "true"), default="auto",
+                   help="with files: auto reads scanned pages and pictures that show text; true reads every one")
+    p.add_argument("--figures", action="store_true", help="with PDF files: their figures were ingested too")
+    p.add_argument("--batch", type=int, default=128, help="points written at a time")
     p.add_argument("--json", action="store_true")
     _store_args(p)
 

@@ -37,6 +37,11 @@ class Context:
         # A tool node's door to the Dify workspace's own embedding models (crossmodal/encoders/workspace.py).
         self.workspace_models = workspace_models
 
+    def __reduce__(self):
+        # A call crosses to the worker process with its settings and the workspace's models (a handle back to
+        # this process, crossmodal/dify/workspace.py); the store and the encoders are the worker's own.
+        return type(self), (self.settings, None, self.workspace_models)
+
     @property
     def store(self) -> VectorStore:
         if self._store is None:
@@ -93,10 +98,16 @@ class Context:
         if is_workspace_model(model):
             return self.encoder(model)
         warmup.remember(model, self.settings.device, self.settings.precision)
-        encoder = loaded_encoder(model, self.settings.device, self.settings.precision)
+        encoder = loaded_encoder(model, self.settings.device, self.settings.precision, self.settings.hub)
         if encoder is None:
             raise ModelNotLoaded(model)
         return encoder
+
+    def model_loading(self, model: str) -> bool:
+        """Whether ``model`` is loading in this process now (with these settings' device, precision and hub)."""
+        from crossmodal.encoders.models import loading
+
+        return loading(model, self.settings.device, self.settings.precision, self.settings.hub)
 
     def collection_name(self, name: str | None) -> str:
         return check_collection_name(name or self.settings.collection)

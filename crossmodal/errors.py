@@ -25,6 +25,18 @@ class CrossmodalError(ValueError):
         message = redact(message)
         super().__init__(f"{param}: {message}" if param else message)
 
+    def __reduce__(self):
+        # Errors cross from the worker process to the plugin process pickled; subclasses take other arguments
+        # than their message, so they are rebuilt from their text and attributes, not through __init__.
+        return _rebuilt_error, (type(self), self.args, self.__dict__)
+
+
+def _rebuilt_error(cls: type, args: tuple, state: dict) -> "CrossmodalError":
+    error = cls.__new__(cls)
+    Exception.__init__(error, *args)
+    error.__dict__.update(state)
+    return error
+
 
 class NotFoundError(CrossmodalError):
     def __init__(self, message: str, *, param: str | None = None):

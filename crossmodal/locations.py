@@ -7,6 +7,12 @@ file does not persist, and the working directory is ``<storage>/cwd/<author>/<na
 which a plugin upgrade replaces. So the data root is ``<storage>/crossmodal-data``: in the persisted volume,
 beside the version folders, and the same for every version. The model cache goes under it too, so that
 recreating the container does not download the models again.
+
+Whenever this process is a plugin (any install method: the daemon says so in ``INSTALL_METHOD``), it serves
+every workspace of a Dify, so what a workspace types is never a path of this machine: ``data_dir`` is a name,
+and ``model`` and ``hf_cache_dir`` may name a folder only under one the admin lists in ``CROSSMODAL_MODEL_ROOTS``.
+The rule fails closed: it does not depend on the working directory looking like the daemon's. An admin who
+runs the plugin for one workspace of their own (or its tests) may allow paths with ``CROSSMODAL_ALLOW_PATHS=1``.
 """
 
 from __future__ import annotations
@@ -24,6 +30,38 @@ DIFY_DATA_FOLDER = "crossmodal-data"
 # The daemon's working directory for one installed version: <name>-<version>@<checksum>.
 VERSION_FOLDER = re.compile(r"^[a-z0-9_-]+-[0-9A-Za-z.+_-]+@[0-9a-f]+$")
 WORKSPACE_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+PLUGIN_INSTALL_METHODS = ("local", "remote", "serverless", "aws_lambda")
+ALLOW_PATHS_ENV = "CROSSMODAL_ALLOW_PATHS"
+MODEL_ROOTS_ENV = "CROSSMODAL_MODEL_ROOTS"
+
+
+def running_as_plugin() -> bool:
+    """Whether this process serves Dify's workspaces (the daemon started it, or its remote debugging does)."""
+    return os.environ.get("INSTALL_METHOD", "").strip().lower() in PLUGIN_INSTALL_METHODS
+
+
+def paths_allowed() -> bool:
+    """Whether callers may name paths of this machine: outside a plugin, or where the admin allows it."""
+    return not running_as_plugin() or os.environ.get(ALLOW_PATHS_ENV, "").strip() == "1"
+
+
+def model_roots() -> list[Path]:
+    return [Path(p).expanduser().resolve() for p in os.environ.get(MODEL_ROOTS_ENV, "").split(os.pathsep) if p]
+
+
+def check_workspace_path(value: str, param: str) -> str:
+    """``value`` (a folder a caller names) when paths are allowed or it lies under one of the admin's model
+    roots; otherwise an error that says neither whether it exists nor what is there."""
+    if paths_allowed():
+        return value
+    resolved = Path(value).expanduser().resolve()
+    if any(resolved == root or root in resolved.parents for root in model_roots()):
+        return str(resolved)
+    raise CrossmodalError(f"inside Dify this names no folder of the plugin's machine (one plugin serves every "
+                          "workspace); use a preset or a Hugging Face id, or ask the admin to list the folder's "
+                          f"parent in {MODEL_ROOTS_ENV}", param=param)
 
 
 def dify_storage_root() -> Path | None:
@@ -66,13 +104,14 @@ def resolve_data_dir(value: str | None, store_key: str | None = None) -> Path:
 
     Outside Dify data_dir is a path. Inside Dify one process serves every workspace, so a path would let one
     workspace read another's data or any folder of the container: there ``data_dir`` is a name (letters,
-    digits, '-', '_') for a folder under the data root's ``workspaces/``; empty means the shared default.
+    digits, '-', '_') for a folder under the data root's ``workspaces/``; empty means the shared default (the
+    module's text says when paths are allowed).
 
     A store key binds the store to a secret: the folder is ``keyed/<HMAC-SHA256(key, name)>`` under the data
     root (outside Dify: under the data_dir path), so a name alone, known or guessed, reaches nothing. The same
     key and name in two workspaces is a deliberate share."""
     key = check_store_key(store_key)
-    inside_dify = dify_storage_root() is not None
+    inside_dify = not paths_allowed()
     value = (value or "").strip()
     if not inside_dify:
         base = Path(value).expanduser() if value else data_root()

@@ -1,10 +1,11 @@
 """Keeping CPU-bound work off the gevent loop inside the Dify plugin process.
 
-The SDK monkey-patches the process with gevent and serves every session on one
-OS thread. Model inference, decoding and search hold that thread for seconds, so
-heartbeats would stop and the daemon would kill the plugin. ``offload`` runs such
-work in a real OS thread of its lane (crossmodal/lanes.py) and yields the loop while
-it waits. Outside the plugin (CLI, tests) it simply calls the function.
+The SDK monkey-patches the process with gevent and serves every session on one OS thread. Model inference,
+decoding and search hold a thread for seconds, so heartbeats would stop and the daemon would kill the plugin;
+and model code in threads of this process would take the interpreter lock from the loop. ``offload`` hands
+such work to the plugin's worker process (crossmodal/workers/supervisor.py), where it runs in a lane
+(crossmodal/lanes.py), and yields the loop while it waits. Outside the plugin (CLI, tests, the worker process
+itself) it simply calls the function.
 """
 
 from __future__ import annotations
@@ -60,14 +61,27 @@ def unwrap(outcome: tuple[bool, object]):
 
 
 def offload(fn: Callable[..., T], *args, lane: str = "query", deadline: float | None = None, **kwargs) -> T:
-    """Run ``fn`` in a worker thread of ``lane`` (crossmodal/lanes.py) and wait for it without holding the loop;
-    past ``deadline`` seconds, DeadlineExceeded. From a worker thread, or outside the plugin, it simply calls
-    fn."""
+    """Run ``fn`` in ``lane`` of the plugin's worker process and wait for it without holding the loop; past
+    ``deadline`` seconds (default: the tool call's), DeadlineExceeded. Outside the plugin's loop it simply
+    calls fn. ``fn`` and its arguments travel pickled: module-level functions, bound methods of the service,
+    plain data."""
     if not gevent_patched() or not on_loop_thread():
         return fn(*args, **kwargs)
-    from crossmodal.lanes import Job, run_in_lane
+    from crossmodal.lanes import call_deadline
+    from crossmodal.workers.supervisor import engine
 
-    return run_in_lane(Job(fn, args, kwargs, lane), deadline)
+    return engine().call(fn, args, kwargs, lane, deadline or call_deadline(), caller=caller_of(fn, args))
+
+
+def caller_of(fn: Callable, args: tuple) -> str | None:
+    """Whose call this is, for its share of a lane's queue: the ``caller`` of the settings it runs with (the
+    service whose method ``fn`` is, or the service or settings passed first); None when it names none."""
+    for candidate in (getattr(fn, "__self__", None), *args[:1]):
+        settings = getattr(candidate, "settings", candidate)
+        caller = getattr(settings, "caller", None)
+        if isinstance(caller, str):
+            return caller
+    return None
 
 
 def on_loop_thread() -> bool:
@@ -93,8 +107,20 @@ def on_loop(fn: Callable[..., T], *args, **kwargs) -> T:
         except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
             outcome.put((False, exc))
 
+    import queue
+
+    from crossmodal.lanes import DeadlineExceeded, time_left
+
     hub.loop.run_callback_threadsafe(gevent.spawn, run)  # a worker's get_hub() would be its own hub
-    return unwrap(outcome.get())
+    seconds = time_left(ON_LOOP_SECONDS)
+    try:
+        return unwrap(outcome.get(timeout=seconds))
+    except queue.Empty:
+        raise DeadlineExceeded(getattr(fn, "__name__", "a call on the loop"), round(seconds, 1),
+                               "the plugin's loop did not run it in time") from None
+
+
+ON_LOOP_SECONDS = 120.0  # a call into Dify made from a thread waits at most this (or its call's time left)
 
 
 def mark_loop_thread() -> None:
@@ -115,17 +141,20 @@ class StillRunning(Exception):
 
 def offload_within(seconds: float, fn: Callable[..., T], *args, lane: str = "load", **kwargs) -> T:
     """For a caller with a deadline of its own (Dify's 5 s External Knowledge calls): fn's value when it ends
-    within ``seconds``, else StillRunning while fn goes on in ``lane``. Call it from the loop. Outside the
-    plugin it simply calls fn."""
+    within ``seconds``, else StillRunning while fn goes on in ``lane`` of the worker process (within the tool
+    call's deadline). Call it from the loop. Outside the plugin it simply calls fn."""
     if not gevent_patched():
         return fn(*args, **kwargs)
     import gevent
 
-    job = gevent.spawn(offload, fn, *args, lane=lane, **kwargs)
-    job.join(timeout=seconds)
-    if not job.ready():
-        raise StillRunning(f"{getattr(fn, '__name__', 'work')} still running after {seconds} s")
-    return job.get()
+    from crossmodal.lanes import call_deadline
+    from crossmodal.workers.supervisor import engine
+
+    outcome = engine().call_async(fn, args, kwargs, lane, call_deadline(), caller=caller_of(fn, args))
+    try:
+        return outcome.get(timeout=seconds)
+    except gevent.Timeout:
+        raise StillRunning(f"{getattr(fn, '__name__', 'work')} still running after {seconds} s") from None
 
 
 def dump_stacks_on_signal() -> None:
@@ -237,16 +266,17 @@ class LoopLogHandler(logging.Handler):
             self.target.handle(record)
 
 
-def preload_libraries() -> None:
-    """Import the heavy libraries once, on the main thread (see main.py).
-
-    trio, when installed, cannot import under gevent's patched ``select`` (no epoll), and
-    httpcore2 (huggingface_hub's HTTP stack) imports it optionally: mark it absent so that
-    httpcore2 takes its ImportError path.
-    """
-
+def prepare_plugin_imports() -> None:
+    """The plugin process (gevent) imports no model library: trio, when installed, cannot import under gevent's
+    patched ``select`` (no epoll), and httpcore2 (httpx's stack) imports it optionally: mark it absent so that
+    httpcore2 takes its ImportError path."""
     if gevent_patched():
         sys.modules.setdefault("trio", None)
+
+
+def preload_libraries() -> None:
+    """Import the heavy libraries once, on the main thread of the worker process, before serving calls (a
+    first import from several lane threads at once is slower and, for torch, prints to stdout)."""
     import huggingface_hub.hf_api  # noqa: F401
     try:
         import qdrant_edge  # noqa: F401

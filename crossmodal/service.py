@@ -14,6 +14,8 @@ from crossmodal.context import Context
 from crossmodal.encoders import embedder
 from crossmodal.ingest import documents as pdf_documents, writer
 from crossmodal.ingest.items import IngestItem
+from crossmodal.limits import narrowed_by
+from crossmodal.inputs.images import pixel_budget
 from crossmodal.inputs.sources import ImageInput
 from crossmodal.rerank import documents, reranker
 from crossmodal.search import searcher
@@ -23,11 +25,13 @@ __all__ = ["ImageInput", "IngestItem", "Service"]
 
 
 def _capability(function):
-    """A method that hands the service itself (its context) to a capability function."""
+    """A method that hands the service itself (its context) to a capability function, under the workspace's
+    narrower limits (crossmodal/limits.py) and a fresh pixel budget for its images (crossmodal/inputs/images.py)."""
 
     @functools.wraps(function)
     def method(self, *args, **kwargs):
-        return function(self, *args, **kwargs)
+        with narrowed_by(self.settings.limits), pixel_budget():
+            return function(self, *args, **kwargs)
 
     return method
 

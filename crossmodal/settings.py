@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from crossmodal.locations import data_root, resolve_data_dir
+from crossmodal.limits import parse_workspace_limits
+from crossmodal.locations import check_workspace_path, data_root, resolve_data_dir
 from crossmodal.encoders.model_ref import ModelOptions
 from crossmodal.encoders.models import HubOptions
 
@@ -20,6 +22,12 @@ def default_data_dir() -> Path:
 def _text(value) -> str | None:
     value = "" if value is None else str(value).strip()
     return value or None
+
+
+def _cache_dir(value) -> str | None:
+    """A workspace's hf_cache_dir: inside Dify only under the admin's model roots (crossmodal/locations.py)."""
+    value = _text(value)
+    return check_workspace_path(value, "hf_cache_dir") if value else None
 
 
 def _flag(value) -> bool:
@@ -42,6 +50,15 @@ class Settings:
     # dimension, max_pixels, instruction of VLM models (crossmodal/encoders/model_ref.py); dual encoders take none
     model_options: ModelOptions = field(default_factory=ModelOptions)
     hub: HubOptions = field(default_factory=HubOptions.from_env)
+    # The workspace's narrower limits ({name: value}, crossmodal/limits.py): never wider than the admin's.
+    limits: dict = field(default_factory=dict, hash=False, compare=False)
+
+    @property
+    def caller(self) -> str:
+        """Whose calls these are, for each caller's share of the lanes' queues (crossmodal/lanes.py): the store
+        they reach (one workspace's, told apart by store_url, data_dir and store_key), as a short one-way name."""
+        reach = "\0".join(part or "" for part in (self.store_url, self.data_dir, self.store_key))
+        return hashlib.sha256(b"crossmodal-caller\0" + reach.encode()).hexdigest()[:12]
 
     def store_dir(self) -> Path:
         """The embedded store's folder (inside Dify, data_dir is a name, never a path: see resolve_data_dir)."""
@@ -65,10 +82,11 @@ class Settings:
             routes=_text(c.get("routes")),
             storage=_text(c.get("storage")),
             model_options=ModelOptions.parse({k: _text(c.get(k)) for k in ("dimension", "max_pixels", "instruction")}),
+            limits=parse_workspace_limits(c.get("limits")),
             hub=HubOptions(
                 endpoint=_text(c.get("hf_endpoint")) or env_hub.endpoint,
                 token=_text(c.get("hf_token")) or env_hub.token,
                 offline=_flag(c.get("hf_offline")) or env_hub.offline,
-                cache_dir=_text(c.get("hf_cache_dir")) or env_hub.cache_dir,
+                cache_dir=_cache_dir(c.get("hf_cache_dir")) or env_hub.cache_dir,
             ),
         )

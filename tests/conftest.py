@@ -14,6 +14,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("CROSSMODAL_ONNX_CACHE", tempfile.mkdtemp(prefix="crossmodal-test-onnx-"))
 # The default data root (and what the plugin remembers to warm at start) stays out of the user's home.
 os.environ.setdefault("CROSSMODAL_HOME", tempfile.mkdtemp(prefix="crossmodal-test-home-"))
+# Reading text in pictures is asked for by the tests that check it (tests/test_ingest_ocr.py and the stdio tests
+# that name ocr); the rest ingest as an admin who turned the default off would (CROSSMODAL_OCR_DEFAULT), so
+# that thousands of generated images do not each pay for the text test.
+os.environ.setdefault("CROSSMODAL_OCR_DEFAULT", "false")
 
 from tiny_models import save_tiny_clip  # noqa: E402
 
@@ -37,12 +41,15 @@ def tiny_chinese_clip_dir(tmp_path_factory) -> Path:
     return save_tiny_chinese_clip(tmp_path_factory.mktemp("tiny-chinese-clip"))
 
 
+METRICS_ADMIN_KEY = "admin-metrics-key-0123456789"  # the plugin's CROSSMODAL_METRICS_KEY in the tests
+
+
 @pytest.fixture(scope="module")
 def plugin():
     """``python -m main`` as Dify's daemon runs it, one process per test module."""
     from stdio_harness import PluginProcess
 
-    process = PluginProcess(heartbeat_interval=0.25)
+    process = PluginProcess(heartbeat_interval=0.25, env={"CROSSMODAL_METRICS_KEY": METRICS_ADMIN_KEY})
     process.wait_ready()
     yield process
     process.close()

@@ -64,6 +64,8 @@ def request(kind: str, k: int, space: Workspace, image: str) -> dict:
     if kind == "align":
         return endpoint_request(space.settings, "POST", "/v1/align", {"image": image, "text": text, "heatmap": False},
                                 AUTH)
+    if kind == "viewer":
+        return endpoint_request(space.settings, "GET", "/viewer", headers={})
     if kind == "ingest":
         return tool_request("ingest", {"texts": "\n".join(f"{text} (batch {k}, item {j})" for j in range(3))},
                             space.credentials)
@@ -74,7 +76,7 @@ def failure(kind: str, messages: list[dict]) -> str | None:
     """Why an answer is wrong (an error, a non-200 status, no answer), or None."""
     if errors(messages):
         return f"{kind}: {errors(messages)[0]}"
-    if kind in ("v1_search", "retrieval", "align"):
+    if kind in ("v1_search", "retrieval", "align", "viewer"):
         if not any("status" in m.get("data", {}) for m in messages):
             return f"{kind}: the session ended without an HTTP response: {messages[:3]}"
         status, _, body = http_response(messages)
@@ -138,10 +140,31 @@ def seed_collection(plugin: PluginProcess, space: Workspace) -> None:
 
 
 def rss_mb(pid: int) -> float:
-    for line in open(f"/proc/{pid}/status"):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
+    """Resident memory of the plugin process and its worker processes (the work runs there)."""
+    return sum(_rss_mb(each) for each in [pid, *descendants(pid)])
+
+
+def _rss_mb(pid: int) -> float:
+    try:
+        for line in open(f"/proc/{pid}/status"):
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:  # it ended meanwhile
+        pass
     return 0.0
+
+
+def descendants(pid: int) -> list[int]:
+    from pathlib import Path
+
+    found = []
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            for child in (task / "children").read_text().split():
+                found += [int(child), *descendants(int(child))]
+    except OSError:
+        pass
+    return found
 
 
 def max_heartbeat_gap(plugin: PluginProcess, since: float, until: float) -> float:

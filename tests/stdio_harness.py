@@ -18,18 +18,27 @@ FILE_IDENTITY = "__dify__file__"
 # The daemon reads the plugin's stdout with this line limit (PLUGIN_STDIO_MAX_BUFFER_SIZE); past it, it stops
 # reading and kills the plugin process with every session in flight. The harness does the same.
 MAX_LINE_BYTES = 5 * 1024 * 1024
+WORKER_READY = "the worker process is ready"  # the plugin's log line when its worker process serves calls
 
 
 MISSING_MODULES = """
-import runpy, sys
+import sys
 class Missing:
     def find_spec(self, name, path=None, target=None):
         if name.split(".")[0] in {names!r}:
             raise ModuleNotFoundError(f"No module named {{name!r}} (not installed for this package)", name=name)
 sys.meta_path.insert(0, Missing())
-sys.path.insert(0, "")
-runpy.run_module("main", run_name="__main__", alter_sys=True)
 """
+
+
+def missing_modules_path(names: tuple[str, ...]) -> str:
+    """A folder whose ``sitecustomize`` makes ``names`` fail to import in every interpreter that has it on its
+    path: the plugin and the worker processes it starts (they inherit its module path)."""
+    import tempfile
+
+    folder = tempfile.mkdtemp(prefix="missing-modules-")
+    Path(folder, "sitecustomize.py").write_text(MISSING_MODULES.format(names=tuple(names)))
+    return folder
 
 
 class PluginKilled(RuntimeError):
@@ -47,14 +56,17 @@ class PluginProcess:
         self.dify = dify
         self.permissions = _permissions(Path(cwd) / "manifest.yaml")
         self.invocations: list[tuple[str, dict]] = []  # (type, request) of each backwards invocation
+        # The tests name their stores and models by path (temporary folders): the admin's switch for that. A
+        # test of the daemon's own layout unsets it (inside Dify a workspace names no path).
         full_env = {**os.environ, "INSTALL_METHOD": "local", "HEARTBEAT_INTERVAL": str(heartbeat_interval),
-                    "PYTHONUNBUFFERED": "1", **(env or {})}
+                    "PYTHONUNBUFFERED": "1", "CROSSMODAL_ALLOW_PATHS": "1", **(env or {})}
         for name in unset:
             full_env.pop(name, None)
         # ``missing``: top-level modules the plugin must run without, as if not installed (an import fails).
         python = python or sys.executable
         if missing:
-            command = ["-c", MISSING_MODULES.format(names=tuple(missing))]
+            full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [missing_modules_path(tuple(missing)),
+                                                                   full_env.get("PYTHONPATH")]))
         command = [python, *(command or ["-m", "main"])]
         self.proc = subprocess.Popen(command, cwd=cwd, env=full_env, stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -94,12 +106,18 @@ class PluginProcess:
         for raw in self.proc.stderr:
             self.stderr_lines.append(raw.decode("utf-8", "replace"))
 
-    def wait_ready(self, timeout: float = 60) -> None:
+    def wait_ready(self, timeout: float = 120, worker: bool = True) -> None:
+        """Until the first heartbeat (what the daemon waits for) and, with ``worker``, until the plugin's worker
+        process is ready too (calls before that wait for it within their deadlines: a test with a deadline of a
+        second would otherwise measure the worker's start)."""
         deadline = time.monotonic() + timeout
-        while not self.heartbeats:
+        while not self.heartbeats or (worker and not self.worker_ready()):
             if time.monotonic() > deadline or self.proc.poll() is not None:
-                raise RuntimeError("plugin never sent a heartbeat:\n" + "".join(self.stderr_lines[-40:]))
+                raise RuntimeError("plugin never became ready:\n" + "".join(self.stderr_lines[-40:]))
             time.sleep(0.05)
+
+    def worker_ready(self) -> bool:
+        return any(WORKER_READY in line for line in self.logs)
 
     def send(self, data: dict, session_id: str | None = None) -> str:
         session_id = session_id or uuid.uuid4().hex

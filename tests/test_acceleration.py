@@ -1,10 +1,15 @@
 """ONNX Runtime fp32 / int8 towers, their on-disk cache, and the precision fallback chain."""
 
+import json
+
 import numpy as np
 import pytest
 from PIL import Image
 
+from int8_checks import cpu_branch, int8_weight_range, worst_case_matmul
+
 from crossmodal.encoders import acceleration
+from crossmodal.encoders.int8 import PRECISE_U8S8, U8S8_SAFE_WEIGHT, u8s8_may_saturate
 from crossmodal.encoders.models import PRECISION_AGREEMENT, get_encoder, load_encoder
 from crossmodal.lab.scenes import generate_scene
 
@@ -27,7 +32,9 @@ def _vectors(encoder, images, texts):
 
 
 @pytest.mark.parametrize("precision", ["onnx", "int8"])
-def test_onnx_runtimes_agree_with_fp32_and_are_cached(precision, onnx_cache, scenes):
+def test_onnx_runtimes_agree_with_fp32_and_are_cached(precision, onnx_cache, scenes, record_property):
+    """int8 holds the bar on any x86-64 CPU: quantised here, with 8-bit weights where the CPU has VNNI and 7-bit
+    ones (which its u8s8 kernels cannot saturate) where it has not; the test reports the branch it checked."""
     encoder = load_encoder("demo-shapes")
     reference = _vectors(encoder, *scenes)
     assert encoder.use_precision(precision) == precision and encoder.precision_note is None
@@ -36,10 +43,44 @@ def test_onnx_runtimes_agree_with_fp32_and_are_cached(precision, onnx_cache, sce
     assert np.mean(np.sum(reference * fresh, axis=1)) >= PRECISION_AGREEMENT
     (entry,) = [p for p in onnx_cache.iterdir() if p.name.startswith(f"demo-shapes-{precision}-")]
     assert acceleration.verify(entry) is None
+    if precision == "int8":
+        branch = cpu_branch()
+        record_property("cpu_branch", branch)
+        print(f"int8 cache entry checked on {branch}")
+        limit = U8S8_SAFE_WEIGHT if u8s8_may_saturate() else 127
+        assert json.loads((entry / "manifest.json").read_text())["int8_weight_bits"] == (7 if limit < 127 else 8)
+        for tower in ("vision", "text"):
+            count, low, high = int8_weight_range(entry / f"{tower}.onnx")
+            assert count > 0 and -limit <= low and high <= limit and max(-low, high) > limit // 2, (tower, branch)
     built = {p.name: p.stat().st_mtime_ns for p in entry.iterdir()}
     again = load_encoder("demo-shapes")
     assert again.use_precision(precision) == precision
     assert {p.name: p.stat().st_mtime_ns for p in entry.iterdir()} == built, "the cached export was rebuilt"
+
+
+@pytest.mark.parametrize("weight", [U8S8_SAFE_WEIGHT, 127])
+def test_int8_kernels_are_exact_for_7_bit_weights_on_any_cpu(weight, tmp_path, record_property):
+    """The worst case of ONNX Runtime's u8s8 product (activations at 255, weights at the edge of their range)
+    against exact integers. 7-bit weights: exact on every CPU. Full 8-bit ones: exact with VNNI; without it,
+    the pairs saturate int16 unless the precise mode is on. The CPU's flags say which branch was checked."""
+    import onnxruntime as ort
+
+    path, activations, exact = worst_case_matmul(tmp_path, weight)
+    branch = cpu_branch()
+    record_property("cpu_branch", branch)
+    print(f"weights at {weight}, checked on {branch}")
+    results = {}
+    for precise in (False, True):
+        options = ort.SessionOptions()
+        if precise:
+            options.add_session_config_entry(PRECISE_U8S8, "1")
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        results[precise] = session.run(None, {"a": activations})[0]
+    assert np.array_equal(results[True], exact), branch
+    if weight <= U8S8_SAFE_WEIGHT or not u8s8_may_saturate():
+        assert np.array_equal(results[False], exact), branch
+    else:  # the hazard the 7-bit exports and the precise mode avoid: pairs of products clipped to 32,767
+        assert np.all(results[False][:, 0] < exact[:, 0]), branch
 
 
 def test_int8_weights_are_smaller(onnx_cache):

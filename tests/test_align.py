@@ -24,6 +24,7 @@ def _inside(point, box) -> bool:
     return box[0] <= point[0] <= box[2] and box[1] <= point[1] <= box[3]
 
 
+@pytest.mark.slow
 def test_pointing_game_on_fresh_scenes(demo):
     """The heat-map peak of each named object falls inside its box (docs/evaluation.md: ~0.95 single, ~0.86 double)."""
     hits = total = 0

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -19,6 +20,7 @@ def run(*args, env=None, check=True):
     return out
 
 
+@pytest.mark.slow
 def test_ingest_then_search_json_contract(tmp_path, tiny_clip_dir):
     photos = tmp_path / "photos"
     photos.mkdir()

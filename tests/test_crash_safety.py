@@ -2,16 +2,15 @@
 no duplicates, and the store opens cleanly."""
 
 import os
-import re
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+
+from kill_mid_run import kill_after_progress
 
 ROOT = Path(__file__).resolve().parents[1]
 N = 600  # several 128-file chunks after the kill, at a fraction of a 1,000-file run's time
@@ -35,20 +34,10 @@ def _ingest(images: Path, store: Path, *extra) -> subprocess.Popen:
     )
 
 
+@pytest.mark.slow
 def test_kill_9_mid_ingest_then_rerun(images, tmp_path):
     store = tmp_path / "store"
-    process = _ingest(images, store)
-    done, buffer, deadline = 0, b"", time.monotonic() + 300
-    while done < 256 and time.monotonic() < deadline:  # two chunks of 128 written
-        chunk = os.read(process.stderr.fileno(), 4096)
-        if not chunk:
-            break
-        buffer += chunk
-        counts = re.findall(rb"(\d+)/%d" % N, buffer)
-        done = int(counts[-1]) if counts else 0
-    assert done >= 256, buffer[-500:]
-    process.send_signal(signal.SIGKILL)
-    process.wait(30)
+    kill_after_progress(_ingest(images, store), N, 256)  # two chunks of 128 written
 
     rerun = _ingest(images, store, "--json")
     out, err = rerun.communicate(timeout=600)

@@ -49,6 +49,7 @@ def report():
     return run_eval("demo-shapes", n=150, sets=("single_en", "single_zh", "double_en"))["sets"]
 
 
+@pytest.mark.slow
 def test_single_object_retrieval_in_english_and_chinese(report):
     for name in ("single_en", "single_zh"):
         assert report[name]["text_to_image"]["R@1"] >= 0.90, report[name]  # bundled model: 0.987 / 0.987
@@ -56,6 +57,7 @@ def test_single_object_retrieval_in_english_and_chinese(report):
         assert report[name]["image_to_text"]["R@1"] >= 0.90, report[name]  # 0.967 / 0.967
 
 
+@pytest.mark.slow
 def test_two_object_retrieval(report):
     assert report["double_en"]["text_to_image"]["R@5"] >= 0.95, report["double_en"]  # measured 0.993
 

@@ -25,7 +25,7 @@ def install_version(storage: Path, package: Path, version: str, checksum: str) -
 
 def daemon_plugin(storage: Path, folder: Path, home: Path) -> PluginProcess:
     process = PluginProcess(env={"PLUGIN_WORKING_PATH": str(storage / "cwd"), "HOME": str(home)}, cwd=folder,
-                            unset=("CROSSMODAL_HOME", "HF_HOME", "HF_HUB_CACHE"))
+                            unset=("CROSSMODAL_HOME", "HF_HOME", "HF_HUB_CACHE", "CROSSMODAL_ALLOW_PATHS"))
     process.wait_ready()
     return process
 
@@ -96,11 +96,18 @@ def test_locations_outside_and_inside_dify(tmp_path, monkeypatch):
     monkeypatch.delenv("HF_HOME", raising=False)
     monkeypatch.delenv("HF_HUB_CACHE", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("INSTALL_METHOD", "local")
-    monkeypatch.chdir(tmp_path)  # a checkout, not a version folder: today's defaults
-    assert locations.data_root() == tmp_path / "home" / ".crossmodal"
+    monkeypatch.delenv("CROSSMODAL_ALLOW_PATHS", raising=False)
+    monkeypatch.delenv("INSTALL_METHOD", raising=False)
+    monkeypatch.chdir(tmp_path)  # the CLI in a checkout: paths are the operator's
     assert locations.resolve_data_dir(str(tmp_path / "mine")) == tmp_path / "mine"
+    monkeypatch.setenv("INSTALL_METHOD", "local")  # a plugin in a checkout: its defaults, but never a path
+    assert locations.data_root() == tmp_path / "home" / ".crossmodal"
     assert locations.model_cache_dir() is None
+    with pytest.raises(CrossmodalError, match="data_dir"):  # the rule fails closed, whatever the directory
+        locations.resolve_data_dir(str(tmp_path / "mine"))
+    monkeypatch.setenv("CROSSMODAL_ALLOW_PATHS", "1")  # the admin's switch (a plugin for one workspace, tests)
+    assert locations.resolve_data_dir(str(tmp_path / "mine")) == tmp_path / "mine"
+    monkeypatch.delenv("CROSSMODAL_ALLOW_PATHS")
 
     version = tmp_path / "storage" / "cwd" / "acme" / "crossmodal-0.2.0@0123abcd"
     version.mkdir(parents=True)

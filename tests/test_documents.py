@@ -106,9 +106,9 @@ def test_bad_pdfs_are_rejected_with_their_reason_and_the_rest_goes_in(service):
 def test_options_are_checked_by_name():
     from crossmodal.ingest.documents import DocumentOptions
 
-    assert DocumentOptions.parse() == DocumentOptions(144.0, 500, False)
+    assert DocumentOptions.parse(ocr="auto") == DocumentOptions(144.0, 500, False, "auto")
     for kwargs, param in (({"dpi": 10}, "dpi"), ({"dpi": "x"}, "dpi"), ({"max_pages": 0}, "max_pages"),
-                          ({"max_pages": "many"}, "max_pages")):
+                          ({"max_pages": "many"}, "max_pages"), ({"ocr": "perhaps"}, "ocr")):
         with pytest.raises(CrossmodalError) as error:
             DocumentOptions.parse(**kwargs)
         assert error.value.param == param
@@ -151,103 +151,49 @@ def test_a_300_page_pdf_through_the_ingest_node_and_the_knowledge_api(plugin, fi
     assert by_page[1]["title"] == "guide.pdf#page=1" and by_page[1]["metadata"]["document"] == "guide.pdf"
 
 
-# Dify's multimodal general chunk structure (https://dify.ai/schemas/v1/multimodal_general_structure.json, its
-# published fields) as the Knowledge Base node reads it: chunks with content, files with these properties.
-CHUNK_SCHEMA = {
-    "type": "object",
-    "required": ["general_chunks"],
-    "properties": {"general_chunks": {"type": "array", "items": {
-        "type": "object", "required": ["content"],
-        "properties": {"content": {"type": "string", "minLength": 1}, "files": {"type": "array", "items": {
-            "type": "object", "required": ["id", "name", "mime_type", "transfer_method", "related_id"],
-            "properties": {"name": {"type": "string"}, "size": {"type": "number"}, "extension": {"type": "string"},
-                           "type": {"type": "string"}, "mime_type": {"type": "string"},
-                           "transfer_method": {"type": "string"}, "url": {"type": "string"},
-                           "related_id": {"type": "string"}}}}}}}},
-}
-
-
-@pytest.fixture()
-def dify_uploads():
-    """Dify's side of session.file.upload: the backwards invocation answers a signed URL; a POST of the file there
-    answers 201 with the tool file's record."""
-    import http.server
-    import json
-    import re
-    import threading
-    import uuid
-
-    stored = {}
-
-    class Upload(http.server.BaseHTTPRequestHandler):
-        def do_POST(self):  # noqa: N802 - http.server's name
-            body = self.rfile.read(int(self.headers["Content-Length"]))
-            name = re.search(rb'filename="([^"]+)"', body).group(1).decode()
-            data = body.split(b"\r\n\r\n", 1)[1].rsplit(b"\r\n--", 1)[0]
-            file_id = str(uuid.uuid4())
-            stored[file_id] = (name, data)
-            answer = json.dumps({"id": file_id, "name": name, "size": len(data), "extension": ".jpg",
-                                 "mime_type": "image/jpeg", "preview_url": f"http://files/{file_id}"}).encode()
-            self.send_response(201)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(answer)))
-            self.end_headers()
-            self.wfile.write(answer)
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Upload)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-
-    def answer(request: dict) -> dict:
-        assert request["type"] == "upload_file" and request["mimetype"] == "image/jpeg"
-        return {"url": f"http://127.0.0.1:{server.server_port}/files/upload"}
-
-    yield answer, stored
-    server.shutdown()
-
-
 @pytest.mark.protocol
-def test_the_pipeline_processor_makes_dify_chunks_with_uploaded_pictures(dify_uploads, file_server):
-    import jsonschema
-
+def test_the_pipeline_processor_makes_dify_chunks_with_uploaded_pictures(file_server):
+    """Each chunk carries its page's text and its picture as a markdown image of the uploaded tool file, the form
+    Dify's indexer turns into an attachment (tests/test_dify_contract.py runs Dify's indexing steps on it)."""
+    from dify_side import RELEASES, DifyFiles, index_chunks
     from stdio_harness import PluginProcess, errors, variables
 
-    answer, stored = dify_uploads
-    plugin = PluginProcess(dify=lambda request: answer(request), heartbeat_interval=0.25)
+    dify = DifyFiles()
+    plugin = PluginProcess(dify=dify.answer, heartbeat_interval=0.25)
     plugin.wait_ready()
     try:
         pictures = [Image.new("RGB", (300, 200), (200, 30, 30)), Image.new("RGB", (200, 300), (30, 30, 200))]
         report = text_pdf(["Revenue grew", "Costs fell", "Outlook"])
         out = variables(plugin.invoke_tool("document_chunks", {"file": file_server("report.pdf", report)}, {}))
-        jsonschema.validate(out["result"], CHUNK_SCHEMA)
         chunks = out["result"]["general_chunks"]
-        assert [c["content"] for c in chunks] == ["Revenue grew", "Costs fell", "Outlook"]
-        first = chunks[0]["files"][0]
-        assert first["transfer_method"] == "tool_file" and stored[first["id"]][0] == "report-page1.jpg"
-        page = Image.open(io.BytesIO(stored[first["id"]][1]))
+        assert [c["content"].split("\n\n")[0] for c in chunks] == ["Revenue grew", "Costs fell", "Outlook"]
+        assert all(c["files"] == [] for c in chunks)
+        first = index_chunks(out["result"], dify, RELEASES[-1]).embedded[0]
+        assert first.name == "report-page1.jpg"
+        page = Image.open(io.BytesIO(first.data))
         assert page.format == "JPEG" and page.size == (1224, 1584)
 
-        figures = variables(plugin.invoke_tool("document_chunks", {"file": file_server("figs.pdf", picture_pdf(
-            pictures)), "dpi": 72}, {}))["result"]["general_chunks"]
-        jsonschema.validate({"general_chunks": figures}, CHUNK_SCHEMA)
-        assert [c["content"] for c in figures] == ["figs.pdf, page 1 of 2", "Figure 1 on figs.pdf, page 1 of 2.",
-                                                   "figs.pdf, page 2 of 2", "Figure 1 on figs.pdf, page 2 of 2."]
-        assert {Image.open(io.BytesIO(stored[c["files"][0]["id"]][1])).size for c in figures[1::2]} == {
-            (300, 200), (200, 300)}
+        result = variables(plugin.invoke_tool("document_chunks", {"file": file_server("figs.pdf", picture_pdf(
+            pictures)), "dpi": 72}, {}))["result"]
+        figures = result["general_chunks"]
+        assert [c["content"].split("\n\n")[0] for c in figures] == [
+            "figs.pdf, page 1 of 2", "Figure 1 on figs.pdf, page 1 of 2.", "figs.pdf, page 2 of 2",
+            "Figure 1 on figs.pdf, page 2 of 2."]
+        embedded = index_chunks(result, dify, RELEASES[-1]).embedded
+        assert {Image.open(io.BytesIO(f.data)).size for f in embedded[1::2]} == {(300, 200), (200, 300)}
         # 300 pages: 300 uploads and one result, every stdout line within the daemon's 5 MiB.
         long_pdf = text_pdf([f"Section {k}" for k in range(1, 301)])
         many = variables(plugin.invoke_tool("document_chunks", {"file": file_server("long.pdf", long_pdf), "dpi": 36,
                                                                 "figures": False}, {}, timeout=300))
-        assert [c["content"] for c in many["result"]["general_chunks"]][::100] == ["Section 1", "Section 101",
-                                                                                    "Section 201"]
+        assert [c["content"].split("\n\n")[0] for c in many["result"]["general_chunks"]][::100] == [
+            "Section 1", "Section 101", "Section 201"]
         assert len(many["result"]["general_chunks"]) == 300 and not plugin.oversized
         (error,) = errors(plugin.invoke_tool("document_chunks", {"file": file_server(
             "locked.pdf", text_pdf(["x"], encrypt=True))}, {}))
         assert "locked.pdf" in error["message"] and "encrypted" in error["message"]
     finally:
         plugin.close()
+        dify.close()
 
 
 def test_mutated_pdfs_are_rejected_or_read_never_a_crash(service):

@@ -54,6 +54,9 @@ def test_model_names():
     [
         ("/definitely/not/here", "neither a preset"),
         ("no-slash-name", "neither a preset"),
+        ("\u00c5\u00ff/\U0009c871\u00d9", "not a Hugging Face id"),  # the fuzzer's 500: the hub library's own error
+        ("owner/" + "n" * 97, "not a Hugging Face id"),
+        ("owner/na..me", "not a Hugging Face id"),
     ],
 )
 def test_unknown_models_are_clear_errors(name, needle):
@@ -69,7 +72,8 @@ def test_offline_hub_miss_is_a_clear_error(tmp_path):
 
 
 def test_hub_download_goes_to_the_configured_mirror(tmp_path, monkeypatch):
-    """The endpoint, token and cache reach huggingface_hub (no network: the call is observed)."""
+    """The endpoint, token and cache reach huggingface_hub (no network: the call is observed); a mirror's or a
+    token's files go to a folder of their own under the cache (tests/test_workspaces_apart.py)."""
     import huggingface_hub
 
     seen = {}
@@ -82,8 +86,8 @@ def test_hub_download_goes_to_the_configured_mirror(tmp_path, monkeypatch):
     hub = HubOptions(endpoint="https://hf-mirror.example", token="hf_secret", cache_dir=str(tmp_path / "c"))
     assert resolve_model_dir("chinese-clip", hub) == tmp_path
     assert seen["repo_id"] == "OFA-Sys/chinese-clip-vit-base-patch16"
-    assert (seen["endpoint"], seen["token"], seen["cache_dir"]) == ("https://hf-mirror.example", "hf_secret",
-                                                                    str(tmp_path / "c"))
+    assert (seen["endpoint"], seen["token"]) == ("https://hf-mirror.example", "hf_secret")
+    assert seen["cache_dir"] == str(tmp_path / "c" / "scoped" / hub.scope())
     assert seen["local_files_only"] is False
 
 

@@ -100,10 +100,24 @@ def test_ingest_search_align_rerank_collections_and_retrieval(plugin, settings):
     status, missing = call(plugin, settings, "POST", "/retrieval", {"knowledge_id": "nope", "query": "x"})
     assert status == 404 and missing["error_code"] == 2001
 
-    status, text = call(plugin, settings, "GET", "/metrics")
+    from crossmodal.api.metrics import endpoint_scope
+    from conftest import METRICS_ADMIN_KEY
+
+    mine = endpoint_scope(settings).encode()
+    status, text = call(plugin, settings, "GET", "/metrics")  # the endpoint's own key: its own figures only
     assert status == 200
     assert b'crossmodal_collection_points{collection="kb"} 7.0' in text
-    assert b'crossmodal_requests_total{kind="endpoint",name="search",status="200"}' in text
+    assert b'crossmodal_requests_total{endpoint="%s",kind="endpoint",name="search",status="200"}' % mine in text
+    other = call(plugin, {**settings, "api_key": "another-workspaces-key"}, "POST", "/v1/search",
+                 {"query": "x", "collection": "nope"}, headers={"Authorization": "Bearer another-workspaces-key"})
+    assert other[0] == 404
+    status, text = call(plugin, settings, "GET", "/metrics")
+    scopes = {line.split(b'endpoint="')[1].split(b'"')[0] for line in text.splitlines()
+              if line.startswith(b"crossmodal_requests_total{")}
+    assert scopes == {mine}  # nor another endpoint's traffic, nor the nodes'
+    assert b"crossmodal_model_load_seconds" not in text and b"crossmodal_lane" not in text  # model ids, paths
+    status, text = call(plugin, settings, "GET", "/metrics", headers={"Authorization": f"Bearer {METRICS_ADMIN_KEY}"})
+    assert status == 200 and b'endpoint="%s"' % endpoint_scope({"api_key": "another-workspaces-key"}).encode() in text
     load_lines = [line for line in text.splitlines() if line.startswith(b"crossmodal_model_load_seconds{")]
     assert load_lines and all(float(line.split()[-1]) > 0 for line in load_lines)
 
@@ -217,10 +231,12 @@ def test_retrieval_scores_are_calibrated_relevances_and_conditions_work_as_dify_
             body["retrieval_setting"]["score_threshold"] = threshold
         if condition is not None:
             body["metadata_condition"] = condition
-        status, answer = call(plugin, settings, "POST", "/retrieval", body)
+        status, answer = call(plugin, {**settings, "retrieval_mode": "dense"}, "POST", "/retrieval", body)
         assert status == 200, answer
         return answer["records"]
 
+    status, auto = call(plugin, settings, "POST", "/retrieval", {"knowledge_id": "notes", "query": "a blue star"})
+    assert auto["records"][0]["metadata"]["retrieval"]["mode"] == "hybrid"  # the texts make it hybrid by default
     everything = retrieve()
     assert len(everything) == 4 and everything[0]["content"] == "a small blue star"
     calibration = load_calibration(get_encoder("demo-shapes"), None)
@@ -305,3 +321,78 @@ def _noise_jpeg(seed: int) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(pixels).save(buf, "JPEG", quality=90)
     return buf.getvalue()
+
+
+def test_retrieval_records_carry_the_items_text_and_signed_picture_links(plugin, settings):
+    """External Knowledge content is the item's text; with record_images each picture's record carries a markdown
+    image served by GET /v1/image under a signed, expiring link: no bearer key needed, 403 without a valid one."""
+    import time
+    from urllib.parse import parse_qs, urlsplit
+
+    from crossmodal.api.image_links import derived_key, sign
+
+    scenes = [_scene_png(890_000_000 + k) for k in range(3)]
+    codes = ["XH-4562-X5", "PS-1123-V7", "KB-8841-A2"]  # no gram in common: each first whatever dense says
+    items = [{"image": png, "caption": f"{scene.objects[0].phrase('en')}, invoice {code}", "source": f"scan-{k}.png"}
+             for k, ((scene, png), code) in enumerate(zip(scenes, codes))]
+    items.append({"image": _scene_png(890_000_009)[1], "source": "IMG_0001.png"})
+    status, report = call(plugin, settings, "POST", "/v1/ingest", {"collection": "docs", "items": items})
+    assert status == 200 and report["added"] == 4, report
+
+    linked = {**settings, "record_images": True, "public_url": "https://dify.example.com/e/hook123/"}
+    status, found = call(plugin, linked, "POST", "/retrieval", {"knowledge_id": "docs", "query": "PS-1123-V7",
+                                                               "retrieval_setting": {"top_k": 4}})
+    assert status == 200, found
+    first = found["records"][0]
+    assert first["title"] == "scan-1.png" and first["metadata"]["retrieval"] == {"mode": "hybrid", "fusion": "rrf"}
+    url = first["metadata"]["image_url"]
+    assert url.startswith("https://dify.example.com/e/hook123/v1/image?c=docs&id=")
+    assert first["content"] == f"{items[1]['caption']}\n\n![scan-1.png]({url})"  # the text, then the picture
+    bare = [r for r in found["records"] if r["title"] == "IMG_0001.png"]
+    assert all(r["content"].startswith("IMG_0001.png\n\n![") for r in bare)  # no text: its name is all there is
+
+    path = url[len("https://dify.example.com/e/hook123"):]
+    status, picture = call(plugin, settings, "GET", path, headers={})  # a browser: no Authorization header
+    assert status == 200 and Image.open(io.BytesIO(picture)).format == "JPEG"
+    query = {k: v[0] for k, v in parse_qs(urlsplit(url).query).items()}
+    key = derived_key(settings)
+    past = int(time.time()) - 10
+    tampered = [{**query, "s": query["s"][:-2] + ("AA" if not query["s"].endswith("AA") else "BB")},
+                {**query, "id": "00000000-0000-0000-0000-000000000001"},  # another point, the same signature
+                {**query, "e": past, "s": sign(key, "docs", query["id"], past)},  # signed, but expired
+                {**query, "e": int(time.time()) + 10**8, "s": sign(key, "docs", query["id"], int(time.time()) + 10**8)},
+                {"c": "docs", "id": "../collection.json", "e": query["e"], "s": sign(key, "docs", "../collection.json",
+                                                                                     int(query["e"]))},
+                {}]
+    for bad in tampered:
+        target = "/v1/image?" + "&".join(f"{k}={v}" for k, v in bad.items())
+        status, body = call(plugin, settings, "GET", target, headers={})
+        assert status == 403 and body["error"]["code"] == "forbidden", (bad, body)
+    other_key = {**settings, "api_key": "another-endpoints-key"}  # a link of one endpoint opens nothing at another
+    assert call(plugin, other_key, "GET", path, headers={})[0] == 403
+    traversal = sign(key, "../../etc", query["id"], int(query["e"]))
+    status, _ = call(plugin, settings, "GET", f"/v1/image?c=../../etc&id={query['id']}&e={query['e']}&s={traversal}",
+                     headers={})
+    assert status == 400  # a signed link to no collection: refused by name, no file read
+
+    # Without public_url the daemon's Dify-Hook-Url gives the base; without either, the request's own Host.
+    hooked = {**settings, "record_images": True}
+    status, found = call(plugin, hooked, "POST", "/retrieval", {"knowledge_id": "docs", "query": "XH-4562-X5"},
+                         headers={**AUTH, "Dify-Hook-Url": "http://nginx/e/hook9/retrieval"})
+    assert found["records"][0]["metadata"]["image_url"].startswith("http://nginx/e/hook9/v1/image?c=docs&id=")
+    status, found = call(plugin, hooked, "POST", "/retrieval", {"knowledge_id": "docs", "query": "XH-4562-X5"})
+    assert found["records"][0]["metadata"]["image_url"].startswith("http://dify.local/v1/image?")
+
+    # The endpoint's retrieval settings: the mode, and errors naming the setting.
+    status, dense = call(plugin, {**settings, "retrieval_mode": "dense"}, "POST", "/retrieval",
+                         {"knowledge_id": "docs", "query": "XH-4562-X5"})
+    assert status == 200 and "cosine" in dense["records"][0]["metadata"] and "image_url" not in dense["records"][0]["metadata"]
+    status, bad = call(plugin, {**settings, "retrieval_mode": "bm25"}, "POST", "/retrieval",
+                       {"knowledge_id": "docs", "query": "x"})
+    assert status == 400 and "bm25" in bad["error_msg"] and "auto, hybrid, dense, lexical" in bad["error_msg"]
+    status, bad = call(plugin, {**linked, "public_url": "dify.example.com"}, "POST", "/retrieval",
+                       {"knowledge_id": "docs", "query": "x"})
+    assert status == 400 and "browsers" in bad["error_msg"]
+    status, lexical = call(plugin, settings, "POST", "/v1/search", {"collection": "docs", "query": "KB-8841-A2",
+                                                                    "mode": "lexical", "top_k": 2})
+    assert status == 200 and lexical["mode"] == "lexical" and lexical["results"][0]["payload"]["source"] == "scan-2.png"

@@ -165,6 +165,7 @@ def test_opening_a_late_collection_does_not_keep_its_logs_replay(tmp_path):
     assert sizes["opened"] - sizes["before"] < 100, sizes  # the token vectors are mapped files, not heap
 
 
+@pytest.mark.slow
 def test_a_long_ingest_keeps_the_write_ahead_log_bounded(tmp_path, monkeypatch):
     """The log holds every write until a flush: the store flushes along the way (here every 16 MB; 256 MB in
     use), so 600 pages of token vectors leave a log of its few segments, not a second copy of everything (224

@@ -7,18 +7,12 @@ import time
 
 import pytest
 
+from load_mix import rss_mb as _rss_mb  # the plugin process and its worker processes
 from stdio_harness import endpoint_request, errors, http_response, json_message, tool_request
 
 pytestmark = pytest.mark.protocol
 
 SEARCHES, INGESTS, TEXTS_PER_INGEST, ENDPOINT_SEARCHES = 50, 5, 20, 20
-
-
-def _rss_mb(pid: int) -> float:
-    for line in open(f"/proc/{pid}/status"):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def test_concurrent_searches_and_ingests(plugin, tiny_clip_dir, tmp_path):

@@ -168,6 +168,7 @@ def test_rerank_honours_threshold_and_top_n(models_plugin):
     assert "documents[2]" in error["message"]  # the query is documents[0]: the second doc is index 2
 
 
+@pytest.mark.slow
 def test_rerank_finds_the_scene_at_least_as_often_as_the_search_node(models_plugin, plugin, file_server, tmp_path):
     """The issue's target on 20 held-out scenes: a text query reranked over the scenes by
     invoke_multimodal_rerank puts the matching scene first at least as often as the Search node does."""

@@ -1,6 +1,8 @@
 """The OpenAPI document is valid 3.1, and the API, fuzzed against it (schemathesis), never answers with a
 server error or a response outside the document."""
 
+import os
+
 import pytest
 
 schemathesis = pytest.importorskip("schemathesis")
@@ -9,6 +11,8 @@ from crossmodal.api.http import wsgi_app  # noqa: E402
 from crossmodal.api.openapi import openapi_document  # noqa: E402
 
 KEY = "fuzz-key"
+# Each run draws new cases; CROSSMODAL_FUZZ_EXAMPLES raises the count for a deliberate hunt.
+EXAMPLES = int(os.environ.get("CROSSMODAL_FUZZ_EXAMPLES", "25"))
 
 
 def test_document_is_valid_openapi_3_1():
@@ -29,7 +33,7 @@ def test_api_fuzzed_against_its_schema(app):
     schema = schemathesis.openapi.from_wsgi("/openapi.json", app, headers={"Authorization": f"Bearer {KEY}"})
     failures = []
 
-    @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+    @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
     def run(case):
         response = case.call(headers={"Authorization": f"Bearer {KEY}"})
         if response.status_code >= 500:

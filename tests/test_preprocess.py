@@ -70,6 +70,7 @@ def _jpeg(image, **kwargs) -> bytes:
     return buf.getvalue()
 
 
+@pytest.mark.slow
 def test_draft_decode_keeps_embeddings_and_reports_the_stored_size():
     """A 2000 x 1500 JPEG decoded at reduced scale: the demo model's embedding agrees with the fully
     decoded image through the processor (cosine >= 0.999), and width/height stay the stored ones."""

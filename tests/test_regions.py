@@ -14,6 +14,7 @@ def service(tmp_path):
     return Service(Settings(data_dir=str(tmp_path), model="demo-shapes"))
 
 
+@pytest.mark.slow
 def test_small_objects_are_found_through_regions(service):
     report = evaluate_small_objects(service, small_object_set(12, side=1024, size_range=(0.045, 0.05)),
                                     "demo-shapes", "small")

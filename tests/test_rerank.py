@@ -115,6 +115,7 @@ def test_empty_unknown_and_unloadable(tmp_path):
         Service(Settings(data_dir=str(tmp_path), routes='{"nope": "x"}')).rerank("x", ["a"])
 
 
+@pytest.mark.slow
 def test_region_rerank_through_search_reorders_the_first_stage(tmp_path):
     """Two-object captions through Search + Rerank(region), measured by the eval harness. Whether it lifts R@1
     depends on the model and the gallery (docs/evaluation.md: +6 points with run 5; +1 with run 10 and the

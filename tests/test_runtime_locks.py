@@ -421,9 +421,10 @@ AUDIT = textwrap.dedent("""
 
 
 def test_no_gevent_lock_is_left_where_the_loop_and_workers_meet(tmp_path):
-    """The audit: after main.py's start-up (the fix, the heavy imports, the SDK's server), the gevent locks
-    still in the process are the ones no worker thread can reach (the main thread's own state lock), and the
-    only gevent event or queue is the SDK dispatcher's, used on the loop alone."""
+    """The audit: after main.py's start-up (the fix, the SDK's server, the worker process started), the gevent
+    locks still in the process are the ones no worker thread can reach (the main thread's own state lock), and
+    the gevent events and queues are the SDK dispatcher's and the worker process's supervisor's, used on the loop
+    alone."""
     import json
 
     result = subprocess.run([sys.executable, "-c", AUDIT], cwd=ROOT, capture_output=True, text=True, timeout=300,
@@ -433,7 +434,11 @@ def test_no_gevent_lock_is_left_where_the_loop_and_workers_meet(tmp_path):
     left = json.loads(result.stdout.strip().splitlines()[-1])
     *locks, factory_holders, event_and_queue_holders = left
     assert all(holders == ["threading._MainThread"] for holders in locks), locks
-    # the SDK dispatcher's work queue: the listener and the request greenlets, all on the loop
-    assert event_and_queue_holders == ["concurrent.futures.thread.ThreadPoolExecutor"], event_and_queue_holders
+    # the SDK dispatcher's work queue: the listener and the request greenlets, all on the loop; the worker
+    # process's handle (gevent's Popen, its exit watched by the loop) and its supervisor's readiness event and
+    # answers, set by the greenlet that reads the worker's channel: no OS thread of this process touches them
+    assert event_and_queue_holders == ["concurrent.futures.thread.ThreadPoolExecutor",
+                                       "crossmodal.workers.supervisor.Engine", "gevent.subprocess.Popen"], \
+        event_and_queue_holders
     assert set(factory_holders) <= {"module gevent.thread", "module gevent.threading", "module __main__"}, \
         factory_holders

@@ -64,11 +64,16 @@ def test_image_to_text_and_fused_queries(service):
     service.ingest(gallery(6) + [IngestItem(text="first caption"), IngestItem(text="second caption")], "c")
     to_text = service.search(image=ImageInput.from_bytes("q", png((0, 255, 0))), collection="c", target="text")
     assert {h["payload"]["kind"] for h in to_text["results"]} == {"text"} and len(to_text["results"]) == 2
+    # The captions give the collection text, so a query text would also be matched by its words (hybrid, the
+    # default there): dense mode isolates the fused vector, whose text part weighs nothing here.
     fused = service.search("picture", image=ImageInput.from_bytes("q", png((0, 255, 0))), collection="c",
-                           text_weight=0.0)
+                           text_weight=0.0, mode="dense")
     by_image = service.search(image=ImageInput.from_bytes("q", png((0, 255, 0))), collection="c")
-    assert fused["query_kind"] == "fused"
+    assert fused["query_kind"] == "fused" and fused["mode"] == by_image["mode"] == "dense"
     assert [h["id"] for h in fused["results"]] == [h["id"] for h in by_image["results"]]
+    hybrid = service.search("picture", image=ImageInput.from_bytes("q", png((0, 255, 0))), collection="c",
+                            text_weight=0.0)
+    assert hybrid["mode"] == "hybrid" and len(hybrid["results"]) == len(by_image["results"])
     anything = service.search("caption", collection="c", target="any", top_k=100)
     assert len(anything["results"]) == 8
 

@@ -18,7 +18,7 @@ from load_mix import (KINDS, Workspace, max_heartbeat_gap, rss_mb, run_mix, seed
 from stdio_harness import PluginProcess
 from tiny_models import save_tiny_clip
 
-pytestmark = pytest.mark.protocol
+pytestmark = [pytest.mark.protocol, pytest.mark.slow]
 
 COLD_REQUESTS, IN_FLIGHT, ROUND, FIRST, TOTAL = 400, 24, 300, 200, 2000
 

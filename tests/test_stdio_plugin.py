@@ -185,14 +185,19 @@ def test_align_bad_input(plugin, creds, file_server, params, needle):
     assert needle in error["message"]
 
 
-def test_align_by_url_refuses_internal_hosts_and_fetches_allowlisted_ones(plugin, tmp_path, file_server):
+def test_align_by_url_refuses_internal_hosts_even_when_a_workspace_allows_them(plugin, tmp_path, file_server):
+    """The SSRF policy is the admin's: a workspace's url_allowlist only narrows it (the admin's own list lets
+    the host in: tests/test_bounded.py, over stdio)."""
     file = file_server("by-url.png", png((200, 30, 30), (300, 300)))
     creds = {"data_dir": str(tmp_path / "store"), "model": "demo-shapes"}
     (error,) = errors(plugin.invoke_tool("align", {"image_url": file["url"], "text": "a red square"}, creds))
     assert "image_url" in error["message"] and "loopback" in error["message"]
-    allowed = plugin.invoke_tool("align", {"image_url": file["url"], "text": "a red square", "heatmap": False},
+    widened = plugin.invoke_tool("align", {"image_url": file["url"], "text": "a red square", "heatmap": False},
                                  {**creds, "url_allowlist": "127.0.0.1"})
-    assert not errors(allowed) and "attention_map" not in json_message(allowed)
+    (error,) = errors(widened)
+    assert "loopback" in error["message"] and "CROSSMODAL_URL_ALLOWLIST" in error["message"]
+    (refused,) = errors(plugin.call(validate_request({**creds, "url_allowlist": "127.0.0.1, 169.254.169.254"})))
+    assert "url_allowlist" in refused["message"] and "169.254.169.254" in refused["message"]
 
 
 def test_routes_send_chinese_and_english_queries_to_their_models(plugin, tmp_path, file_server,

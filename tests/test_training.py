@@ -274,6 +274,7 @@ def test_mined_negatives_with_user_pairs_are_a_clear_error(tmp_path, tiny_clip_d
                           mine_negatives=True))
 
 
+@pytest.mark.slow
 def test_training_with_mined_negatives_runs_through_the_cli_flag(tmp_path):
     from crossmodal.cli import main
 
@@ -345,6 +346,7 @@ def test_object_windows_hold_one_whole_object_at_the_scale_the_model_sees_it():
     assert window_around([(10, 10, 40, 40), (120, 120, 150, 150)], 0, 80, 160, random.Random(0)) is not None
 
 
+@pytest.mark.slow
 def test_shape_window_loss_is_lower_for_the_true_phrases_and_trains_through_the_cli_flag(tmp_path):
     from crossmodal.cli import main
     from crossmodal.encoders.models import load_encoder, model_identity

@@ -5,11 +5,10 @@ from dify_plugin import Tool
 from dify_plugin.entities.tool import ToolInvokeMessage
 
 from crossmodal.dify.adapter import (ToolInputError, call, file_inputs, flag, for_llm, number, service_for,
-                                     variable_message)
+                                     url_input, variable_message)
 from crossmodal.lanes import BULK
-from crossmodal.service import ImageInput
 
-CONTRACT = ("similarity_score", "match_probability", "phrases", "attention_map", "model", "mode")
+CONTRACT = ("similarity_score", "match_probability", "phrases", "attention_map", "model", "mode", "ocr_text")
 
 
 class AlignTool(Tool):
@@ -18,7 +17,7 @@ class AlignTool(Tool):
         service = service_for(self.runtime.credentials, self.session)
         url = (tool_parameters.get("image_url") or "").strip()
         if url and not images:
-            images = [ImageInput.from_url(url, service.settings.url_allowlist)]
+            images = [url_input(url, service.settings)]
         if not images:
             raise ToolInputError("image: give an image file or an image_url")
         tile_size = number(tool_parameters.get("tile_size"), "tile_size")
@@ -31,6 +30,7 @@ class AlignTool(Tool):
             heatmap=flag(tool_parameters.get("heatmap", True)),
             tile_size=int(tile_size) if tile_size else None,
             overlap=number(tool_parameters.get("overlap"), "overlap", 0.25),
+            ocr=tool_parameters.get("ocr"),
             lane=BULK,
         )
         overlay = result.pop("overlay_png", None)

@@ -32,7 +32,7 @@ class IngestTool(Tool):
                       embed_captions=flag(tool_parameters.get("embed_captions")),
                       dpi=number(tool_parameters.get("dpi"), "dpi"), max_pages=number(tool_parameters.get("max_pages"),
                                                                                       "max_pages"),
-                      figures=flag(tool_parameters.get("figures")), lane=BULK)
+                      figures=flag(tool_parameters.get("figures")), ocr=tool_parameters.get("ocr"), lane=BULK)
         yield self.create_text_message(
             f"{report['added']} added, {report['duplicates']} duplicates, {len(report['rejected'])} rejected; "
             f"'{report['collection']}' now holds {report['count']} points"

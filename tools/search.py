@@ -27,6 +27,8 @@ class SearchTool(Tool):
             regions=flag(tool_parameters.get("regions")),
             rerank=tool_parameters.get("rerank") or None,
             rerank_k=number(tool_parameters.get("rerank_k"), "rerank_k", 20),
+            mode=tool_parameters.get("mode") or None,
+            fusion=tool_parameters.get("fusion") or None,
         )
         thumbnails = result.pop("thumbnails", {})
         yield self.create_text_message(summary_line(result["results"]))

@@ -12,8 +12,10 @@ import base64
 import hmac
 import json
 import logging
+import os
 import time
 import traceback
+import dataclasses
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -21,8 +23,9 @@ from werkzeug import Request, Response
 
 from crossmodal.errors import CrossmodalError, NotFoundError, redact
 from crossmodal.inputs.sources import decode_base64
-from crossmodal.lanes import BULK, LOAD, QUERY, DeadlineExceeded, lane_for_items
-from crossmodal.runtime import StillRunning, offload, offload_within
+from crossmodal.lanes import BULK, LOAD, LOOKUP, QUERY, DeadlineExceeded, lane_for_items
+from crossmodal.limits import limit, register
+from crossmodal.runtime import StillRunning, gevent_patched, offload, offload_within
 from crossmodal.service import ImageInput, IngestItem, Service
 from crossmodal.settings import Settings
 
@@ -36,8 +39,13 @@ MAX_BODY_BYTES = 9 * 1024 * 1024
 # call that cannot finish in time says why (queue, model load, store) in the log and /metrics.
 WARM_WAIT_SECONDS = 3.0
 RETRIEVAL_DEADLINE_SECONDS = 4.5
+register("retrieval_seconds", RETRIEVAL_DEADLINE_SECONDS, "s", "an External Knowledge call (/retrieval): Dify "
+         "waits 5 s and shows no records, silently, after", cap=RETRIEVAL_DEADLINE_SECONDS, minimum=0.5, integer=False)
 # The other routes: the endpoint setting request_timeout, within Dify's 600 s for a plugin call.
 DEFAULT_REQUEST_TIMEOUT, MAX_REQUEST_TIMEOUT = 300.0, 570.0
+register("request_seconds", DEFAULT_REQUEST_TIMEOUT, "s", "an endpoint call other than /retrieval, unless the "
+         "endpoint's request_timeout setting says otherwise (1 s to call_seconds)", cap=MAX_REQUEST_TIMEOUT,
+         minimum=1, integer=False)
 # Dify's plugin SDK writes a non-streamed endpoint body as one hex line on stdout, and the daemon kills the
 # plugin on a line over 5 MiB: bodies larger than one chunk go out as a stream of chunks (a line each).
 STREAM_CHUNK_BYTES = 512 * 1024
@@ -93,35 +101,102 @@ def field(body: dict, name: str, kind: type | tuple, default=None, required: boo
     return value
 
 
-def image_from(body: dict, request: Request, name: str, settings: Settings, *, url_name: str | None = None):
-    """One image: a multipart file, a base64 string in ``name``, or a URL in ``url_name``."""
-    upload = request.files.get(name) if request.mimetype == "multipart/form-data" else None
+@dataclasses.dataclass
+class RequestParts:
+    """What a route reads of its request beyond the JSON body, as plain data (a call travels to the worker
+    process pickled): the multipart files, and the images the plugin process already fetched by URL."""
+
+    mimetype: str = ""
+    files: dict[str, list[tuple[str, bytes]]] = dataclasses.field(default_factory=dict)
+    fetched: dict[str, ImageInput] = dataclasses.field(default_factory=dict)  # parameter -> the fetched image (or its failure)
+    # External Knowledge: the endpoint's retrieval settings, and the signer of picture links (crossmodal/api/knowledge.py)
+    endpoint: dict = dataclasses.field(default_factory=dict)
+    links: Any = None
+
+    @classmethod
+    def of(cls, request: Request) -> "RequestParts":
+        files = {}
+        if request.mimetype == "multipart/form-data":
+            files = {name: [(f.filename or name, f.read()) for f in request.files.getlist(name)]
+                     for name in request.files}
+        return cls(request.mimetype, files)
+
+    def file(self, name: str) -> tuple[str, bytes] | None:
+        found = self.files.get(name)
+        return found[0] if found else None
+
+
+def image_from(body: dict, parts: RequestParts, name: str, settings: Settings, *, url_name: str | None = None,
+               prefix: str = ""):
+    """One image: a multipart file, a base64 string in ``name``, or a URL in ``url_name`` (fetched already by
+    the plugin process, or here on first read)."""
+    upload = parts.file(name)
     if upload:
-        return ImageInput.from_bytes(upload.filename or name, upload.read())
+        return ImageInput.from_bytes(*upload)
     data = body.get(name)
     if data is not None:
-        return ImageInput.from_bytes(name, decode_base64(data, name))
+        return ImageInput.from_bytes(name, decode_base64(data, prefix + name))
     url = body.get(url_name) if url_name else None
     if url is not None:
         if not isinstance(url, str):
-            raise CrossmodalError("must be a string URL", param=url_name)
-        return ImageInput.from_url(url, settings.url_allowlist, param=url_name)
+            raise CrossmodalError("must be a string URL", param=prefix + url_name)
+        return parts.fetched.get(prefix + url_name) or ImageInput.from_url(url, settings.url_allowlist,
+                                                                            param=prefix + url_name)
     return None
 
 
-def images_from(body: dict, request: Request, name: str) -> list[ImageInput]:
-    out = []
-    if request.mimetype == "multipart/form-data":
-        out += [ImageInput.from_bytes(f.filename or f"{name}[{k}]", f.read())
-                for k, f in enumerate(request.files.getlist(name))]
+def images_from(body: dict, parts: RequestParts, name: str) -> list[ImageInput]:
+    out = [ImageInput.from_bytes(filename or f"{name}[{k}]", data)
+           for k, (filename, data) in enumerate(parts.files.get(name, []))]
     values = field(body, name, list, [])
     for k, value in enumerate(values):
         out.append(ImageInput.from_bytes(f"{name}[{k}]", decode_base64(value, f"{name}[{k}]")))
     return out
 
 
+URLS_PER_CALL = register("urls_per_call", 64, "URLs", "image URLs one endpoint call may ask the plugin to fetch",
+                         cap=10_000, minimum=1, workspace=True)
+FETCHES_AT_ONCE = 8  # one call's URLs fetched side by side (each a greenlet: it holds no thread while it waits)
+
+
+def image_urls(route: str, body: dict) -> list[tuple[str, str]]:
+    """(parameter, URL) of every image URL a route's body names."""
+    if route in ("search", "align"):
+        url = body.get("image_url")
+        return [("image_url", url)] if isinstance(url, str) else []
+    if route == "ingest" and isinstance(body.get("items"), list):
+        return [(f"items[{k}].image_url", raw["image_url"]) for k, raw in enumerate(body["items"])
+                if isinstance(raw, dict) and isinstance(raw.get("image_url"), str) and raw.get("image") is None]
+    return []
+
+
+def fetch_urls(route: str, body: dict, settings: Settings, seconds: float) -> dict[str, ImageInput]:
+    """The route's image URLs fetched here, on the gevent loop, before its work is handed to the worker
+    process: a slow server costs a greenlet until the fetch's deadline, never a worker thread. A failed fetch
+    becomes that item's error."""
+    import gevent
+    from gevent.pool import Pool
+
+    wanted = image_urls(route, body)
+    if len(wanted) > limit("urls_per_call"):
+        raise CrossmodalError(f"the body names {len(wanted)} image URLs; at most {limit('urls_per_call'):g} are "
+                              "fetched per call (urls_per_call): send fewer items per request", param="items")
+
+    def fetch(param: str, url: str) -> tuple[str, ImageInput]:
+        wanted_input = ImageInput.from_url(url, settings.url_allowlist, param=param)
+        try:
+            with gevent.Timeout(seconds, CrossmodalError(f"{url} was not fetched within the call's {seconds:.0f} s",
+                                                         param=param, status=422)):
+                return param, ImageInput.from_bytes(url, wanted_input.read())
+        except CrossmodalError as exc:
+            return param, ImageInput.failed(url, exc)
+
+    pool = Pool(FETCHES_AT_ONCE)
+    return dict(pool.imap(lambda pair: fetch(*pair), wanted))
+
+
 # -- routes -------------------------------------------------------------------------------------------
-def route_embed(service: Service, body: dict, request: Request) -> dict:
+def route_embed(service: Service, body: dict, request: RequestParts) -> dict:
     texts = field(body, "texts", list, [])
     if not all(isinstance(t, str) for t in texts):
         raise CrossmodalError("must be a list of strings", param="texts")
@@ -129,12 +204,12 @@ def route_embed(service: Service, body: dict, request: Request) -> dict:
                          field(body, "input_type", str) or "document")
 
 
-def route_ingest(service: Service, body: dict, request: Request) -> dict:
+def route_ingest(service: Service, body: dict, request: RequestParts) -> dict:
     items = []
     for k, raw in enumerate(field(body, "items", list, [])):
         if not isinstance(raw, dict):
             raise CrossmodalError("must be an object with image (base64), image_url or text", param=f"items[{k}]")
-        image = image_from(raw, request, "image", service.settings, url_name="image_url")
+        image = image_from(raw, request, "image", service.settings, url_name="image_url", prefix=f"items[{k}].")
         tags = raw.get("tags") or []
         if not isinstance(tags, list):
             raise CrossmodalError("must be a list of strings", param=f"items[{k}].tags")
@@ -151,11 +226,12 @@ def route_ingest(service: Service, body: dict, request: Request) -> dict:
     report = service.ingest(items, field(body, "collection", str), field(body, "model", str),
                             regions=bool(field(body, "regions", bool, False)), storage=field(body, "storage", str),
                             dpi=field(body, "dpi", (int, float)), max_pages=field(body, "max_pages", int),
-                            figures=bool(field(body, "figures", bool, False)))
+                            figures=bool(field(body, "figures", bool, False)),
+                            ocr=field(body, "ocr", (str, bool)))
     return report
 
 
-def route_search(service: Service, body: dict, request: Request) -> dict:
+def route_search(service: Service, body: dict, request: RequestParts) -> dict:
     image = image_from(body, request, "image", service.settings, url_name="image_url")
     result = service.search(
         text=field(body, "query", str), image=image, collection=field(body, "collection", str),
@@ -164,7 +240,7 @@ def route_search(service: Service, body: dict, request: Request) -> dict:
         model=field(body, "model", str), text_weight=field(body, "text_weight", float, 0.5),
         with_thumbnails=bool(field(body, "with_thumbnails", bool, False)),
         regions=bool(field(body, "regions", bool, False)), rerank=field(body, "rerank", str),
-        rerank_k=field(body, "rerank_k", int, 20),
+        rerank_k=field(body, "rerank_k", int, 20), mode=field(body, "mode", str), fusion=field(body, "fusion", str),
     )
     thumbnails = result.pop("thumbnails", None)
     if thumbnails:
@@ -174,7 +250,7 @@ def route_search(service: Service, body: dict, request: Request) -> dict:
     return result
 
 
-def route_align(service: Service, body: dict, request: Request) -> dict:
+def route_align(service: Service, body: dict, request: RequestParts) -> dict:
     """Also the seed's call shape: {"image_url": ..., "text_query": ...}."""
     image = image_from(body, request, "image", service.settings, url_name="image_url")
     if image is None:
@@ -184,14 +260,15 @@ def route_align(service: Service, body: dict, request: Request) -> dict:
         raise CrossmodalError("is required: the description to check (text or text_query)", param="text")
     result = service.align(image, text, model=field(body, "model", str), mode=field(body, "mode", str, "auto"),
                            heatmap=field(body, "heatmap", bool, True), tile_size=field(body, "tile_size", int),
-                           overlap=field(body, "overlap", float, 0.25), overlay=field(body, "overlay", bool, True))
+                           overlap=field(body, "overlap", float, 0.25), overlay=field(body, "overlay", bool, True),
+                           ocr=field(body, "ocr", (str, bool)))
     overlay = result.pop("overlay_png", None)
     if overlay:
         result["overlay_png"] = base64.b64encode(overlay).decode()
     return result
 
 
-def route_rerank(service: Service, body: dict, request: Request) -> dict:
+def route_rerank(service: Service, body: dict, request: RequestParts) -> dict:
     query_image = image_from(body, request, "query_image", service.settings)
     return service.rerank(field(body, "query", str), body.get("candidates"), images_from(body, request, "images"),
                           query_image, field(body, "top_n", int), field(body, "method", str, "auto"),
@@ -199,13 +276,13 @@ def route_rerank(service: Service, body: dict, request: Request) -> dict:
                           field(body, "weight", float, 0.5))
 
 
-def route_collections(service: Service, body: dict, request: Request) -> dict:
+def route_collections(service: Service, body: dict, request: RequestParts) -> dict:
     return service.list_collections()
 
 
-def route_retrieval(service: Service, body: dict, request: Request) -> dict:
+def route_retrieval(service: Service, body: dict, request: RequestParts) -> dict:
     """Dify's External Knowledge API: a collection as a knowledge base (see crossmodal/api/knowledge.py)."""
-    from crossmodal.api.knowledge import cosine_bound, metadata_predicate
+    from crossmodal.api.knowledge import knowledge_records, metadata_predicate
 
     knowledge_id = field(body, "knowledge_id", str, required=True)
     query = field(body, "query", str, required=True)
@@ -218,26 +295,28 @@ def route_retrieval(service: Service, body: dict, request: Request) -> dict:
                                   or not 0.0 <= threshold <= 1.0):
         raise CrossmodalError("must be a relevance between 0 and 1", param="retrieval_setting.score_threshold")
     where = metadata_predicate(body.get("metadata_condition"))
+    options = request.endpoint if request is not None else {}
     encoder = service.loaded_collection_encoder(knowledge_id)  # ModelNotLoaded: see retrieval_within_deadline
-    calibration = service.calibration(encoder)
-    bound = cosine_bound(threshold, calibration.a, calibration.b) if calibration.a > 0 else None
-    if bound is not None and bound > 1.0:
-        return {"records": []}  # no cosine reaches that relevance
-    result = service.search(text=query, collection=knowledge_id, top_k=max(1, min(top_k, 100)),
-                            score_threshold=bound if bound is not None and bound > -1.0 else None, target="any",
-                            where=where)
-    records = []
-    for hit in result["results"]:
-        payload = hit["payload"]
-        content = payload.get("caption") or payload.get("text") or payload.get("source") or hit["id"]
-        metadata = {k: v for k, v in payload.items() if k not in ("text",)}
-        metadata.update(id=hit["id"], source=payload.get("source"), kind=payload.get("kind"), cosine=hit["score"])
-        records.append({"content": content, "score": round(calibration.probability(hit["score"]), 6),
-                        "title": payload.get("source") or hit["id"], "metadata": metadata})
-    return {"records": records}
+    # Relevance is filtered on the records' own 0-1 scores (for dense hits a rising function of the cosine, so
+    # the same hits as a cosine bound in the engine would keep).
+    result = service.search(text=query, collection=knowledge_id, top_k=max(1, min(top_k, 100)), target="any",
+                            where=where, mode=options.get("retrieval_mode"), fusion=options.get("retrieval_fusion"))
+    records = knowledge_records(result, service.calibration(encoder), request.links if request is not None else None)
+    return {"records": [r for r in records if threshold is None or r["score"] >= threshold]}
 
 
-def route_openapi(service: Service | None, body: dict, request: Request) -> dict:
+def route_image(service: Service, body: dict, request: RequestParts) -> bytes:
+    """A signed picture link's thumbnail (crossmodal/api/image_links.py); the link was checked by the caller."""
+    from crossmodal.store import check_collection_name
+
+    name, point_id = check_collection_name(body["c"]), body["id"]
+    for hit in service.store.retrieve(name, [point_id], with_thumbnails=True):
+        if hit.payload.get("thumbnail"):
+            return base64.b64decode(hit.payload["thumbnail"])
+    raise NotFoundError("this item has no picture", param="id")
+
+
+def route_openapi(service: Service | None, body: dict, request: RequestParts) -> dict:
     from crossmodal.api.openapi import openapi_document
 
     return openapi_document()
@@ -255,40 +334,51 @@ def respond(route: str, request: Request, settings: Mapping) -> Response:
     from crossmodal.api import metrics
     started = time.perf_counter()
     status = 500
+    scope = metrics.endpoint_scope(settings)
     try:
         if route == "viewer":
             status = 200
             return Response(VIEWER_PAGE.read_bytes(), status=200, content_type="text/html; charset=utf-8")
-        check_key(request, settings, route)
+        if route == "image":  # a signed link instead of the bearer key: browsers follow it from a chat
+            response = image_response(request, settings, started)
+            status = response.status_code
+            return response
         if route == "metrics":
             status = 200
-            # in the query lane: counting a collection's points opens the store, which a worker may hold
-            body, content_type = offload(metrics.exposition, service_for(settings), lane=QUERY,
-                                         deadline=request_deadline(route, settings))
+            body, content_type = metrics.exposition(service_for(settings), metrics_scope(request, settings))
             return Response(body, status=200, content_type=content_type)
+        check_key(request, settings, route)
         body = read_json(request) if request.method == "POST" else {}
         service = service_for(settings)
         deadline = request_deadline(route, settings)
+        parts = RequestParts.of(request)
         if route == "retrieval":
-            result = retrieval_within_deadline(service, body, request, started + deadline)
+            from crossmodal.api.knowledge import endpoint_options
+
+            parts.endpoint, parts.links = endpoint_options(request, settings)
+        if gevent_patched():
+            parts.fetched = fetch_urls(route, body, service.settings, deadline)
+        if route == "retrieval":
+            result = retrieval_within_deadline(service, body, parts, started + deadline)
         else:
-            result = offload(ROUTES[route], service, body, request, lane=route_lane(route, body), deadline=deadline)
+            result = offload(ROUTES[route], service, body, parts, lane=route_lane(route, body),
+                             deadline=max(0.5, deadline - (time.perf_counter() - started)))
         status = 200
         return _json(result, 200)
     except CrossmodalError as exc:
         status = exc.status
-        metrics.ERRORS.labels(kind="endpoint", name=route).inc()
+        metrics.ERRORS.labels(endpoint=scope, kind="endpoint", name=route).inc()
         if route == "retrieval" and isinstance(exc, DeadlineExceeded):
             logger.warning("an External Knowledge call missed Dify's 5 s: %s", exc)
         return error_response(route, exc)
     except Exception:  # noqa: BLE001 - logged in full, answered in one line
         logger.error("endpoint %s failed: %s", route, redact(traceback.format_exc()))
-        metrics.ERRORS.labels(kind="endpoint", name=route).inc()
+        metrics.ERRORS.labels(endpoint=scope, kind="endpoint", name=route).inc()
         return _json({"error": {"code": "internal", "message": "internal error; the plugin log has the details"}},
                      500)
     finally:
-        metrics.REQUESTS.labels(kind="endpoint", name=route, status=str(status)).inc()
-        metrics.LATENCY.labels(kind="endpoint", name=route).observe(time.perf_counter() - started)
+        metrics.REQUESTS.labels(endpoint=scope, kind="endpoint", name=route, status=str(status)).inc()
+        metrics.LATENCY.labels(endpoint=scope, kind="endpoint", name=route).observe(time.perf_counter() - started)
 
 
 class AuthError(CrossmodalError):
@@ -302,9 +392,11 @@ class AuthError(CrossmodalError):
 
 
 def route_lane(route: str, body: dict) -> str:
-    """Searches, External Knowledge, collection lookups and short embeddings go ahead of bulk work."""
+    """Searches, External Knowledge and short embeddings go ahead of bulk work; collection lists need no model."""
     if route in ("ingest", "align"):
         return BULK
+    if route == "collections":
+        return LOOKUP
     if route == "embed":
         return lane_for_items(len(body.get("texts") or []) + len(body.get("images") or []))
     if route == "rerank":  # image candidates are read and encoded (as in the Rerank node); texts and ids are light
@@ -314,21 +406,22 @@ def route_lane(route: str, body: dict) -> str:
 
 def request_deadline(route: str, settings: Mapping) -> float:
     if route == "retrieval":
-        return RETRIEVAL_DEADLINE_SECONDS
+        return float(limit("retrieval_seconds"))
     raw = (settings or {}).get("request_timeout")
     if raw in (None, ""):
-        return DEFAULT_REQUEST_TIMEOUT
+        return float(limit("request_seconds"))
     try:
         seconds = float(raw)
     except (TypeError, ValueError):
         seconds = 0.0
-    if not 1.0 <= seconds <= MAX_REQUEST_TIMEOUT:
-        raise CrossmodalError(f"'{raw}' is not a number of seconds between 1 and {MAX_REQUEST_TIMEOUT:g} (Dify ends a "
+    most = float(limit("call_seconds"))
+    if not 1.0 <= seconds <= most:
+        raise CrossmodalError(f"'{raw}' is not a number of seconds between 1 and {most:g} (Dify ends a "
                               "plugin call at 600 s); fix it in the endpoint's settings", param="request_timeout")
     return seconds
 
 
-def retrieval_within_deadline(service: Service, body: dict, request: Request, ends_at: float) -> dict:
+def retrieval_within_deadline(service: Service, body: dict, request: RequestParts, ends_at: float) -> dict:
     """Dify gives an External Knowledge call 5 s. The route runs in the query lane and finds the collection's
     model loaded (a lookup that neither loads nor waits), or says ModelNotLoaded. Only then is the model loaded,
     in the load lane, and a load that takes more than WARM_WAIT_SECONDS answers 503 'still loading' while it
@@ -347,11 +440,44 @@ def retrieval_within_deadline(service: Service, body: dict, request: Request, en
         offload_within(min(WARM_WAIT_SECONDS, remaining()), service.encoder, model, lane=LOAD)
     except StillRunning:
         count_deadline_miss("retrieval", "model_load")
-        logger.warning("External Knowledge call for '%s': the model %s is still loading; answered 503",
-                       body.get("knowledge_id"), model)
-        raise CrossmodalError("the collection's model is still loading (the first call after the plugin "
-                              "started); retry in a few seconds", param="model", status=503) from None
+        loading = offload(model_is_loading, service, model, lane=LOOKUP, deadline=remaining())
+        state = "is still loading (the first call after the plugin started)" if loading else \
+            "waits for another model's load to finish before its own"
+        logger.warning("External Knowledge call for '%s': the model %s %s; answered 503",
+                       body.get("knowledge_id"), model, state)
+        raise CrossmodalError(f"the collection's model {state}; retry in a few seconds", param="model",
+                              status=503) from None
     return offload(route_retrieval, service, body, request, lane=QUERY, deadline=remaining())
+
+
+def image_response(request: Request, settings: Mapping, started: float) -> Response:
+    """GET /v1/image: 403 for a link without a valid, unexpired signature (checked here, in the plugin process,
+    before any work is handed on); else the item's thumbnail from the store (the worker's), or 404."""
+    from crossmodal.api.image_links import check_link, derived_key
+
+    collection, point_id = check_link(derived_key(settings), request.args)
+    service = service_for(settings)
+    jpeg = offload(route_image, service, {"c": collection, "id": point_id}, None, lane=LOOKUP,
+                   deadline=max(0.5, request_deadline("image", settings) - (time.perf_counter() - started)))
+    return Response(jpeg, status=200, content_type="image/jpeg",
+                    headers={"Cache-Control": "private, max-age=3600", "X-Content-Type-Options": "nosniff"})
+
+
+def metrics_scope(request: Request, settings: Mapping) -> str | None:
+    """Who reads /metrics: the admin (the plugin's CROSSMODAL_METRICS_KEY: everything, None) or the endpoint
+    with its own key (its endpoint_scope); anyone else gets 401."""
+    from crossmodal.api.metrics import ADMIN_KEY_ENV, endpoint_scope
+
+    admin = os.environ.get(ADMIN_KEY_ENV, "")
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    if admin and scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), admin.encode()):
+        return None
+    check_key(request, settings, "metrics")
+    return endpoint_scope(settings)
+
+
+def model_is_loading(service: Service, model: str) -> bool:
+    return service.model_loading(model)
 
 
 def check_key(request: Request, settings: Mapping, route: str) -> None:
@@ -400,7 +526,7 @@ def _chunks(body: bytes):
 PATHS = {("POST", "/v1/embed"): "embed", ("POST", "/v1/ingest"): "ingest", ("POST", "/v1/search"): "search",
          ("POST", "/v1/align"): "align", ("POST", "/v1/rerank"): "rerank", ("GET", "/v1/collections"): "collections",
          ("GET", "/openapi.json"): "openapi", ("POST", "/retrieval"): "retrieval", ("GET", "/metrics"): "metrics",
-         ("GET", "/viewer"): "viewer"}
+         ("GET", "/viewer"): "viewer", ("GET", "/v1/image"): "image"}
 
 
 def wsgi_app(settings: Mapping):

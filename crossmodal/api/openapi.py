@@ -41,7 +41,10 @@ def openapi_document() -> dict:
     align_result = {"type": "object", "required": ["similarity_score", "phrases", "model", "mode"], "properties": {
         "similarity_score": _NUM, "match_probability": {"type": ["number", "null"]},
         "phrases": {"type": "array", "items": {"type": "object", "properties": {
-            "text": _STR, "similarity_score": _NUM, "box": {"type": ["array", "null"], "items": _INT}}}},
+            "text": _STR, "similarity_score": _NUM, "box": {"type": ["array", "null"], "items": _INT},
+            "text_evidence": {"type": "object", "properties": {"line": _STR, "box": {"type": "array", "items": _INT},
+                                                               "confidence": _NUM, "match": _NUM}}}}},
+        "ocr_text": {"type": ["string", "null"]},
         "attention_map": {"type": "object", "properties": {"rows": _INT, "cols": _INT, "width": _INT,
                                                            "height": _INT, "values": {"type": "array"}}},
         "model": _STR, "mode": {"enum": ["global", "tiled"]}, "overlay_png": _B64}}
@@ -61,6 +64,11 @@ def openapi_document() -> dict:
                 {"collection": _STR, "model": _STR, "regions": _BOOL,
                  "storage": {"type": "string", "description": "for a new collection, e.g. 'quantization=int8, "
                                                               "on_disk=true' (docs/scale.md)"},
+                 "dpi": {"type": "number", "minimum": 36, "maximum": 600}, "max_pages": {"type": "integer", "minimum": 1},
+                 "figures": _BOOL, "ocr": {"description": "read text in pictures: auto (scanned PDF pages and their "
+                                           "figures, pictures in which text is detected), true, false",
+                                           "oneOf": [{"type": "string", "enum": ["auto", "true", "false"]},
+                                                     {"type": "boolean"}]},
                  "items": {"type": "array", "items": {"type": "object", "properties": {
                      "image": _B64, "image_url": _STR, "text": _STR, "caption": _STR,
                      "tags": {"type": "array", "items": _STR}, "metadata": _OBJ, "source": _STR}}}},
@@ -71,12 +79,21 @@ def openapi_document() -> dict:
                  "filter": {"type": ["object", "string"]}, "target": {"enum": ["image", "text", "any"]},
                  "text_weight": {"type": "number", "minimum": 0, "maximum": 1}, "regions": _BOOL,
                  "rerank": {"enum": ["auto", "cross-encoder", "itm", "region"]}, "rerank_k": _INT,
-                 "with_thumbnails": _BOOL, "model": _STR}),
-                {"type": "object", "properties": {"results": {"type": "array", "items": hit}}}),
+                 "with_thumbnails": _BOOL, "model": _STR,
+                 "mode": {"enum": ["auto", "dense", "lexical", "hybrid"],
+                          "description": "dense: by the query vector (cosine); lexical: BM25 over the items' text "
+                                         "(captions, page text, OCR text, metadata); hybrid: both lists fused in the "
+                                         "engine. Empty or auto: hybrid when the collection has text, else dense"},
+                 "fusion": {"enum": ["rrf", "dbsf"], "description": "how hybrid fuses the lists (default rrf); "
+                                                                    "lexical and hybrid scores are 0-1"}}),
+                {"type": "object", "properties": {"results": {"type": "array", "items": hit},
+                                                  "mode": {"enum": ["dense", "lexical", "hybrid"]},
+                                                  "fusion": {"enum": ["rrf", "dbsf"]}}}),
             "/v1/align": _post("Similarity, match probability, per-phrase boxes and heat map", _body(
                 {"image": _B64, "image_url": _STR, "text": _STR, "text_query": _STR,
                  "mode": {"enum": ["auto", "global", "tiled"]}, "heatmap": _BOOL, "tile_size": _INT,
-                 "overlap": _NUM, "overlay": _BOOL, "model": _STR}), align_result),
+                 "overlap": _NUM, "overlay": _BOOL, "model": _STR,
+                 "ocr": {"oneOf": [{"enum": ["auto", "true", "false"]}, {"type": "boolean"}]}}), align_result),
             "/v1/rerank": _post("Rescore first-stage candidates", _body(
                 {"query": _STR, "candidates": {"type": ["object", "array", "string"]},
                  "images": {"type": "array", "items": _B64}, "query_image": _B64, "top_n": _INT,
@@ -91,6 +108,17 @@ def openapi_document() -> dict:
                 {"type": "object", "properties": {"records": {"type": "array", "items": {"type": "object",
                  "properties": {"content": _STR, "score": _NUM, "title": _STR, "metadata": _OBJ},
                  "required": ["content", "score", "title", "metadata"]}}}}),
+            "/v1/image": {"get": {
+                "summary": "An item's picture (its stored thumbnail) by a signed, expiring link from an External "
+                           "Knowledge record; no bearer key",
+                "security": [],
+                "parameters": [{"name": name, "in": "query", "required": True, "schema": _STR,
+                                "description": description}
+                               for name, description in (("c", "collection"), ("id", "point id"),
+                                                         ("e", "expiry, epoch seconds"), ("s", "signature"))],
+                "responses": {"200": {"description": "the thumbnail", "content": {"image/jpeg": {}}},
+                              "403": {"description": "no valid signature, or past its expiry"},
+                              "404": ERRORS["404"]}}},
             "/openapi.json": {"get": {"summary": "This document", "responses": {"200": _ok("OpenAPI 3.1")}}},
         },
         "components": {

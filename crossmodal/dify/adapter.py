@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from crossmodal.errors import CrossmodalError, redact
-from crossmodal.lanes import CALL_DEADLINE_SECONDS, QUERY
+from crossmodal.lanes import QUERY, call_deadline
 from crossmodal.runtime import offload
 from crossmodal.service import ImageInput, Service
 from crossmodal.settings import Settings
@@ -42,7 +42,7 @@ def call(fn: Callable[..., Any], *args, lane: str = QUERY, **kwargs) -> Any:
     from crossmodal.api import metrics
     name, started, status = getattr(fn, "__name__", "call"), time.perf_counter(), "ok"
     try:
-        return offload(fn, *args, lane=lane, deadline=CALL_DEADLINE_SECONDS, **kwargs)
+        return offload(fn, *args, lane=lane, deadline=call_deadline(), **kwargs)
     except CrossmodalError as exc:
         status = str(exc.status)
         raise ToolInputError(str(exc)) from None
@@ -51,10 +51,10 @@ def call(fn: Callable[..., Any], *args, lane: str = QUERY, **kwargs) -> Any:
         logger.error("crossmodal tool failed: %s", redact(traceback.format_exc()))
         raise RuntimeError(f"internal error ({type(exc).__name__}); the plugin log has the details") from None
     finally:
-        metrics.REQUESTS.labels(kind="node", name=name, status=status).inc()
-        metrics.LATENCY.labels(kind="node", name=name).observe(time.perf_counter() - started)
+        metrics.REQUESTS.labels(endpoint=metrics.NODE, kind="node", name=name, status=status).inc()
+        metrics.LATENCY.labels(endpoint=metrics.NODE, kind="node", name=name).observe(time.perf_counter() - started)
         if status != "ok":
-            metrics.ERRORS.labels(kind="node", name=name).inc()
+            metrics.ERRORS.labels(endpoint=metrics.NODE, kind="node", name=name).inc()
 
 
 FILES_URL_FIX = ("Dify gave the plugin a file URL without a host ('{url}'): set FILES_URL (or INTERNAL_FILES_URL) "
@@ -84,11 +84,21 @@ def file_inputs(value) -> list[ImageInput]:
         try:
             data = file.blob
         except Exception as exc:  # noqa: BLE001 - reported per item
-            error = CrossmodalError(download_failure(exc), param=name)
-            inputs.append(ImageInput(name, _raiser(error)))
+            inputs.append(ImageInput.failed(name, CrossmodalError(download_failure(exc), param=name)))
             continue
         inputs.append(ImageInput.from_bytes(name, data))
     return inputs
+
+
+def url_input(url: str, settings: Settings, param: str = "image_url") -> ImageInput:
+    """An image URL fetched here, on the loop, before the work is handed to the worker process (a slow server
+    costs a greenlet until the fetch's deadline, never a worker thread); a failure becomes that input's error."""
+    from crossmodal.api.http import fetch_urls
+
+    return fetch_urls("search", {"image_url": url}, settings, CALL_FETCH_SECONDS)["image_url"]
+
+
+CALL_FETCH_SECONDS = 60.0  # the most a tool's URL fetch may take (url_fetch_seconds bounds it first)
 
 
 def download_failure(exc: Exception) -> str:
@@ -96,13 +106,6 @@ def download_failure(exc: Exception) -> str:
         return (f"Dify's file server did not deliver the file within the SDK's {SDK_DOWNLOAD_TIMEOUT} s download "
                 "limit; the other files went on. Retry, or use smaller files")
     return f"cannot download the file from Dify's file server ({exc})"
-
-
-def _raiser(error: Exception):
-    def read() -> bytes:
-        raise error
-
-    return read
 
 
 def variable_message(tool, name: str, value):

@@ -18,6 +18,11 @@ def validate_settings(settings: Settings) -> dict:
     """The tool pack's credentials: collection name, routes, the store, and the model."""
     check_collection_name(settings.collection)
     from crossmodal.encoders.routing import parse_routes
+    from crossmodal.inputs.urls import check_service_url, check_workspace_allowlist
+
+    check_workspace_allowlist(settings.url_allowlist)
+    if settings.hub.endpoint:
+        check_service_url(settings.hub.endpoint, "hf_endpoint")
 
     parse_routes(settings.routes)
     storage = StorageOptions.parse(settings.storage)

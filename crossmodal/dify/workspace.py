@@ -16,6 +16,14 @@ class SessionModels:
     def embed(self, provider: str, model: str, documents: list[dict], input_type: str) -> list[list[float]]:
         return on_loop(self._invoke, provider, model, documents, input_type)
 
+    def __reduce__(self):
+        # The session lives in this process; the worker process gets a handle and calls back through it
+        # (crossmodal/workers/engine.py, RemoteTarget), for as long as the call that carries it.
+        from crossmodal.workers.engine import RemoteTarget
+        from crossmodal.workers.supervisor import engine
+
+        return RemoteTarget, (engine().lend(self),)
+
     def _invoke(self, provider: str, model: str, documents: list[dict], input_type: str) -> list[list[float]]:
         from dify_plugin.entities.model import EmbeddingInputType
         from dify_plugin.entities.model.text_embedding import MultiModalContent, MultiModalEmbeddingModelConfig

@@ -1,4 +1,5 @@
-"""ONNX Runtime towers for an encoder: fp32 and int8 (dynamic quantisation), exports cached on disk.
+"""ONNX Runtime towers for an encoder: fp32 and int8 (dynamic quantisation, weights in 8 or 7 bits by this CPU:
+int8.py), exports cached on disk.
 
 An export is keyed by the model's files (names, sizes, modification times), the runtime and the library
 versions. A manifest written last holds each file's sha256: a half-written, truncated or edited export
@@ -17,6 +18,8 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+
+from crossmodal.encoders.int8 import quantize_int8, session_options, weight_bits_here
 
 logger = logging.getLogger(__name__)
 
@@ -40,9 +43,8 @@ class OnnxTowers:
     def __init__(self, directory: Path, uses_text_mask: bool, threads: int):
         import onnxruntime as ort
 
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Quantised for this CPU (the cache key names the weight bits): its fast int8 kernels cannot saturate.
+        options = session_options(threads, fits=True)
         providers = ["CPUExecutionProvider"]
         self.vision = ort.InferenceSession(str(directory / "vision.onnx"), options, providers=providers)
         self.text = ort.InferenceSession(str(directory / "text.onnx"), options, providers=providers)
@@ -95,6 +97,8 @@ def cache_key(encoder, kind: str) -> str:
     identity = {"model": encoder.identity, "weights": encoder.weights, "kind": kind, "opset": ONNX_OPSET,
                 "torch": torch.__version__, "transformers": transformers.__version__,
                 "onnxruntime": onnxruntime.__version__}
+    if kind == "int8":  # 8-bit weights where this CPU has VNNI, else 7: a cache shared by both keeps one of each
+        identity["int8_weight_bits"] = weight_bits_here()
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:20]
     safe_name = "".join(c if c.isalnum() or c in "-_." else "_" for c in Path(encoder.identity).name)[:40]
     return f"{safe_name}-{kind}-{digest}"
@@ -122,11 +126,13 @@ def build(encoder, kind: str, directory: Path) -> None:
     staging = Path(tempfile.mkdtemp(prefix=".building-", dir=directory.parent))
     try:
         export_towers(encoder, staging)
+        manifest = {"model": encoder.identity, "kind": kind}
         if kind == "int8":
+            manifest["int8_weight_bits"] = weight_bits_here()
             for name in ("vision.onnx", "text.onnx"):
-                quantize_int8(staging / name)
-        sums = {name: file_sha256(staging / name) for name in ("vision.onnx", "text.onnx")}
-        (staging / MANIFEST).write_text(json.dumps({"model": encoder.identity, "kind": kind, "sha256": sums}))
+                quantize_int8(staging / name, manifest["int8_weight_bits"])
+        manifest["sha256"] = {name: file_sha256(staging / name) for name in ("vision.onnx", "text.onnx")}
+        (staging / MANIFEST).write_text(json.dumps(manifest))
         try:
             os.replace(staging, directory)
         except OSError:  # another process finished the same export first: use theirs if it checks out
@@ -171,22 +177,6 @@ def export_towers(encoder, out: Path) -> None:
                           dynamic_axes={name: {0: "batch", 1: "sequence"} for name in text_names},
                           opset_version=ONNX_OPSET, dynamo=False)
     model.to(encoder.device)
-
-
-def quantize_int8(path: Path) -> None:
-    """ONNX Runtime's dynamic quantisation: int8 weights (per output channel), activations quantised per
-    batch at run time."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    quantized = path.with_suffix(".int8.onnx")
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)  # its advice to run shape pre-processing first is logged on the root logger
-    try:
-        quantize_dynamic(str(path), str(quantized), weight_type=QuantType.QInt8, per_channel=True)
-    finally:
-        root.setLevel(level)
-    os.replace(quantized, path)
 
 
 def _uses_text_mask(encoder) -> bool:

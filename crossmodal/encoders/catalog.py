@@ -16,7 +16,7 @@ from pathlib import Path
 
 from crossmodal.engine import ENGINES, engine  # noqa: F401 - part of this module's API
 from crossmodal.errors import CrossmodalError, redact
-from crossmodal.locations import model_cache_dir
+from crossmodal.locations import check_workspace_path, model_cache_dir, paths_allowed
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]  # crossmodal/
 DEMO_MODEL_DIR = PACKAGE_DIR / "assets" / "demo-shapes"
@@ -74,6 +74,22 @@ class HubOptions:
         endpoint = redact(self.endpoint) if self.endpoint else None
         return f"HubOptions(endpoint={endpoint!r}, offline={self.offline}, cache_dir={self.cache_dir!r})"
 
+    def scope(self) -> str:
+        """What decides the weights a hub id loads besides its name: the endpoint, the token (hashed) and the
+        cache. Loaded models and downloads are kept per scope, so that a model one workspace's token or mirror
+        brought is never served to another workspace by name."""
+        token = hashlib.sha256(self.token.encode()).hexdigest()[:16] if self.token else ""
+        return hashlib.sha256(f"{self.endpoint or ''}\0{token}\0{self.cache_dir or ''}".encode()).hexdigest()[:16]
+
+    def download_cache(self) -> str | None:
+        """Where hub files download: the shared cache for the hub itself without a token; a folder of its own
+        under it for each mirror and token (a mirror's files, or private ones, never fill another's cache)."""
+        if not self.endpoint and not self.token:
+            return self.cache_dir
+        from huggingface_hub import constants
+
+        return str(Path(self.cache_dir or constants.HF_HUB_CACHE) / "scoped" / self.scope())
+
     @classmethod
     def from_env(cls) -> "HubOptions":
         return cls(
@@ -103,8 +119,10 @@ def model_identity(name: str | None) -> str:
         from crossmodal.encoders.workspace import workspace_identity
 
         return workspace_identity(name)
-    if name in PRESETS or name in RERANKER_PRESETS:
+    if name in PRESETS or name in RERANKER_PRESETS or name in presets():
         return name
+    if not paths_allowed():  # inside Dify: a hub id, or a folder under the admin's model roots (never probed)
+        return name if looks_like_hub_id(name) else check_workspace_path(name, "model")
     path = Path(name).expanduser()
     if path.is_dir():
         return str(path.resolve())
@@ -163,25 +181,35 @@ def model_family(name: str, hub: "HubOptions | None" = None) -> str:
 # identity -> (family or None, when it was read): a hub model's config is fetched once per process; a model that
 # could not be read is asked again after UNREADABLE_RETRY_S, not on every call (a Dify without the hub would
 # wait for its timeout each time).
-_FAMILIES: dict[str, tuple[str | None, float]] = {}
+_FAMILIES: dict[tuple[str, str], tuple[str | None, float]] = {}
 UNREADABLE_RETRY_S = 300.0
 
 
 def family_or_none(name: str | None, hub: "HubOptions | None" = None) -> str | None:
-    """model_family (remembered), or None for a model that cannot be read here (loading it says why)."""
+    """model_family (remembered per hub scope), or None for a model that cannot be read here (loading it says
+    why)."""
     import time
 
     if not name or name.startswith("dify:"):
         return None
     identity = model_identity(name).partition("?")[0]
-    known = _FAMILIES.get(identity)
+    key = (identity, hub_scope(identity, hub))
+    known = _FAMILIES.get(key)
     if known is None or (known[0] is None and time.monotonic() - known[1] > UNREADABLE_RETRY_S):
         try:
             family = model_family(identity, hub)
         except CrossmodalError:
             family = None
-        known = _FAMILIES[identity] = (family, time.monotonic())
+        known = _FAMILIES[key] = (family, time.monotonic())
     return known[0]
+
+
+def hub_scope(identity: str, hub: "HubOptions | None") -> str:
+    """HubOptions.scope for a model that comes from the hub; '' for a preset's or a local folder's files."""
+    ref = presets().get(identity, identity)
+    if not looks_like_hub_id(ref) or Path(ref).expanduser().is_dir():
+        return ""
+    return (hub or HubOptions.from_env()).scope()
 
 
 def takes_options(name: str, hub: "HubOptions | None" = None) -> bool:
@@ -258,8 +286,16 @@ def resolve_model_config_dir(name: str, hub: HubOptions | None = None) -> Path:
 
 def _download(repo_id: str, hub: HubOptions, patterns: list[str] | None = None) -> Path:
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+    from huggingface_hub.errors import (HFValidationError, HfHubHTTPError, LocalEntryNotFoundError,
+                                        RepositoryNotFoundError)
+    from huggingface_hub.utils import validate_repo_id
 
+    try:
+        validate_repo_id(repo_id)  # the hub library's own rule, before any request
+    except HFValidationError:
+        raise CrossmodalError(f"'{repo_id}' is not a Hugging Face id: owner/name in letters, digits, '-', '_' and '.', "
+                              "at most 96 characters; give a preset, such an id or a local directory",
+                              param="model") from None
     try:
         return Path(
             snapshot_download(
@@ -267,7 +303,7 @@ def _download(repo_id: str, hub: HubOptions, patterns: list[str] | None = None) 
                 allow_patterns=patterns or HUB_FILES,
                 endpoint=hub.endpoint,
                 token=hub.token,
-                cache_dir=hub.cache_dir,
+                cache_dir=hub.download_cache(),
                 local_files_only=hub.offline,
             )
         )

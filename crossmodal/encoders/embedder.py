@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 from crossmodal.context import Context, precision_warnings, truncation_warning, vector_list
@@ -22,18 +23,18 @@ def embed(ctx: Context, images: Sequence[ImageInput] = (), texts: Sequence[str] 
         raise CrossmodalError("give at least one image or one text", param="images")
     encoder, route = ctx.routed_encoder(asked=model, text=" ".join(texts))
     items, rejected, warnings = [], [], precision_warnings(encoder)
-    decoded = []
-    for image in images:
+    inputs = []
+    for image in images:  # each decoded, reduced to what the model reads and dropped before the next
         try:
-            decoded.append((image.source, decode_image(read_input(image), param=f"images[{image.source}]")))
+            inputs.append(model_input(encoder, image, f"images[{image.source}]"))
         except CrossmodalError as exc:
             rejected.append({"source": image.source, "reason": str(exc)})
-    if decoded:
-        vectors = encoder.encode_images([d.image for _, d in decoded], input_type=input_type)
-        for (source, d), vec in zip(decoded, vectors):
-            items.append({"kind": "image", "source": source, "width": d.width, "height": d.height,
+    if inputs:
+        vectors = encode_model_inputs(encoder, [i.reduced for i in inputs], input_type)
+        for entry, vec in zip(inputs, vectors):
+            items.append({"kind": "image", "source": entry.source, "width": entry.width, "height": entry.height,
                           "vector": vector_list(vec)})
-            warnings += [f"{source}: {n}" for n in d.notes]
+            warnings += [f"{entry.source}: {n}" for n in entry.notes]
     if texts:
         encoded = encoder.encode_texts(texts, input_type=input_type)
         for i, (text, vec) in enumerate(zip(texts, encoded.vectors)):
@@ -42,6 +43,44 @@ def embed(ctx: Context, images: Sequence[ImageInput] = (), texts: Sequence[str] 
                 warnings.append(truncation_warning(text, encoder))
     return {"model": encoder.identity, "dimension": encoder.dim, "precision": encoder.precision, "items": items,
             "rejected": rejected, "warnings": warnings, "route": route.as_dict()}
+
+
+# A decoded image kept for an encoder without a fast preprocessor is shrunk to at most this many pixels
+# (every model here reads far fewer: Qwen3-VL's default is 1.8 M): a call's images never sit in memory whole.
+KEPT_PIXELS = 4_000_000
+
+
+@dataclass
+class ModelInput:
+    source: str
+    width: int
+    height: int
+    notes: list[str]
+    reduced: object  # the model's resized uint8 input (fast preprocessor), or a picture of at most KEPT_PIXELS
+
+
+def model_input(encoder, image: ImageInput, param: str) -> ModelInput:
+    """One image read, decoded (a JPEG only as large as the model needs) and reduced to what the model reads;
+    the full decode is dropped here."""
+    fast = getattr(encoder, "fast_preprocessor", None)
+    draft = (lambda w, h: fast.draft_request(w, h)) if fast is not None else None
+    decoded = decode_image(read_input(image), param=param, min_size=draft)
+    picture = decoded.image
+    if fast is not None:
+        reduced = fast.to_uint8(picture)
+    else:
+        if picture.width * picture.height > KEPT_PIXELS:
+            picture = picture.copy()
+            picture.thumbnail((int((KEPT_PIXELS * picture.width / picture.height) ** 0.5),
+                               int((KEPT_PIXELS * picture.height / picture.width) ** 0.5)))
+        reduced = picture
+    return ModelInput(image.source, decoded.width, decoded.height, decoded.notes, reduced)
+
+
+def encode_model_inputs(encoder, reduced: list, input_type: str):
+    if getattr(encoder, "fast_preprocessor", None) is not None:
+        return encoder.embed_pixels(encoder.normalise(reduced), batch_size=encoder.batch_size)
+    return encoder.encode_images(reduced, input_type=input_type)
 
 
 def embed_documents(ctx: Context, documents: Sequence[tuple[str, str]], model: str | None = None,

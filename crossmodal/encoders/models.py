@@ -19,7 +19,8 @@ import numpy as np
 from crossmodal.encoders.acceleration import load_towers, pooled
 # Callers have always found these here; they live in crossmodal/encoders/catalog.py.
 from crossmodal.encoders.catalog import (DEMO_MODEL_DIR, PRECISION_AGREEMENT, PRECISION_FALLBACK, PRECISIONS,  # noqa: F401
-                                         PRESETS, SUPPORTED_TYPES, HubOptions, engine, is_late_interaction_model,
+                                         PRESETS, SUPPORTED_TYPES, HubOptions, engine, hub_scope,
+                                         is_late_interaction_model,
                                          is_vlm_model,
                                          model_identity, precision_check_batch, refuse_on_lean_build,
                                          resolve_model_dir, weights_fingerprint)
@@ -244,28 +245,42 @@ class _Load:
         self.outcome = (ok, value)
         self.finished.release()
 
-    def wait(self):
-        with self.finished:
-            return unwrap(self.outcome)
+    def wait(self, identity: str):
+        """The load's outcome, waited for within the current call's time left (crossmodal/lanes.py)."""
+        from crossmodal.lanes import DeadlineExceeded, time_left
+
+        seconds = time_left()
+        if not self.finished.acquire(True, -1 if seconds is None else seconds):
+            raise DeadlineExceeded(f"waiting for {identity} to load", seconds, "model_load")
+        self.finished.release()
+        return unwrap(self.outcome)
 
 
-def _encoder_key(name: str | None, device: str | None, precision: str) -> tuple:
+def loading(name: str | None, device: str | None, precision: str, hub: HubOptions | None) -> bool:
+    """Whether the model is loading now (not merely waiting for a thread of the load lane)."""
+    return _encoder_key(name, device, precision, hub) in _LOADING
+
+
+def _encoder_key(name: str | None, device: str | None, precision: str, hub: HubOptions | None) -> tuple:
     asked_device = (device or "auto").lower()
     picked = pick_device(device)
     no_gpu = asked_device == "cuda" and picked == "cpu"
-    return model_identity(name), picked, precision, no_gpu  # the fallback's note stays with those who asked for CUDA
+    identity = model_identity(name)
+    # the fallback's note stays with those who asked for CUDA; a hub model's weights with its endpoint and token
+    return identity, picked, precision, no_gpu, hub_scope(identity.partition("?")[0], hub)
 
 
-def loaded_encoder(name: str | None = None, device: str | None = None, precision: str = "fp32") -> Encoder | None:
+def loaded_encoder(name: str | None = None, device: str | None = None, precision: str = "fp32",
+                   hub: HubOptions | None = None) -> Encoder | None:
     """The encoder if it is loaded already, else None: never loads, never waits for a load."""
-    return _ENCODERS.get(_encoder_key(name, device, precision))
+    return _ENCODERS.get(_encoder_key(name, device, precision, hub))
 
 
 def get_encoder(name: str | None = None, device: str | None = None, hub: HubOptions | None = None,
                 precision: str = "fp32") -> Encoder:
     """One loaded encoder per (model, device, precision) per process, loaded on first use; loads of different
     models run side by side, and a second caller of a model that is loading waits for that load."""
-    key = _encoder_key(name, device, precision)
+    key = _encoder_key(name, device, precision, hub)
     with _ENCODERS_LOCK:
         if key in _ENCODERS:
             return _ENCODERS[key]
@@ -274,7 +289,7 @@ def get_encoder(name: str | None = None, device: str | None = None, hub: HubOpti
         if mine:
             load = _LOADING[key] = _Load()
     if not mine:
-        return load.wait()
+        return load.wait(key[0])
     try:
         encoder = _load_encoder(key, hub)
     except BaseException as exc:
@@ -290,7 +305,7 @@ def get_encoder(name: str | None = None, device: str | None = None, hub: HubOpti
 
 
 def _load_encoder(key: tuple, hub: HubOptions | None) -> Encoder:
-    identity, device, precision, no_gpu = key
+    identity, device, precision, no_gpu, _ = key
     started = time.perf_counter()
     refuse_on_lean_build(identity)
     ref = ModelRef.parse(identity)

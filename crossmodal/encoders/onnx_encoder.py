@@ -16,6 +16,7 @@ from typing import Sequence
 import numpy as np
 
 from crossmodal.encoders.acceleration import file_sha256
+from crossmodal.encoders.int8 import fits_u8s8, session_options
 from crossmodal.encoders.interface import DualEncoderBase
 from crossmodal.encoders.preprocess import FastPreprocessor
 from crossmodal.encoders.vectors import l2_normalize
@@ -50,9 +51,8 @@ class OnnxEncoder(DualEncoderBase):
         self.device = "cpu"
         self.batch_size = 32
         suffix = "_quantized" if m["quantized"] else ""
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or os.cpu_count() or 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Full 8-bit int8 weights (a published export) run ONNX Runtime's precise kernels on a CPU without VNNI.
+        options = session_options(threads or os.cpu_count() or 1, fits_u8s8(m))
         providers = ["CPUExecutionProvider"]
         self.vision = ort.InferenceSession(str(self.model_dir / "onnx" / f"vision_model{suffix}.onnx"), options,
                                            providers=providers)

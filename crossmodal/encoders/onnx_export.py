@@ -7,8 +7,9 @@ A dual encoder (crossmodal/encoders/onnx_encoder.py):
 A text cross-encoder (crossmodal/rerank/onnx_cross_encoder.py), as sentence-transformers publishes them:
     DIR/onnx/model.onnx, DIR/tokenizer.json, DIR/config.json, DIR/tokenizer_config.json
 and in both DIR/crossmodal_onnx.json: what the runtime needs beyond the graphs (for a dual encoder: dimension,
-context, padding, the logit scale and bias for calibration) and every file's sha256, so that a corrupt file is
-refused.
+context, padding, the logit scale and bias for calibration; with --int8, that the weights are 7-bit, which the
+fast int8 kernels of every x86-64 CPU multiply exactly: crossmodal/encoders/int8.py) and every file's sha256, so
+that a corrupt file is refused.
 
 Needs torch and transformers, once, on any machine; the result runs with onnxruntime, tokenizers and numpy.
 """
@@ -20,6 +21,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from crossmodal.encoders.int8 import PORTABLE_WEIGHT_BITS, quantize_int8
 from crossmodal.encoders.onnx_encoder import MANIFEST
 from crossmodal.errors import CrossmodalError
 
@@ -46,6 +48,7 @@ def export_model(name: str, out: str | Path, int8: bool = False) -> dict:
             manifest = _write_dual_encoder(identity, staging, int8)
         files = sorted(p.relative_to(staging).as_posix() for p in staging.rglob("*") if p.is_file())
         manifest = {"format": FORMAT, "model": identity, **manifest, "quantized": int8,
+                    **({"int8_weight_bits": PORTABLE_WEIGHT_BITS} if int8 else {}),
                     "sha256": {name: file_sha256(staging / name) for name in files}}
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2))
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -60,7 +63,7 @@ def export_model(name: str, out: str | Path, int8: bool = False) -> dict:
 
 
 def _write_dual_encoder(identity: str, staging: Path, int8: bool) -> dict:
-    from crossmodal.encoders.acceleration import _uses_text_mask, export_towers, quantize_int8
+    from crossmodal.encoders.acceleration import _uses_text_mask, export_towers
     from crossmodal.encoders.models import load_encoder
 
     encoder = load_encoder(identity, "cpu")
@@ -87,7 +90,6 @@ def _write_dual_encoder(identity: str, staging: Path, int8: bool) -> dict:
 
 
 def _write_cross_encoder(directory: Path, staging: Path, int8: bool) -> dict:
-    from crossmodal.encoders.acceleration import quantize_int8
     from crossmodal.encoders.catalog import weights_fingerprint
     from crossmodal.rerank.onnx_cross_encoder import GRAPH, export_cross_encoder
 

@@ -10,6 +10,7 @@ import os
 from collections import deque
 from typing import Callable, Iterable, Iterator, TypeVar
 
+from crossmodal.lanes import call_context_runner
 from crossmodal.runtime import os_queue, start_os_thread, unwrap
 
 T = TypeVar("T")
@@ -46,7 +47,7 @@ def ordered_map(fn: Callable[[T], R], items: Iterable[T], *, workers: int, windo
                 slot.put((False, exc))
 
     for _ in range(workers):
-        start_os_thread(work)
+        start_os_thread(call_context_runner(work))  # the call's deadline, limits and pixel budget go along
     pending: deque = deque()
     source = iter(items)
     try:

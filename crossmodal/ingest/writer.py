@@ -32,6 +32,7 @@ def ingest(
     dpi: float | None = None,
     max_pages: int | None = None,
     figures: bool = False,
+    ocr: str | bool | None = None,
 ) -> dict:
     """Add items; same content again is a duplicate; a bad item is rejected, never the batch.
 
@@ -39,8 +40,9 @@ def ingest(
     ``region_points``), so that searches with ``regions`` find small objects in large images. ``storage``: how a
     new collection keeps its vectors (crossmodal/store/options.py); the provider's default when empty.
     A PDF file is a point per page (``dpi``, at most ``max_pages``; with ``figures`` also a point per embedded
-    image): crossmodal/ingest/documents.py."""
-    documents = DocumentOptions.parse(dpi, max_pages, figures)
+    image): crossmodal/ingest/documents.py. ``ocr`` (auto, true, false): whose text is read in its pictures
+    (crossmodal/ingest/ocr.py)."""
+    documents = DocumentOptions.parse(dpi, max_pages, figures, ocr)
     name = ctx.collection_name(collection)
     asked = StorageOptions.parse(storage) if storage else None
     default = (StorageOptions.parse(ctx.settings.storage, param="storage (provider default)")
@@ -63,10 +65,11 @@ def ingest(
               "duplicates": 0, "rejected": [], "items": [], "warnings": precision_warnings(encoder)}
     seen: set[str] = set()
     fast = encoder.fast_preprocessor
-    prepared = ordered_map(lambda item: prepare_or_reject(item, fast, regions, documents), items,
+    region_side = encoder.image_size if regions else None
+    prepared = ordered_map(lambda item: prepare_or_reject(item, fast, region_side, documents), items,
                            workers=decode_workers(), window=2 * INGEST_CHUNK)
     chunk: list[PreparedItem | Rejected] = []
-    for result in with_pages(prepared, documents, fast, keep_full=regions):
+    for result in with_pages(prepared, documents, fast, region_side):
         chunk.append(result)
         if len(chunk) >= INGEST_CHUNK:
             ingest_chunk(ctx, name, encoder, chunk, seen, report, regions, embed_captions, pool_factor)
@@ -80,11 +83,11 @@ def ingest(
     return report
 
 
-def with_pages(prepared: Iterable, documents: DocumentOptions, fast, keep_full: bool) -> Iterable:
+def with_pages(prepared: Iterable, documents: DocumentOptions, fast, region_side: int | None) -> Iterable:
     """The prepared items, each PDF file replaced by its pages (and figures), prepared in order."""
     for result in prepared:
         if isinstance(result, PdfFile):
-            yield from prepared_pages(result, documents, fast, keep_full, workers=decode_workers(),
+            yield from prepared_pages(result, documents, fast, region_side, workers=decode_workers(),
                                       window=INGEST_CHUNK)
         else:
             yield result
@@ -123,6 +126,7 @@ def ingest_chunk(ctx: Context, name: str, encoder: Encoder, chunk: list, seen: s
     else:
         vectors = vectors_for(encoder, fresh, report, embed_captions)
         points = [StoredPoint(p.point_id, v.tolist(), p.payload) for p, v in zip(fresh, vectors)]
+    add_lexical_vectors(ctx, name, points)
     region_counts = {}
     if regions:
         for p in fresh:
@@ -138,6 +142,20 @@ def ingest_chunk(ctx: Context, name: str, encoder: Encoder, chunk: list, seen: s
         if p.point_id in region_counts:
             row["regions"] = region_counts[p.point_id]
         report["items"].append(row)
+
+
+def add_lexical_vectors(ctx: Context, name: str, points: list[StoredPoint]) -> None:
+    """Each point's lexical vector, from its text (caption, page text, OCR text, chosen metadata fields: the
+    collection's record names them), when the collection has the lexical index. A collection whose vectors another
+    analyzer version made gets none until it is reindexed (mixed vectors would rank unpredictably)."""
+    from crossmodal.lexical import document_text, document_vector
+
+    info = ctx.store.get_collection(name, with_count=False)
+    options = info.lexical_options()
+    if options is None:
+        return
+    for point in points:
+        point.sparse = document_vector(document_text(point.payload, info.lexical["fields"]), options)
 
 
 def late_points(encoder, fresh: list[PreparedItem], pool_factor: int | None) -> list[StoredPoint]:

@@ -6,19 +6,26 @@ small file that claims huge dimensions (a decompression bomb) costs nothing.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import io
-import os
+import threading
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from crossmodal.errors import CrossmodalError
+from crossmodal.limits import limit, register
 
-# 4096 x 4096 plus room for panoramas; CROSSMODAL_MAX_PIXELS overrides it.
+# 4096 x 4096 plus room for panoramas; the admin's CROSSMODAL_MAX_PIXELS overrides it.
 DEFAULT_MAX_PIXELS = 40_000_000
 MAX_IMAGE_BYTES = 50 * 1024 * 1024
 REFUSED_FORMATS = {"svg", "svg+xml"}
+register("max_pixels", DEFAULT_MAX_PIXELS, "pixels", "one image, checked from its header before it is decoded "
+         "(embedded PDF images too)", cap=1_000_000_000, minimum=1, workspace=True)
+register("call_pixels", 400_000_000, "pixels", "decoded pixels summed over one call's images; items past it are "
+         "refused by name", cap=100_000_000_000, minimum=1, workspace=True)
 
 
 # ISO-BMFF brands of HEIC/HEIF files (bytes 4-12): Pillow needs the pillow-heif plugin for them.
@@ -26,7 +33,39 @@ HEIF_BRANDS = (b"ftypheic", b"ftypheix", b"ftyphevc", b"ftypmif1", b"ftypmsf1")
 
 
 def max_pixels() -> int:
-    return int(os.environ.get("CROSSMODAL_MAX_PIXELS", DEFAULT_MAX_PIXELS))
+    return int(limit("max_pixels"))
+
+
+class PixelBudget:
+    """The pixels one call may still decode (``call_pixels``), shared by the threads that decode its items."""
+
+    def __init__(self, pixels: int):
+        self.left = pixels
+        self.total = pixels
+        self.lock = threading.Lock()
+
+    def take(self, pixels: int, param: str) -> None:
+        with self.lock:
+            if pixels > self.left:
+                raise CrossmodalError(
+                    f"not decoded: this call's images already used {self.total - self.left:,} of the "
+                    f"{self.total:,} pixels one call may decode (call_pixels); send it in another call",
+                    param=param, status=413)
+            self.left -= pixels
+
+
+_BUDGET: contextvars.ContextVar[PixelBudget | None] = contextvars.ContextVar("crossmodal_pixels", default=None)
+
+
+@contextlib.contextmanager
+def pixel_budget() -> Iterator[PixelBudget]:
+    """A fresh ``call_pixels`` budget for the call in this block (the service enters one per capability call)."""
+    budget = PixelBudget(int(limit("call_pixels")))
+    token = _BUDGET.set(budget)
+    try:
+        yield budget
+    finally:
+        _BUDGET.reset(token)
 
 
 @dataclass
@@ -55,12 +94,13 @@ _PLUGINS_REGISTERED = False
 
 
 def decode_image(data: bytes, *, param: str = "image", limit: int | None = None,
-                 min_size: Callable[[int, int], tuple[int, int]] | None = None) -> DecodedImage:
+                 min_size: Callable[[int, int], tuple[int, int]] | None = None, charge: bool = True) -> DecodedImage:
     """Decode bytes into an RGB image, or raise CrossmodalError naming ``param``.
 
     ``min_size(width, height)``: the smallest picture the caller needs, given the stored size; a JPEG
     is then decoded at 1/2, 1/4 or 1/8 scale when that still covers it (much faster). ``width`` and
-    ``height`` of the result stay the stored image's."""
+    ``height`` of the result stay the stored image's. ``charge``: count the pixels against the call's budget
+    (False for a second decode of an image already counted)."""
     _register_optional_plugins()
     limit = limit or max_pixels()
     if not data:
@@ -92,11 +132,11 @@ def decode_image(data: bytes, *, param: str = "image", limit: int | None = None,
                               status=422) from None
     if width * height > limit:
         raise CrossmodalError(
-            f"the image is {width}x{height} = {width * height} pixels, more than the {limit} allowed; "
-            "downscale it or raise CROSSMODAL_MAX_PIXELS",
-            param=param,
-            status=413,
-        )
+            f"the image is {width}x{height} = {width * height} pixels, more than the {limit} allowed (max_pixels); "
+            "downscale it", param=param, status=413)
+    budget = _BUDGET.get()
+    if budget is not None and charge:
+        budget.take(width * height, param)
     draft = min_size(width, height) if min_size else None
     return _load_pixels(data, param, fmt, width, height, limit, draft)
 

@@ -7,34 +7,54 @@ import base64
 import binascii
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from crossmodal.errors import CrossmodalError
 
 
 @dataclass
 class ImageInput:
-    """An image to read lazily: ``read`` returns its bytes (download, file read, base64 decode)."""
+    """An image to read lazily: bytes at hand, a file, or a URL fetched on first read under the fetching rules;
+    or the reason it cannot be read (an item's failed download). Plain data, so that it travels to the worker
+    process with its call."""
 
     source: str
-    read: Callable[[], bytes]
+    data: bytes | None = None
+    path: str | None = None
+    url: str | None = None
+    url_policy: object = None  # UrlPolicy of a URL input
+    param: str = "image_url"
+    error: Exception | None = None
+
+    def read(self) -> bytes:
+        if self.error is not None:
+            raise self.error
+        if self.data is not None:
+            return self.data
+        if self.path is not None:
+            return Path(self.path).read_bytes()
+        from crossmodal.inputs.urls import fetch_image
+
+        return fetch_image(self.url, self.url_policy, param=self.param)
 
     @classmethod
     def from_bytes(cls, source: str, data: bytes) -> "ImageInput":
-        return cls(source, lambda: data)
+        return cls(source, data=data)
 
     @classmethod
     def from_url(cls, url: str, allowlist: str | None = None, param: str = "image_url") -> "ImageInput":
         """Fetched on first read, under the URL safety rules (crossmodal/inputs/urls.py)."""
-        from crossmodal.inputs.urls import UrlPolicy, fetch_image
+        from crossmodal.inputs.urls import UrlPolicy
 
-        policy = UrlPolicy.from_settings(allowlist)
-        return cls(url, lambda: fetch_image(url, policy, param=param))
+        return cls(url, url=url, url_policy=UrlPolicy.from_settings(allowlist), param=param)
 
     @classmethod
     def from_path(cls, path: str | Path) -> "ImageInput":
-        path = Path(path)
-        return cls(str(path), path.read_bytes)
+        return cls(str(path), path=str(path))
+
+    @classmethod
+    def failed(cls, source: str, error: Exception) -> "ImageInput":
+        """An input whose read raises ``error``: one item's failure that the batch reports and goes past."""
+        return cls(source, error=error)
 
 
 def read_input(image: ImageInput) -> bytes:

@@ -14,6 +14,7 @@ The model decides how pairs are scored:
 
 from __future__ import annotations
 
+import hashlib
 from typing import Sequence
 
 import numpy as np
@@ -42,11 +43,24 @@ def rerank_documents(ctx: Context, query: tuple[str, str], documents: Sequence[t
         kept = kept[:top_n]
     docs = []
     for i in kept:
-        row = {"index": i, "score": round(float(scores[i]), 6), "text": documents[i][1]}
+        row = {"index": i, "score": round(float(scores[i]), 6), "text": result_text(*documents[i], i + 1)}
         if cosines is not None:
             row["cosine"] = round(float(cosines[i]), 6)
         docs.append(row)
     return {"model": used, "docs": docs}
+
+
+def result_text(kind: str, content: str, index: int) -> str:
+    """What a result carries as its ``text``: a text document itself; for an image, a short stand-in naming its
+    bytes (``image sha256:<first 16 hex digits>``), never the image again. Dify rebuilds each reranked document
+    from the metadata it kept by ``index`` and reads an image's attachment from its own storage, so the text of
+    an image result is read by nothing; echoing the base64 would make one reply of ten 2 MB images over the
+    daemon's 5 MiB line, and the daemon kills the plugin then (docs/dify-compat.md)."""
+    from crossmodal.inputs.sources import decode_base64
+
+    if kind == "text":
+        return content
+    return "image sha256:" + hashlib.sha256(decode_base64(content, f"documents[{index}]")).hexdigest()[:16]
 
 
 def reranker_kind(ctx: Context, model: str | None) -> str:

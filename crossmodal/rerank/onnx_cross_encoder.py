@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from crossmodal.encoders.int8 import fits_u8s8, session_options
 from crossmodal.encoders.onnx_encoder import MANIFEST, read_manifest
 from crossmodal.errors import CrossmodalError
 
@@ -35,13 +36,13 @@ class OnnxCrossEncoder:
         if not is_cross_encoder_export(self.directory):
             raise CrossmodalError(f"{self.directory} holds no {GRAPH}: give an ONNX export of the cross-encoder "
                                   "(python -m crossmodal export MODEL --out DIR)", param="model")
-        if (self.directory / MANIFEST).is_file():
-            read_manifest(self.directory)  # our own export: every file checked against its sha256
+        # Our own export: every file checked against its sha256. A published graph says nothing of its weights:
+        # should it be int8, full 8-bit weights run ONNX Runtime's precise kernels on a CPU without VNNI.
+        manifest = read_manifest(self.directory) if (self.directory / MANIFEST).is_file() else {}
         config = json.loads((self.directory / "config.json").read_text())
         self.labels = len(config.get("id2label") or {}) or int(config.get("num_labels", 1))
         self.max_length = _max_length(self.directory, config)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or os.cpu_count() or 1
+        options = session_options(threads or os.cpu_count() or 1, fits_u8s8(manifest))
         self.session = ort.InferenceSession(str(self.directory / GRAPH), options, providers=["CPUExecutionProvider"])
         self.inputs = {i.name for i in self.session.get_inputs()}
         self.tokenizer = Tokenizer.from_file(str(self.directory / "tokenizer.json"))

@@ -1,5 +1,5 @@
 """Copying a collection between stores (the embedded store to a Qdrant server or cluster, or back): points,
-payloads, thumbnails and the collection's model record, in batches.
+payloads, thumbnails, lexical vectors and the collection's model and lexical records, in batches.
 
 Resumable by construction: each batch first asks the target which of its ids already arrived and sends only the
 others, so rerunning the same command after an interruption (a kill, an unreachable server) goes on where it
@@ -34,8 +34,9 @@ def migrate(source: VectorStore, target: VectorStore, name: str, new_name: str |
     if target.backend != "qdrant" and storage.server_options():
         storage = replace(storage, **{k: None for k in SERVER_ONLY})
         notes.append("shards, replicas and write_consistency have no meaning in the embedded store: left out")
+    # The lexical index's record goes with the points' sparse vectors, which scroll returns and upsert writes.
     target.ensure_collection(new_name, info.model, info.dim, info.weights, storage,
-                             multivector_dim=info.multivector_dim)
+                             multivector_dim=info.multivector_dim, lexical=info.lexical)
     copied = skipped = 0
     offset = None
     sampled = Reservoir(sample)

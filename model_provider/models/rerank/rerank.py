@@ -7,10 +7,9 @@ from dify_plugin.entities.model.rerank import MultiModalRerankResult, RerankDocu
 from dify_plugin.entities.model.text_embedding import MultiModalContent
 from dify_plugin.errors.model import CredentialsValidateFailedError, InvokeBadRequestError, InvokeError
 
-from crossmodal.dify.models import check_model, rerank_limits, run, service_for_model
+from crossmodal.dify.models import (check_model, check_reply_size, rerank_limits, reranker_reads_images, run,
+                                     service_for_model)
 from crossmodal.lanes import lane_for_items
-from crossmodal.rerank.documents import reranker_kind
-from crossmodal.rerank.scoring import reads_images
 
 
 class CrossmodalRerankModel(RerankModel):
@@ -37,8 +36,7 @@ class CrossmodalRerankModel(RerankModel):
     def get_customizable_model_schema(self, model: str, credentials: dict) -> AIModelEntity:
         # A text cross-encoder reads no images: without the vision feature, Dify sends it no image documents.
         service = service_for_model(model, credentials)
-        vision = run(lambda: reranker_kind(service, model) == "dual" or reads_images(model, service.settings.hub),
-                     bad_request=InvokeBadRequestError)
+        vision = run(reranker_reads_images, service, model, bad_request=InvokeBadRequestError)
         return AIModelEntity(model=model, label=I18nObject(en_US=model), model_type=ModelType.RERANK,
                              fetch_from=FetchFrom.CUSTOMIZABLE_MODEL,
                              features=[ModelFeature.VISION] if vision else [], model_properties={})
@@ -52,6 +50,7 @@ class CrossmodalRerankModel(RerankModel):
         score_threshold, top_n = rerank_limits(score_threshold, top_n)
         result = run(service.rerank_documents, query, docs, score_threshold, top_n, model,
                      bad_request=InvokeBadRequestError, lane=lane_for_items(len(docs)))
+        check_reply_size(result["docs"], "documents kept", InvokeBadRequestError)
         return [RerankDocument(index=d["index"], text=d["text"], score=d["score"]) for d in result["docs"]]
 
 

@@ -8,7 +8,7 @@ from dify_plugin.entities.model.text_embedding import (EmbeddingUsage, MultiModa
                                                        TextEmbeddingResult)
 from dify_plugin.errors.model import CredentialsValidateFailedError, InvokeBadRequestError, InvokeError
 
-from crossmodal.dify.models import check_model, run, service_for_model
+from crossmodal.dify.models import check_model, check_reply_size, run, service_for_model, token_counts
 from crossmodal.encoders.catalog import takes_options
 from crossmodal.lanes import QUERY, lane_for_items
 
@@ -30,7 +30,7 @@ class CrossmodalTextEmbeddingModel(TextEmbeddingModel):
 
     def get_num_tokens(self, model: str, credentials: dict, texts: list[str]) -> list[int]:
         service = service_for_model(model, credentials)
-        return run(lambda: service.encoder().token_counts(texts), bad_request=InvokeBadRequestError)
+        return run(token_counts, service, texts, bad_request=InvokeBadRequestError)
 
     def validate_credentials(self, model: str, credentials: dict) -> None:
         check_model(model, credentials, CredentialsValidateFailedError)
@@ -54,7 +54,9 @@ class CrossmodalTextEmbeddingModel(TextEmbeddingModel):
         # A knowledge base's query (and any short call) goes ahead of document indexing.
         lane = QUERY if input_type == EmbeddingInputType.QUERY else lane_for_items(len(documents))
         kind = "query" if input_type == EmbeddingInputType.QUERY else "document"
-        return run(service.embed_documents, documents, model, kind, bad_request=InvokeBadRequestError, lane=lane)
+        result = run(service.embed_documents, documents, model, kind, bad_request=InvokeBadRequestError, lane=lane)
+        check_reply_size(result["vectors"], "documents", InvokeBadRequestError)
+        return result
 
     def _usage(self, tokens: int) -> EmbeddingUsage:
         return EmbeddingUsage(tokens=tokens, total_tokens=tokens, unit_price=0, price_unit=0, total_price=0,
