@@ -2,9 +2,12 @@
 default settings in the same run (the reference: the same PP-OCRv4 models through rapidocr's own code, imported
 here only), detection and recognition each against this CPU's matmul limit for the FLOPs they ran; character
 accuracy on rendered English and Chinese lines by font and size and on scanned pages and screenshots; the share
-of English word boundaries recovered; and the text gate of ``ocr=auto`` (detection alone) on photos without text.
+of English word boundaries recovered; the text gate of ``ocr=auto`` (detection alone) on photos without text; and
+the memory a process's OCR grows by, with the sessions' shared arena against one arena per session and against
+rapidocr's defaults (each in a fresh process).
 
     python benchmarks/bench_ocr.py [--pages 2] [--repeats 3] [--lines 48] [--threads N] [--quick]
+    python benchmarks/bench_ocr.py --memory
 
 Data is generated (crossmodal/lab/scans.py; Debian's DejaVu and Noto CJK fonts). FLOPs are counted from the ONNX
 graphs at the shapes each stage ran (convolutions and matrix products, after ONNX Runtime's symbolic shape
@@ -222,6 +225,46 @@ def text_gate(args) -> dict:
     return out
 
 
+MEMORY_CHILD = """
+import resource, sys, time
+from crossmodal.lab import scans
+pictures = [scans.scanned_page(k).image for k in range(4)] + [scans.screenshot(k).image for k in range(4)]
+setup = sys.argv[1]
+if setup == "rapidocr":
+    import numpy as np
+    from rapidocr_onnxruntime import RapidOCR
+    engine = RapidOCR()
+    read = lambda picture: engine(np.asarray(picture.convert("RGB"))[:, :, ::-1])
+else:
+    from crossmodal.ocr import models
+    from crossmodal.ocr.reader import read_text
+    models._models = models._make_models(models.model_directory(), models.default_threads(),
+                                         shared_arena=setup == "shared")
+    read = read_text
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+read(pictures[0])
+started = time.perf_counter()
+for picture in pictures * 2:
+    read(picture)
+print(round((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024),
+      round((time.perf_counter() - started) / (2 * len(pictures)), 3))
+"""
+
+
+def memory() -> list[dict]:
+    """Peak growth of a fresh process reading four scanned pages and four screenshots twice, per setup."""
+    import subprocess
+
+    rows = []
+    for setup, what in (("shared", "ours: one arena for the three sessions (shipped)"),
+                        ("own", "ours: an arena per session"), ("rapidocr", "rapidocr's defaults (no arena)")):
+        out = subprocess.run([sys.executable, "-c", MEMORY_CHILD, setup], cwd=Path(__file__).resolve().parents[1],
+                             capture_output=True, text=True, timeout=1800, check=True)
+        growth, seconds = out.stdout.split()[-2:]
+        rows.append({"setup": what, "growth_mb": int(growth), "seconds_per_picture": float(seconds)})
+    return rows
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pages", type=int, default=2, help="pages timed, and pages per quality set")
@@ -230,7 +273,14 @@ def main(argv=None) -> dict:
     parser.add_argument("--photos", type=int, default=20)
     parser.add_argument("--threads", type=int, default=None, help="threads for both readers and the limit")
     parser.add_argument("--quick", action="store_true", help="one page, one repeat, 12 lines, 5 photos")
+    parser.add_argument("--memory", action="store_true", help="only the memory of each arena setup")
     args = parser.parse_args(argv)
+    if args.memory:
+        rows = memory()
+        print(table(rows, ["setup", "growth_mb", "seconds_per_picture"]))
+        out = {"memory": rows, "load_average": os.getloadavg()}
+        print(f"saved {save('ocr-memory', out)}")
+        return out
     if args.quick:
         args.pages, args.repeats, args.lines, args.photos = 1, 1, 12, 5
     if args.threads:
