@@ -17,7 +17,12 @@ SDK's default MAX_WORKER, then 2,000 mixed requests (the viewer among them) with
 request ends within its deadline + 1 s, /retrieval p95 <= 1.5 s, the viewer always answers, heartbeats never
 pause > 2 s, memory (the plugin and its worker processes) grows <= 1.5 GB.
 
+``--fairness``: two workspaces on one plugin. Workspace A sends a flood of /v1/search calls at once (180, under
+its queue share), and workspace B meanwhile sends a search every 0.1 s; B's latency is what one endpoint key's
+flood costs another workspace. With ``--plugin-dir``, the same run on another checkout (the baseline).
+
     python benchmarks/bench_load.py [--requests 150] [--images 500]
+    python benchmarks/bench_load.py --fairness [--plugin-dir DIR]
     python benchmarks/bench_load.py --soak [--plugin-dir DIR] [--lean-python PY]
     python benchmarks/bench_load.py --hostile
 """
@@ -25,6 +30,7 @@ pause > 2 s, memory (the plugin and its worker processes) grows <= 1.5 GB.
 from __future__ import annotations
 
 import argparse
+import collections
 import sys
 import tempfile
 import time
@@ -262,6 +268,80 @@ def hostile(args) -> dict:
     return result
 
 
+FLOOD = 180  # workspace A's searches sent at once (its queue share is 192)
+PROBES = 20  # workspace B's searches, sent one every PROBE_EVERY seconds while the flood is served
+PROBE_EVERY = 0.1
+
+
+def fairness(args) -> dict:
+    """One endpoint key's flood against another workspace's searches (see the module's text)."""
+    from load_mix import Workspace, percentile, request, seed_collection, small_png
+
+    work = Path(tempfile.mkdtemp(prefix="bench-fairness-"))
+    model = str(save_vit_b32(work / "vit-b32"))
+    image, rows = small_png(), []
+    for label, plugin_dir in [("this checkout", None)] + ([("baseline", args.plugin_dir)] if args.plugin_dir else []):
+        plugin, _ = start_plugin(work / label.replace(" ", "-"), plugin_dir, None, [model])
+        flooder, other = (Workspace(str(work / label.replace(" ", "-") / name), model=model) for name in "ab")
+        try:
+            plugin.wait_ready(timeout=300)
+            for space in (flooder, other):
+                seed_collection(plugin, space)
+                plugin.call(request("v1_search", 0, space, image), 120)
+            started = time.monotonic()
+            flood = [plugin.send(request("v1_search", k, flooder, image)) for k in range(args.requests or FLOOD)]
+            waits, probe_statuses = _probe(plugin, [request("v1_search", k, other, image) for k in range(PROBES)])
+            answers = plugin.collect(flood, timeout=600, partial=True)
+            flood_seconds = time.monotonic() - started
+        finally:
+            plugin.close()
+        statuses = collections.Counter(_status(answers.get(sid)) for sid in flood)
+        rows.append({"plugin": label, "b_p50_s": round(percentile(waits, 0.5), 3),
+                     "b_p95_s": round(percentile(waits, 0.95), 3), "b_max_s": round(max(waits), 3),
+                     "b_answers": dict(probe_statuses), "a_flood_s": round(flood_seconds, 1),
+                     "a_answers": dict(statuses)})
+    print(table(rows, list(rows[0])))
+    result = {"machine": machine(), "flood": args.requests or FLOOD, "probes": PROBES, "rows": rows}
+    save("load-fairness", result)
+    return result
+
+
+def _probe(plugin, requests: list[dict], every: float = PROBE_EVERY) -> tuple[list[float], collections.Counter]:
+    """Send ``requests`` one every ``every`` seconds without waiting, harvesting answers meanwhile: each one's
+    latency and the answers' statuses."""
+    pending, waits, statuses = {}, [], collections.Counter()
+
+    def harvest(seconds: float) -> None:
+        done = plugin.collect(list(pending), timeout=seconds, partial=True, first=True)
+        now = time.monotonic()
+        for sid, messages in done.items():
+            waits.append(now - pending.pop(sid))
+            statuses[_status(messages)] += 1
+
+    for data in requests:
+        pending[plugin.send(data)] = time.monotonic()
+        ends = time.monotonic() + every
+        while pending and time.monotonic() < ends:
+            harvest(max(0.001, ends - time.monotonic()))
+        time.sleep(max(0.0, ends - time.monotonic()))
+    ends = time.monotonic() + 300
+    while pending and time.monotonic() < ends:
+        harvest(1.0)
+    statuses.update({"never ended": len(pending)} if pending else {})
+    return waits, statuses
+
+
+def _status(messages) -> str:
+    from stdio_harness import http_response
+
+    if not messages:
+        return "never ended"
+    try:
+        return str(http_response(messages)[0])
+    except (KeyError, ValueError, StopIteration):
+        return "no response"
+
+
 def main(argv: list[str] | None = None) -> dict:
     from load_mix import Workspace, seed_collection
     from stdio_harness import PluginProcess, dify_file
@@ -272,13 +352,17 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--images", type=int, default=500, help="images in the ingest that runs beside /retrieval")
     parser.add_argument("--soak", action="store_true", help="the issue-42 soak (see the module's text)")
     parser.add_argument("--hostile", action="store_true", help="attacks in flight beside 2,000 mixed requests")
-    parser.add_argument("--plugin-dir", help="with --soak: run the plugin of this checkout (a baseline)")
+    parser.add_argument("--fairness", action="store_true", help="one workspace's flood against another's searches")
+    parser.add_argument("--plugin-dir", help="with --soak or --fairness: also run this checkout's plugin (a "
+                        "baseline)")
     parser.add_argument("--lean-python", help="with --soak: the lean build, run by this interpreter")
     args = parser.parse_args(argv)
     if args.soak:
         return soak(args)
     if args.hostile:
         return hostile(args)
+    if args.fairness:
+        return fairness(args)
     args.requests = args.requests or 150
     work = Path(tempfile.mkdtemp(prefix="bench-load-"))
     model = str(save_vit_b32(work / "vit-b32"))

@@ -19,6 +19,11 @@ ahead of use run in ``LOAD``. The rules:
   goes ahead of searches and embeddings with minutes to spare, which keep their arrival order among
   themselves and wait at most ``URGENT_SECONDS`` behind urgent calls (a plain nearest-deadline order would
   hold a tool's 570 s call behind every 300 s endpoint call for minutes).
+- **Turns between callers.** Among calls of like urgency, a caller's call counts as at least
+  ``CALLER_STEP_SECONDS`` after the last of that caller's own waiting calls. So a workspace that queues a
+  hundred searches at once does not hold another workspace's one search behind all hundred: the newcomer goes
+  after the first, and the flood's calls are taken in turns with the others'. One caller's calls keep their
+  order among themselves, and no call's deadline changes.
 - **Every call has a deadline.** Past it the caller gets DeadlineExceeded naming what holds the work, the log
   gets the worker's stack, and the lane stops counting that thread: it starts a replacement (up to
   ``lane_threads_cap`` threads in all), so no number of stuck calls takes a lane away for good. Threads cannot
@@ -66,6 +71,9 @@ LANE_THREADS_CAP = register("lane_threads_cap", 8, "threads", "threads of one la
                             "deadline included: stuck threads are replaced up to this many", cap=256, minimum=1)
 # Deadlines nearer than this come first in a lane's queue; further ones count as this far (see the module's text).
 URGENT_SECONDS = 30.0
+# How much later a caller's waiting call counts for each of that caller's own calls ahead of it (see the module's
+# text): at one second, a flood of calls of one kind from one workspace lets another's in after every call.
+CALLER_STEP_SECONDS = 1.0
 # Texts or images in one call up to which an embedding is a query, not bulk work.
 QUERY_ITEMS = 8
 # Tool and model calls: Dify's daemon gives up on a call after 600 s; ours end first, with a reason.
@@ -228,7 +236,7 @@ class Lane:
         self.max_queued = max_queued
         self.max_threads = max(threads, max_threads or threads)
         self._lock = _os_lock()
-        self._queue: list[tuple[float, int, Job]] = []  # a heap: (urgency, arrival, job)
+        self._queue: list[tuple[float, int, Job]] = []  # a heap: (turn, arrival, job)
         self._arrivals = itertools.count()
         self._queued_by: collections.Counter[str] = collections.Counter()  # caller -> calls waiting
         self._wakeups: collections.deque = collections.deque()  # one OS lock per idle thread, held until woken
@@ -243,13 +251,25 @@ class Lane:
         with self._lock:
             if len(self._queue) >= max_queued:
                 raise LaneBusy(self.name, len(self._queue))
+            turn = self._turn(job)
             if job.caller is not None:
                 waiting = self._queued_by[job.caller]
                 if waiting >= min(max_queued, limit("lane_queue_per_caller")):
                     raise LaneBusy(self.name, waiting, yours=True)
                 self._queued_by[job.caller] = waiting + 1
-            heapq.heappush(self._queue, (urgency(job), next(self._arrivals), job))
+            heapq.heappush(self._queue, (turn, next(self._arrivals), job))
             self._wake_or_start()
+
+    def _turn(self, job: Job) -> float:  # holds self._lock
+        """The job's place in the queue: its urgency, or a step after the last turn among its caller's waiting
+        calls that are due no later, whichever is later (a pass over at most ``lane_queue`` entries). Taking the
+        step from the last turn, not from a count, keeps one caller's calls in their order however fast the
+        ones before them leave the queue."""
+        due = urgency(job)
+        if job.caller is None or not self._queued_by.get(job.caller):
+            return due
+        before = [turn for turn, _, other in self._queue if other.caller == job.caller and urgency(other) <= due]
+        return max(due, max(before) + CALLER_STEP_SECONDS) if before else due
 
     def _wake_or_start(self) -> None:  # holds self._lock
         if self._wakeups:

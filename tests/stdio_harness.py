@@ -72,6 +72,7 @@ class PluginProcess:
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         self.events: queue.Queue = queue.Queue()
         self.unfinished: dict[str, list[dict]] = {}  # messages of sessions a partial collect left open
+        self.ended: dict[str, list[dict]] = {}  # sessions that ended while another collect was reading
         self.heartbeats: list[float] = []
         self.non_json: list[str] = []
         self.oversized: list[int] = []  # lengths of stdout lines over MAX_LINE_BYTES
@@ -132,12 +133,15 @@ class PluginProcess:
         the timeout, return the sessions that ended instead of raising; ``first``: return as soon as one ends;
         ``quiet`` (with ``partial``): return once none of the sessions has sent anything for that many seconds
         (heartbeats do not count: a plugin that parked its requests keeps sending them)."""
-        pending = {s: self.unfinished.pop(s, []) for s in ([session_ids] if isinstance(session_ids, str) else session_ids)}
-        done: dict[str, list[dict]] = {}
+        pending, done = {}, {}
+        for sid in [session_ids] if isinstance(session_ids, str) else session_ids:
+            if sid in self.ended:
+                done[sid] = self.ended.pop(sid)
+            else:
+                pending[sid] = self.unfinished.pop(sid, [])
         deadline = time.monotonic() + timeout
-        held = []
         last_news = time.monotonic()
-        while pending:
+        while pending and not (first and done):
             if quiet is not None and partial and time.monotonic() - last_news > quiet:
                 break
             remaining = deadline - time.monotonic()
@@ -154,9 +158,10 @@ class PluginProcess:
             except queue.Empty:
                 continue
             sid = event.get("session_id")
-            if event.get("event") != "session" or sid not in pending:
-                if event.get("event") == "session":
-                    held.append(event)
+            if event.get("event") != "session":
+                continue
+            if sid not in pending:
+                self._keep(sid, event["data"])
                 continue
             data = event["data"]
             last_news = time.monotonic()
@@ -169,10 +174,19 @@ class PluginProcess:
                     break
             else:
                 pending[sid].append(data)
-        for event in held:
-            self.events.put(event)
         self.unfinished.update(pending)  # a partial collect keeps what the open sessions sent so far
         return done
+
+    def _keep(self, session_id: str, data: dict) -> None:
+        """A message of a session this collect is not reading: kept in order for the collect that will (putting
+        it back on the queue could put it after its own session's end), and a call into Dify answered now, as
+        the daemon does whoever is reading."""
+        if data["type"] == "invoke":
+            self._answer(session_id, data["data"])
+        elif data["type"] == "end":
+            self.ended[session_id] = self.unfinished.pop(session_id, [])
+        else:
+            self.unfinished.setdefault(session_id, []).append(data)
 
     def _answer(self, session_id: str, invocation: dict) -> None:
         """What the daemon does with a backwards invocation: check the manifest's permission, ask Dify, and

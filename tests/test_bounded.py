@@ -164,6 +164,49 @@ def test_a_free_thread_takes_urgent_calls_first_and_the_rest_in_arrival_order():
                      "other tool search"]
 
 
+def test_a_flood_from_one_workspace_takes_turns_with_another_workspaces_calls():
+    """Threads went by urgency alone: a workspace that queued twenty searches held another workspace's one
+    search (queued a moment later, the same deadline) behind all twenty. Now a caller's call counts a step
+    later than the last of its own calls waiting, so the newcomer runs second."""
+    from crossmodal.lanes import Job, Lane
+
+    release, order = threading.Event(), []
+    lane = Lane("test", threads=1, max_queued=64)
+    lane.submit(Job(release.wait, lane="test"))
+    _wait_for(lambda: lane.running)
+    for k in range(20):
+        lane.submit(Job(order.append, (f"a{k}",), lane="test", deadline=300.0, caller="a"))
+    for k in range(2):
+        lane.submit(Job(order.append, (f"b{k}",), lane="test", deadline=300.0, caller="b"))
+    lane.submit(Job(order.append, ("urgent a",), lane="test", deadline=4.5, caller="a"))
+    release.set()
+    _wait_for(lambda: len(order) == 23)
+    assert order[0] == "urgent a"  # urgency still comes first, the flood's own urgent call included
+    assert order.index("b0") <= 2 and order.index("b1") <= 4, order
+    assert [name for name in order if name.startswith("a") and name != "urgent a"] == [f"a{k}" for k in range(20)]
+
+
+def test_one_callers_calls_keep_their_order_however_fast_the_ones_before_them_leave():
+    """Turns counted from how many of the caller's calls wait ahead let a later call overtake an earlier one
+    once many quick calls had left the queue; a step after the last waiting turn cannot."""
+    from crossmodal.lanes import Job, Lane
+
+    first_hold, second_hold, order = threading.Event(), threading.Event(), []
+    lane = Lane("test", threads=1, max_queued=64)
+    lane.submit(Job(first_hold.wait, lane="test"))
+    _wait_for(lambda: lane.running)
+    for k in range(9):
+        lane.submit(Job(order.append, (f"quick {k}",), lane="test", deadline=300.0, caller="a"))
+    lane.submit(Job(second_hold.wait, lane="test", deadline=300.0, caller="a"))
+    lane.submit(Job(order.append, ("earlier",), lane="test", deadline=300.0, caller="a"))
+    first_hold.set()
+    _wait_for(lambda: len(order) == 9 and lane.figures()["queued"] == 1)  # the quick ones left; the hold runs
+    lane.submit(Job(order.append, ("later",), lane="test", deadline=300.0, caller="a"))
+    second_hold.set()
+    _wait_for(lambda: len(order) == 11)
+    assert order[-2:] == ["earlier", "later"]
+
+
 def test_a_stuck_call_costs_its_caller_the_deadline_and_the_lane_a_replacement_thread():
     """Without replacement, one call that never returns took its lane's thread for good and every later call
     queued behind it (the issue's drip-server repro: four stuck searches, then nothing answered)."""
