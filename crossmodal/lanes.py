@@ -19,11 +19,15 @@ ahead of use run in ``LOAD``. The rules:
   goes ahead of searches and embeddings with minutes to spare, which keep their arrival order among
   themselves and wait at most ``URGENT_SECONDS`` behind urgent calls (a plain nearest-deadline order would
   hold a tool's 570 s call behind every 300 s endpoint call for minutes).
-- **Turns between callers.** Among calls of like urgency, a caller's call counts as at least
-  ``CALLER_STEP_SECONDS`` after the last of that caller's own waiting calls. So a workspace that queues a
-  hundred searches at once does not hold another workspace's one search behind all hundred: the newcomer goes
-  after the first, and the flood's calls are taken in turns with the others'. One caller's calls keep their
-  order among themselves, and no call's deadline changes.
+- **Turns between callers.** Among calls of like urgency, a caller's call counts as at least a step after
+  the last of that caller's own waiting calls: ``CALLER_STEP_SECONDS`` for calls with time to spare, a share
+  of it as small as the horizon of an urgent one (0.15 s for a 4.5 s call), so urgent calls take turns among
+  themselves without being stepped past unhurried ones. So a workspace that queues a hundred searches at once
+  does not hold another workspace's one search behind all hundred: the newcomer goes after the first, and the
+  flood's calls are taken in turns with the others'. A newcomer with time to spare counts no earlier than the
+  stepped turn a thread took last (fair queueing's virtual start time), so a flood that drained while no one
+  else waited leaves its last calls no further back than anyone's. One caller's calls keep their order among
+  themselves, and no call's deadline changes.
 - **Every call has a deadline.** Past it the caller gets DeadlineExceeded naming what holds the work, the log
   gets the worker's stack, and the lane stops counting that thread: it starts a replacement (up to
   ``lane_threads_cap`` threads in all), so no number of stuck calls takes a lane away for good. Threads cannot
@@ -71,8 +75,9 @@ LANE_THREADS_CAP = register("lane_threads_cap", 8, "threads", "threads of one la
                             "deadline included: stuck threads are replaced up to this many", cap=256, minimum=1)
 # Deadlines nearer than this come first in a lane's queue; further ones count as this far (see the module's text).
 URGENT_SECONDS = 30.0
-# How much later a caller's waiting call counts for each of that caller's own calls ahead of it (see the module's
-# text): at one second, a flood of calls of one kind from one workspace lets another's in after every call.
+# How much later a caller's waiting call with time to spare counts for each of that caller's own calls ahead of it
+# (see the module's text): at one second, a flood of calls of one kind from one workspace lets another's in after
+# every call.
 CALLER_STEP_SECONDS = 1.0
 # Texts or images in one call up to which an embedding is a query, not bulk work.
 QUERY_ITEMS = 8
@@ -238,6 +243,7 @@ class Lane:
         self._lock = _os_lock()
         self._queue: list[tuple[float, int, Job]] = []  # a heap: (turn, arrival, job)
         self._arrivals = itertools.count()
+        self._last_turn = -math.inf  # the turn of the call a thread took last: where the queue's turns have got to
         self._queued_by: collections.Counter[str] = collections.Counter()  # caller -> calls waiting
         self._wakeups: collections.deque = collections.deque()  # one OS lock per idle thread, held until woken
         self.running: dict[int, Job] = {}  # thread -> its job
@@ -262,14 +268,20 @@ class Lane:
 
     def _turn(self, job: Job) -> float:  # holds self._lock
         """The job's place in the queue: its urgency, or a step after the last turn among its caller's waiting
-        calls that are due no later, whichever is later (a pass over at most ``lane_queue`` entries). Taking the
-        step from the last turn, not from a count, keeps one caller's calls in their order however fast the
-        ones before them leave the queue."""
+        calls that are due no later, whichever is later (a pass over at most ``lane_queue`` entries; quadratic
+        in total only where an admin raises the queue to thousands). Taking the step from the last turn, not
+        from a count, keeps one caller's calls in their order however fast the ones before them leave."""
         due = urgency(job)
+        # Not urgent: no earlier than the turn a thread took last, so a caller whose calls left the queue
+        # uncontested does not keep its remaining calls' turns far ahead of everyone else's.
+        turn = max(due, self._last_turn) if due >= job.queued_at + URGENT_SECONDS else due
         if job.caller is None or not self._queued_by.get(job.caller):
-            return due
-        before = [turn for turn, _, other in self._queue if other.caller == job.caller and urgency(other) <= due]
-        return max(due, max(before) + CALLER_STEP_SECONDS) if before else due
+            return turn
+        before = [theirs for theirs, _, other in self._queue if other.caller == job.caller and urgency(other) <= due]
+        # The step scales with the call's horizon: urgent calls take turns among themselves without being
+        # stepped past calls with minutes to spare (4.5 s: 0.15 s a call).
+        step = CALLER_STEP_SECONDS * min(1.0, max(0.0, due - job.queued_at) / URGENT_SECONDS)
+        return max(turn, max(before) + step) if before else turn
 
     def _wake_or_start(self) -> None:  # holds self._lock
         if self._wakeups:
@@ -317,7 +329,8 @@ class Lane:
         while True:
             with self._lock:
                 if self._queue:
-                    job = heapq.heappop(self._queue)[2]
+                    turn, _, job = heapq.heappop(self._queue)
+                    self._last_turn = turn if turn > urgency(job) else -math.inf  # a stepped turn, or none
                     self._left_queue(job)
                     return job
                 if self.serving > self.threads:

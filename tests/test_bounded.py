@@ -207,6 +207,96 @@ def test_one_callers_calls_keep_their_order_however_fast_the_ones_before_them_le
     assert order[-2:] == ["earlier", "later"]
 
 
+def _held_lane():
+    from crossmodal.lanes import Job, Lane
+
+    release = threading.Event()
+    lane = Lane("test", threads=1, max_queued=256)
+    lane.submit(Job(release.wait, lane="test"))
+    _wait_for(lambda: lane.running)
+    return lane, release
+
+
+def test_a_workspaces_own_search_does_not_go_ahead_of_its_urgent_calls():
+    """A flat step of 1 s a call put one caller's 27th 4.5 s call past its own 300 s search (turns past
+    queued_at + 30 s): urgent calls step by a share of the step as small as their horizon."""
+    from crossmodal.lanes import Job
+
+    lane, release = _held_lane()
+    order = []
+    lane.submit(Job(order.append, ("search",), lane="test", deadline=300.0, caller="a"))
+    for k in range(30):
+        lane.submit(Job(order.append, (f"ek{k}",), lane="test", deadline=4.5, caller="a"))
+    release.set()
+    _wait_for(lambda: len(order) == 31)
+    assert order[-1] == "search", order.index("search")
+
+
+def test_another_workspaces_unhurried_calls_do_not_make_urgent_calls_miss():
+    """B's searches (300 s) are queued; A sends 30 External Knowledge calls (4.5 s) that all fit in 3 s of one
+    thread. Before the change every one met its deadline; B's searches only waited 3 s of their 300."""
+    from crossmodal.lanes import Job
+
+    lane, release = _held_lane()
+    outcomes = {}
+
+    def record(name):
+        return lambda ok, value: outcomes.__setitem__(name, ok)
+
+    for k in range(3):
+        lane.submit(Job(time.sleep, (1.0,), lane="test", deadline=300.0, caller="b", on_done=record(f"b{k}")))
+    for k in range(30):
+        lane.submit(Job(time.sleep, (0.1,), lane="test", deadline=4.5, caller="a", on_done=record(f"ek{k}")))
+    release.set()
+    _wait_for(lambda: len(outcomes) == 33, seconds=15)
+    missed = sorted(name for name, ok in outcomes.items() if not ok)
+    assert not missed, missed
+
+
+def test_a_drained_backlog_does_not_leave_its_last_calls_behind_every_later_arrival():
+    """A queued 100 calls; 90 left at once (no one else was waiting). Its last 10 kept turns 90-99 s out, so every
+    call another workspace queued in the next minute went first, though A had only 10 waiting: a newcomer's turn
+    is no earlier than the stepped turn a thread took last (fair queueing's virtual start time)."""
+    from crossmodal.lanes import Job
+
+    lane, release = _held_lane()
+    order, hold = [], threading.Event()
+    for k in range(100):
+        if k == 89:
+            lane.submit(Job(hold.wait, lane="test", deadline=300.0, caller="a"))
+        else:
+            lane.submit(Job(order.append, (f"a{k}",), lane="test", deadline=300.0, caller="a"))
+    release.set()
+    _wait_for(lambda: len(order) == 89)
+    for k in range(40):
+        lane.submit(Job(order.append, (f"b{k}",), lane="test", deadline=300.0, caller="b"))
+    hold.set()
+    _wait_for(lambda: len(order) == 139)
+    rest = order[89:]
+    assert rest.index("a90") <= 2, rest[:45]
+
+
+def test_a_drained_backlogs_last_calls_meet_a_deadline_that_one_turn_each_would_meet():
+    """The same drain, timed: A's calls have 8 s (an endpoint's request_timeout); 89 leave at once, then B queues
+    ten 1 s searches (300 s). Taking turns, A's next call waits for one of B's; it waits for all ten (10 s)."""
+    from crossmodal.lanes import Job
+
+    lane, release = _held_lane()
+    outcomes, hold = {}, threading.Event()
+    for k in range(100):
+        fn, args = (hold.wait, ()) if k == 89 else (time.sleep, (0.0,))
+        lane.submit(Job(fn, args, lane="test", deadline=8.0, caller="a",
+                        on_done=lambda ok, value, k=k: outcomes.__setitem__(f"a{k}", ok)))
+    release.set()
+    _wait_for(lambda: len(outcomes) == 89)
+    for k in range(10):
+        lane.submit(Job(time.sleep, (1.0,), lane="test", deadline=300.0, caller="b",
+                        on_done=lambda ok, value, k=k: outcomes.__setitem__(f"b{k}", ok)))
+    hold.set()
+    _wait_for(lambda: len(outcomes) == 110, seconds=20)
+    assert outcomes["a90"], sorted(name for name, ok in outcomes.items() if not ok)
+
+
 def test_a_stuck_call_costs_its_caller_the_deadline_and_the_lane_a_replacement_thread():
     """Without replacement, one call that never returns took its lane's thread for good and every later call
     queued behind it (the issue's drip-server repro: four stuck searches, then nothing answered)."""

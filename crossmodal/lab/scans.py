@@ -223,7 +223,8 @@ def scanned_page(seed: int, language: str = "en", code: str | None = None, lines
     """An A4 page at ``dpi`` of 25-40 lines (a title, paragraphs, one sentence carrying ``code``), scanned: slight
     tilt, blur and noise. ``language``: en, zh or mixed (paragraphs in both)."""
     for attempt in range(PAGE_ATTEMPTS):  # another draw of sentences when the code's sentence was cut off
-        page = _page(seed + 10_000 * attempt, language, code, lines, dpi, tilt, noise, font_name)
+        # the code drawn by the first draw is kept for the next ones, as the recursive version passed it on
+        page, code = _page(seed + 10_000 * attempt, language, code, lines, dpi, tilt, noise, font_name)
         if page is not None:
             return page
     raise ValueError(f"lines={lines}: the page's code never fitted in {PAGE_ATTEMPTS} draws; ask for more lines")
@@ -233,7 +234,7 @@ PAGE_ATTEMPTS = 20
 
 
 def _page(seed: int, language: str, code: str | None, lines: int | None, dpi: int, tilt: bool, noise: bool,
-          font_name: str | None) -> TextPicture | None:
+          font_name: str | None) -> tuple[TextPicture | None, str]:
     rng = random.Random(f"page-{seed}")
     code = code or make_code(rng)
     wanted = lines or rng.randrange(PAGE_LINES[0], PAGE_LINES[1] + 1)
@@ -278,12 +279,12 @@ def _page(seed: int, language: str, code: str | None, lines: int | None, dpi: in
             truth.append(draw_line(draw, (margin, y), row, face, (ink, ink, ink), paragraph_lang, name, size))
             y += pitch
     if code_line is not None or code not in "".join(line.text for line in truth).replace(" ", ""):
-        return None  # the code was cut off
+        return None, code  # the code was cut off
     if tilt:
         image, truth = rotated(image, truth, rng.uniform(-MAX_TILT_DEGREES, MAX_TILT_DEGREES), paper)
     if noise:
         image = add_scan_noise(image, rng)
-    return TextPicture(image, truth, "page", seed, code, meta={"size": size, "dpi": dpi, "language": language})
+    return TextPicture(image, truth, "page", seed, code, meta={"size": size, "dpi": dpi, "language": language}), code
 
 
 def screenshot(seed: int, code: str | None = None, dark: bool | None = None) -> TextPicture:

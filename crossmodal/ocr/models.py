@@ -128,7 +128,7 @@ def _session_options(ort, threads: int, shared_arena: bool):
     # The arena stays on (rapidocr turns it off): widths change with every batch, and without it each run
     # allocates its activations afresh, which measured 1.2-4x slower here. The three sessions share one arena:
     # a reading runs them one after another, so detection's peak is reused by recognition instead of each
-    # session growing its own (benchmarks/bench_ocr.py --memory: 392 MB against 721 MB, the same speed).
+    # session growing its own (benchmarks/bench_ocr.py --memory: 334 MB against 663 MB, the same speed).
     options.enable_cpu_mem_arena = True
     if shared_arena and _register_shared_arena(ort):
         options.add_session_config_entry("session.use_env_allocators", "1")
