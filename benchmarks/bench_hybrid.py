@@ -507,12 +507,16 @@ def words(count: int, cache: Path, noise: str) -> dict:
             hits = sorted(run(vector, sparse), key=lambda hit: (-round(hit.score, 9), hit.id))
             found += bool(hits) and hits[0].payload["source"] == f"doc-{index:05d}.png"
         report[label] = round(found / len(prepared), 4)
-    found, modes = 0, set()
+    found, modes, confidences = 0, set(), []
     for index, text in queries:
         result = service.search(text, collection=name, top_k=10, mode="hybrid")
-        modes.add(json.dumps(result.get("weights")))
+        weights = result.get("weights") or {}
+        modes.add(f"lexical x{weights.get('lexical')} by {weights.get('lexical_by')}")
+        confidences += [weights["dense_confidence"]] if "dense_confidence" in weights else []
         found += bool(result["results"]) and result["results"][0]["payload"]["source"] == f"doc-{index:05d}.png"
-    report["search_hybrid (as shipped)"] = {"recall_at_1": round(found / len(queries), 4), "weights": sorted(modes)}
+    report["search_hybrid (as shipped)"] = {
+        "recall_at_1": round(found / len(queries), 4), "weights": sorted(modes),
+        "dense_confidence_max": round(max(confidences), 4) if confidences else None}
     report["code query search call, by torch threads"] = latency_by_threads(service, name, corpus["codes"][:250])
     service.store.close()
     return report
@@ -641,7 +645,7 @@ def million(points: int, terms: int, cache: Path) -> dict:
 SCENE_SETS = (("single", "en"), ("double", "en"), ("single", "zh"), ("double", "zh"))
 
 
-def scene_sets(n: int, cache: Path) -> dict:
+def scene_sets(n: int, cache: Path, seed: int | None = None) -> dict:
     """Text-to-image Recall@K of the evaluation's scene sets (crossmodal/lab/evaluation.py, the demo model), dense
     against hybrid (the default a collection with text gets), in two galleries: pictures alone, as the evaluation
     ingests them (beside the sets' captions as text items), and pictures that each carry a caption of their own, a
@@ -655,13 +659,15 @@ def scene_sets(n: int, cache: Path) -> dict:
     from crossmodal.service import ImageInput, IngestItem, Service
     from crossmodal.settings import Settings
 
-    service = Service(Settings(data_dir=str(cache / f"scenes-{n}"), model=MODEL))  # a store for each n
-    report = {"scenes_per_set": n, "model": MODEL}
+    draw = f"scenes-{n}" + (f"-seed-{seed}" if seed is not None else "")
+    service = Service(Settings(data_dir=str(cache / draw), model=MODEL))  # a store for each draw
+    report = {"scenes_per_set": n, "model": MODEL, "seed": seed if seed is not None else "the evaluation's"}
     for kind, lang in SCENE_SETS:
-        eval_set = scene_set(kind, n, lang)
+        eval_set = scene_set(kind, n, lang) if seed is None else scene_set(kind, n, lang, seed=seed)
         objects = eval_set.image_keys
         pngs = [encode_png(image) for image in eval_set.images]
-        captions = [sample_caption(objs, random.Random(f"gallery-{k}"), lang)[0] for k, objs in enumerate(objects)]
+        draws = [random.Random(f"gallery-{k}" if seed is None else f"gallery-{seed}-{k}") for k in range(n)]
+        captions = [sample_caption(objs, rng, lang)[0] for objs, rng in zip(objects, draws)]
         texts = sorted(set(eval_set.queries))
         for gallery in ("pictures alone", "pictures with their own captions"):
             name = f"{kind}-{lang}-{'bare' if gallery == 'pictures alone' else 'captioned'}"
@@ -684,6 +690,9 @@ def scene_sets(n: int, cache: Path) -> dict:
                 row[mode] = {**recall_at(ranks), "ran_as": sorted(used),
                              "p50_ms": round(float(np.percentile(latencies, 50)), 2)}
             row["engine: rrf by the lexical list's weight"] = fusion_weights(service, name, eval_set)
+            if gallery != "pictures alone":
+                row["engine: lexical weight by dense confidence, by threshold"] = confidence_sweep(service, name,
+                                                                                                    eval_set)
             report[f"{kind}_{lang}: {gallery}"] = row
             print(name, row, file=sys.stderr, flush=True)
     service.store.close()
@@ -720,11 +729,41 @@ def fusion_weights(service, name: str, eval_set) -> dict:
     return out
 
 
+def confidence_sweep(service, name: str, eval_set) -> dict:
+    """Recall@1 in the engine of the shipped rule for a query without a code (the lexical list weighs
+    CONFIDENT_LEXICAL_WEIGHT where the dense model's softmax gives its first hit the threshold or more, else 1),
+    for each threshold in CONFIDENCE_THRESHOLDS: how DENSE_CONFIDENT was chosen, on a validation draw
+    (--scene-seed), and what it gives on the reported sets."""
+    from crossmodal.lexical import query_vector
+    from crossmodal.search.searcher import CONFIDENT_LEXICAL_WEIGHT, FUSION_CANDIDATES, dense_confidence
+    from crossmodal.store import Condition
+
+    encoder, store = service.encoder(MODEL), service.store
+    info = store.get_collection(name)
+    pictures = [Condition("kind", "any", ["image"])]
+    firsts = []  # (confidence, first hit right at weight 1, first hit right at the confident weight)
+    for q, text in enumerate(eval_set.queries):
+        vector, terms = encoder.query_text_vector(text)[0].tolist(), query_vector(text, info.lexical_options())
+        dense = store.query(name, vector, FUSION_CANDIDATES, pictures)
+        right = []
+        for weight in (1.0, CONFIDENT_LEXICAL_WEIGHT):
+            hits = store.query_fused(name, vector, terms, 1, FUSION_CANDIDATES, pictures, lexical_weight=weight)
+            hits.sort(key=lambda hit: (-round(hit.score, 9), hit.id))
+            right.append(bool(hits) and eval_set.is_relevant(q, int(hits[0].payload["source"].split("-")[1])))
+        firsts.append((dense_confidence([h.score for h in dense], encoder.logit_scale), *right))
+    def recall_at_1(threshold: float) -> float:
+        return round(sum(sure if c >= threshold else equal for c, equal, sure in firsts) / len(firsts), 4)
+
+    return {f"{threshold:g}": recall_at_1(threshold) for threshold in CONFIDENCE_THRESHOLDS}
+
+
 LEXICAL_WEIGHTS_TRIED = (1.0, 0.75, 0.5, 0.25)
+CONFIDENCE_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 
 SECTIONS = {"ocr-sample": lambda a: ocr_sample(a.sample), "calibrate": lambda a: calibrate(),
-            "scenes": lambda a: scene_sets(a.scenes, Path(a.cache)), "thumbnails": lambda a: thumbnails(a.thumbnails),
+            "scenes": lambda a: scene_sets(a.scenes, Path(a.cache), a.scene_seed),
+            "thumbnails": lambda a: thumbnails(a.thumbnails),
             "codes": lambda a: codes(a.docs, Path(a.cache), a.noise.split(",")),
             "words": lambda a: words(a.docs, Path(a.cache), a.noise.split(",")[0]),
             "million": lambda a: million(a.points, a.terms, Path(a.cache))}
@@ -740,6 +779,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--points", type=int, default=1_000_000, help="synthetic points of the latency run")
     parser.add_argument("--terms", type=int, default=190, help="lexical terms a synthetic page has")
     parser.add_argument("--scenes", type=int, default=1000, help="scenes per scene set")
+    parser.add_argument("--scene-seed", type=int, default=None, help="another draw of the scene sets (validation: "
+                        "e.g. 700012345; the evaluation's own seed by default)")
     parser.add_argument("--thumbnails", type=int, default=30, help="sample pictures read from their thumbnails")
     args = parser.parse_args(argv)
     report = {}
@@ -748,7 +789,8 @@ def main(argv=None) -> dict:
         print(json.dumps(report[name], indent=2, ensure_ascii=False))
         if name != "ocr-sample":
             suffix = {"codes": f"-{args.docs}", "words": f"-{args.docs}", "million": f"-{args.points}",
-                      "scenes": f"-{args.scenes}"}.get(name, "")
+                      "scenes": f"-{args.scenes}" + (f"-seed-{args.scene_seed}" if args.scene_seed else "")
+                      }.get(name, "")
             save(f"hybrid-{name}{suffix}", {"section": name, "others_running_beside": True, **report[name]})
     return report
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import pytest
 
 from crossmodal.errors import CrossmodalError
@@ -191,17 +192,48 @@ def rrf(lexical: list[str], dense: list[str], lexical_weight: float = 1.0) -> di
 
 
 def test_hybrid_scores_are_rrf_of_the_dense_and_lexical_lists(service):
-    """The engine fuses exactly the two lists each mode returns on its own (no ties in either here)."""
-    for query, weight in (("part pump heart", 1.0), ("part XH-4562-X5 pump", 3.0)):  # a code: lexical weighs 3
+    """The engine fuses exactly the two lists each mode returns on its own (no ties in either here), with the
+    lexical list weighted 3 for a code, else by the dense model's confidence in its first hit."""
+    from crossmodal.search.searcher import CONFIDENT_LEXICAL_WEIGHT, DENSE_CONFIDENT, dense_confidence
+
+    temperature = service.encoder("demo-shapes").logit_scale
+    for query in ("part pump heart", "a small blue circle", "part XH-4562-X5 pump"):
         lexical = service.search(query, collection="kb", top_k=20, mode="lexical", target="any")["results"]
         dense = service.search(query, collection="kb", top_k=20, mode="dense", target="any")["results"]
+        confidence = dense_confidence([h["score"] for h in dense], temperature)
+        weight = 3.0 if "XH" in query else CONFIDENT_LEXICAL_WEIGHT if confidence >= DENSE_CONFIDENT else 1.0
         expected = rrf([h["id"] for h in lexical], [h["id"] for h in dense], weight)
         found = service.search(query, collection="kb", top_k=20, mode="hybrid", target="any")
-        assert found["weights"] == {"lexical": weight, "dense": 1.0}
+        assert found["weights"]["lexical"] == weight and found["weights"]["dense"] == 1.0
+        if weight != 3.0:
+            assert found["weights"]["dense_confidence"] == pytest.approx(confidence, abs=1e-3)
         assert {h["id"] for h in found["results"]} == set(expected)
         for hit in found["results"]:
             assert hit["score"] == pytest.approx(expected[hit["id"]], abs=1e-5)
         assert [h["score"] for h in found["results"]] == sorted((h["score"] for h in found["results"]), reverse=True)
+
+
+def test_a_confident_dense_hit_keeps_first_place_and_words_decide_where_the_model_is_unsure(service):
+    """Scene sets with captions lost 7 points of Recall@1 to hybrid: a wrong picture whose caption holds more of the
+    query's words overtook the dense list's sure first hit. The lexical list now weighs by the dense model's
+    confidence: a sure first hit keeps its place, and where the model cannot tell two pictures apart (two large
+    red circles) the words still decide."""
+    items = []
+    for k in range(12):
+        scene = generate_scene(41_000 + k, 256, 256, 1)
+        caption = {6: "a large yellow hexagon sticker", 10: "a large red circle, the left one"}.get(k)
+        items.append(IngestItem(image=ImageInput.from_bytes(f"p{k}.png", encode_png(scene.image)), caption=caption))
+    assert [generate_scene(41_000 + k, 256, 256, 1).objects[0].phrase("en") for k in (2, 3, 6, 10)] == [
+        "large yellow hexagon", "large red circle", "large green hexagon", "large red circle"]
+    service.ingest(items, "mislead")
+    sure = service.search("a large yellow hexagon", collection="mislead", top_k=3)
+    unsure = service.search("a large red circle", collection="mislead", top_k=3)
+    assert sure["mode"] == unsure["mode"] == "hybrid"
+    assert [h["payload"]["source"] for h in sure["results"][:2]] == ["p2.png", "p6.png"]  # the caption comes next
+    assert unsure["results"][0]["payload"]["source"] == "p10.png"
+    assert sure["weights"]["lexical_by"] == "dense confidence"
+    assert sure["weights"]["dense_confidence"] >= 0.9 and sure["weights"]["lexical"] < 0.5
+    assert unsure["weights"]["dense_confidence"] < 0.7 and unsure["weights"]["lexical"] == 1.0
 
 
 @pytest.mark.parametrize("backend", ["embedded", "server"])
@@ -238,3 +270,16 @@ def test_fused_score_maps_the_best_possible_to_one():
     assert fused_score(3.0, "rrf", (3.0, 1.0)) == pytest.approx(0.75)  # first in the code-weighted lexical list only
     assert fused_score(1.0, "rrf", (1.0, 1.0), k=2) == 1.0  # Qdrant's plain RRF (k = 2), older servers
     assert fused_score(2.6, "dbsf", (1.0, 1.0)) == 1.0 and fused_score(0.8, "dbsf", (1.0, 1.0)) == 0.4
+
+
+def test_dense_confidence_is_the_first_hits_share_of_the_models_softmax():
+    """The library's softmax is the reference; the scores are large enough at CLIP's temperature (100) that a naive
+    exp would overflow."""
+    from scipy.special import softmax
+
+    from crossmodal.search.searcher import dense_confidence
+
+    for scores, temperature in (([0.31, 0.30, 0.12], 100.0), ([0.58, 0.579, 0.2, 0.1], 31.7), ([9.0, 1.0], 100.0)):
+        reference = float(softmax(temperature * np.asarray(scores))[0])
+        assert dense_confidence(scores, temperature) == pytest.approx(reference)
+    assert dense_confidence([], 100.0) == 0.0 and dense_confidence([0.4], 100.0) == 1.0
