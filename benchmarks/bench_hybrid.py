@@ -689,68 +689,76 @@ def scene_sets(n: int, cache: Path, seed: int | None = None) -> dict:
                     ranks.append(next((r for r, i in enumerate(indices) if eval_set.is_relevant(q, i)), None))
                 row[mode] = {**recall_at(ranks), "ran_as": sorted(used),
                              "p50_ms": round(float(np.percentile(latencies, 50)), 2)}
-            row["engine: rrf by the lexical list's weight"] = fusion_weights(service, name, eval_set)
+            prepared = engine_queries(service, name, eval_set)
+            row["engine: rrf by the lexical list's weight"] = fusion_weights(service, name, eval_set, prepared)
             if gallery != "pictures alone":
-                row["engine: lexical weight by dense confidence, by threshold"] = confidence_sweep(service, name,
-                                                                                                    eval_set)
+                row["engine: lexical weight by dense confidence, by threshold"] = confidence_sweep(
+                    service, name, eval_set, prepared)
             report[f"{kind}_{lang}: {gallery}"] = row
             print(name, row, file=sys.stderr, flush=True)
     service.store.close()
     return report
 
 
-def fusion_weights(service, name: str, eval_set) -> dict:
-    """Recall@K in the engine of RRF with the lexical list weighted each of LEXICAL_WEIGHTS_TRIED (the dense list
-    weighs 1), and of DBSF, on the same queries' vectors, pictures only: what a query without a code could use."""
-    from crossmodal.lab.evaluation import recall_at
+def engine_queries(service, name: str, eval_set) -> list[tuple[int, list[float], object]]:
+    """Each query's vector and lexical terms (its index first), made once for the engine-only variants."""
     from crossmodal.lexical import query_vector
+
+    encoder, options = service.encoder(MODEL), service.store.get_collection(name).lexical_options()
+    return [(q, encoder.query_text_vector(text)[0].tolist(), query_vector(text, options))
+            for q, text in enumerate(eval_set.queries)]
+
+
+def first_relevant(eval_set, q: int, hits) -> int | None:
+    """The rank of the first picture in ``hits`` that query ``q`` is about."""
+    indices = [int(h.payload["source"].split("-")[1]) for h in hits]
+    return next((r for r, i in enumerate(indices) if eval_set.is_relevant(q, i)), None)
+
+
+def fusion_weights(service, name: str, eval_set, prepared) -> dict:
+    """Recall@K in the engine of RRF with the lexical list weighted each of LEXICAL_WEIGHTS_TRIED (the dense list
+    weighs 1), and of DBSF, on the same queries' vectors (``prepared``: engine_queries), pictures only: what a
+    query without a code could use."""
+    from crossmodal.lab.evaluation import recall_at
     from crossmodal.store import Condition
 
-    encoder, store = service.encoder(MODEL), service.store
-    info = service.store.get_collection(name)
-    pictures = [Condition("kind", "any", ["image"])]
-    prepared = [(q, encoder.query_text_vector(text)[0].tolist(), query_vector(text, info.lexical_options()))
-                for q, text in enumerate(eval_set.queries)]
+    store, pictures = service.store, [Condition("kind", "any", ["image"])]
     out = {}
     for weight in LEXICAL_WEIGHTS_TRIED:
         ranks = []
         for q, vector, terms in prepared:
             hits = store.query_fused(name, vector, terms, 10, 100, pictures, lexical_weight=weight)
             hits.sort(key=lambda hit: (-round(hit.score, 9), hit.id))  # as the searcher orders ties
-            indices = [int(h.payload["source"].split("-")[1]) for h in hits]
-            ranks.append(next((r for r, i in enumerate(indices) if eval_set.is_relevant(q, i)), None))
+            ranks.append(first_relevant(eval_set, q, hits))
         out[f"lexical x{weight:g}"] = recall_at(ranks)
-    ranks = []
-    for q, vector, terms in prepared:
-        hits = store.query_fused(name, vector, terms, 10, 100, pictures, fusion="dbsf")
-        indices = [int(h.payload["source"].split("-")[1]) for h in hits]
-        ranks.append(next((r for r, i in enumerate(indices) if eval_set.is_relevant(q, i)), None))
-    out["dbsf"] = recall_at(ranks)
+    out["dbsf"] = recall_at([first_relevant(eval_set, q, store.query_fused(name, vector, terms, 10, 100, pictures,
+                                                                           fusion="dbsf"))
+                             for q, vector, terms in prepared])
     return out
 
 
-def confidence_sweep(service, name: str, eval_set) -> dict:
+def confidence_sweep(service, name: str, eval_set, prepared) -> dict:
     """Recall@1 in the engine of the shipped rule for a query without a code (the lexical list weighs
     CONFIDENT_LEXICAL_WEIGHT where the dense model's softmax gives its first hit the threshold or more, else 1),
     for each threshold in CONFIDENCE_THRESHOLDS: how DENSE_CONFIDENT was chosen, on a validation draw
-    (--scene-seed), and what it gives on the reported sets."""
-    from crossmodal.lexical import query_vector
+    (--scene-seed), and what it gives on the reported sets. ``prepared``: engine_queries."""
     from crossmodal.search.searcher import CONFIDENT_LEXICAL_WEIGHT, FUSION_CANDIDATES, dense_confidence
     from crossmodal.store import Condition
 
-    encoder, store = service.encoder(MODEL), service.store
-    info = store.get_collection(name)
-    pictures = [Condition("kind", "any", ["image"])]
+    store, pictures = service.store, [Condition("kind", "any", ["image"])]
+    temperature = service.encoder(MODEL).logit_scale
     firsts = []  # (confidence, first hit right at weight 1, first hit right at the confident weight)
-    for q, text in enumerate(eval_set.queries):
-        vector, terms = encoder.query_text_vector(text)[0].tolist(), query_vector(text, info.lexical_options())
+    for q, vector, terms in prepared:
         dense = store.query(name, vector, FUSION_CANDIDATES, pictures)
         right = []
         for weight in (1.0, CONFIDENT_LEXICAL_WEIGHT):
-            hits = store.query_fused(name, vector, terms, 1, FUSION_CANDIDATES, pictures, lexical_weight=weight)
+            # Ten, not one: RRF ties often and the engine breaks them differently from call to call; the first
+            # after ordering ties by id, as the searcher does, is what a search returns.
+            hits = store.query_fused(name, vector, terms, 10, FUSION_CANDIDATES, pictures, lexical_weight=weight)
             hits.sort(key=lambda hit: (-round(hit.score, 9), hit.id))
-            right.append(bool(hits) and eval_set.is_relevant(q, int(hits[0].payload["source"].split("-")[1])))
-        firsts.append((dense_confidence([h.score for h in dense], encoder.logit_scale), *right))
+            right.append(first_relevant(eval_set, q, hits[:1]) == 0)
+        firsts.append((dense_confidence([h.score for h in dense], temperature), *right))
+
     def recall_at_1(threshold: float) -> float:
         return round(sum(sure if c >= threshold else equal for c, equal, sure in firsts) / len(firsts), 4)
 

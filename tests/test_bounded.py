@@ -168,12 +168,10 @@ def test_a_flood_from_one_workspace_takes_turns_with_another_workspaces_calls():
     """Threads went by urgency alone: a workspace that queued twenty searches held another workspace's one
     search (queued a moment later, the same deadline) behind all twenty. Now a caller's call counts a step
     later than the last of its own calls waiting, so the newcomer runs second."""
-    from crossmodal.lanes import Job, Lane
+    from crossmodal.lanes import Job
 
-    release, order = threading.Event(), []
-    lane = Lane("test", threads=1, max_queued=64)
-    lane.submit(Job(release.wait, lane="test"))
-    _wait_for(lambda: lane.running)
+    lane, release = _held_lane()
+    order = []
     for k in range(20):
         lane.submit(Job(order.append, (f"a{k}",), lane="test", deadline=300.0, caller="a"))
     for k in range(2):
@@ -189,12 +187,10 @@ def test_a_flood_from_one_workspace_takes_turns_with_another_workspaces_calls():
 def test_one_callers_calls_keep_their_order_however_fast_the_ones_before_them_leave():
     """Turns counted from how many of the caller's calls wait ahead let a later call overtake an earlier one
     once many quick calls had left the queue; a step after the last waiting turn cannot."""
-    from crossmodal.lanes import Job, Lane
+    from crossmodal.lanes import Job
 
-    first_hold, second_hold, order = threading.Event(), threading.Event(), []
-    lane = Lane("test", threads=1, max_queued=64)
-    lane.submit(Job(first_hold.wait, lane="test"))
-    _wait_for(lambda: lane.running)
+    lane, first_hold = _held_lane()
+    second_hold, order = threading.Event(), []
     for k in range(9):
         lane.submit(Job(order.append, (f"quick {k}",), lane="test", deadline=300.0, caller="a"))
     lane.submit(Job(second_hold.wait, lane="test", deadline=300.0, caller="a"))

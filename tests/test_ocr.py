@@ -15,6 +15,7 @@ from PIL import Image, ImageDraw
 
 from crossmodal.errors import CrossmodalError
 from crossmodal.lab import scans
+from stdio_harness import MISSING_MODULES
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -267,11 +268,6 @@ def _flood_fill(bitmap: np.ndarray) -> np.ndarray:
 # lists the shared libraries mapped into it.
 NO_OPENCV = """
 import json, sys
-class Missing:
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in {blocked!r}:
-            raise ModuleNotFoundError(f"No module named {{name!r}} (blocked by the test)", name=name)
-sys.meta_path.insert(0, Missing())
 from crossmodal.lab import scans
 from crossmodal.ocr import read_text
 picture = scans.rendered_line(5, "en", "dejavu-sans", 24)
@@ -284,8 +280,8 @@ print(json.dumps({{"text": text, "truth": picture.lines[0].text, "libraries": li
 
 def test_ocr_runs_without_opencv_or_rapidocr_code_and_loads_no_libgl():
     blocked = ("cv2", "rapidocr_onnxruntime", "shapely", "pyclipper")
-    done = subprocess.run([sys.executable, "-c", NO_OPENCV.format(blocked=blocked)], cwd=ROOT, capture_output=True,
-                          text=True, timeout=300)
+    child = MISSING_MODULES.format(names=blocked) + NO_OPENCV.format(blocked=blocked)  # the imports blocked first
+    done = subprocess.run([sys.executable, "-c", child], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert report["text"] == report["truth"]

@@ -103,7 +103,7 @@ def search(
     kinds = ["image", "text"] if target == "any" else [target]
     if mode == "lexical":
         encoder, route, warnings, query_kind = None, None, [], "text"
-        nearest = fused_nearest(ctx, name, None, lexical, fusion, score_threshold, with_thumbnails, weighed=weighed)
+        nearest = fused_nearest(ctx, name, None, lexical, fusion, score_threshold, with_thumbnails)
         hits = filtered_nearest(ctx, name, nearest, top_k, [*conditions, Condition("kind", "any", kinds)], where,
                                 info.filter_fields)
     else:
